@@ -1,0 +1,3 @@
+"""relay: a WebSocket relay for the OpenAI Realtime API."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,104 @@
+"""OpenAI-shaped error events and the relay's small exception tree.
+
+The Realtime API reports problems as a server event
+``{"type": "error", "event_id": ..., "error": {"type", "code", "message", "param", "event_id"}}``
+(reference section 4). Everything the relay tells a client about a bad event uses that shape so
+that client code written for the API handles it unchanged.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+_ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def new_id(prefix: str, length: int = 21) -> str:
+    """An id shaped like the API's (``event_`` / ``item_`` / ``sess_`` + 21 characters)."""
+    return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
+
+
+def error_event(
+    code: str | None,
+    message: str,
+    *,
+    param: str | None = None,
+    client_event_id: str | None = None,
+    error_type: str = "invalid_request_error",
+) -> dict[str, Any]:
+    """Build an ``error`` server event exactly as the API shapes it."""
+    return {
+        "type": "error",
+        "event_id": new_id("event_"),
+        "error": {
+            "type": error_type,
+            "code": code,
+            "message": message,
+            "param": param,
+            "event_id": client_event_id,
+        },
+    }
+
+
+class RelayError(Exception):
+    """Root of the relay's exceptions. Each knows how it is reported to the client."""
+
+    code: str | None = "relay_error"
+    error_type: str = "server_error"
+    close_code: int = 1011
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+    def to_event(self, client_event_id: str | None = None) -> dict[str, Any]:
+        return error_event(
+            self.code,
+            self.message,
+            param=self.param,
+            client_event_id=client_event_id,
+            error_type=self.error_type,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidEvent(Exception):
+    """A client event the API would reject; never forwarded. Not fatal to the session."""
+
+    code: str | None
+    message: str
+    param: str | None = None
+    client_event_id: str | None = None
+
+    def to_event(self) -> dict[str, Any]:
+        return error_event(
+            self.code, self.message, param=self.param, client_event_id=self.client_event_id
+        )
+
+
+class UpstreamError(RelayError):
+    """The upstream failed; ``retryable`` tells a transient failure from a permanent one."""
+
+    code = "upstream_error"
+
+    def __init__(
+        self, message: str, *, retryable: bool, code: str | None = None, status: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+        if code is not None:
+            self.code = code
+        # 1013 "try again later" for transient failures, 1008 "policy violation" for permanent
+        # ones (bad key, unknown model, quota): a client should not retry those blindly.
+        self.close_code = 1013 if retryable else 1008
+
+
+class HoldOverflow(RelayError):
+    """Events were held for longer than allowed while the upstream was not ready."""
+
+    code = "upstream_not_ready"
+    close_code = 1013

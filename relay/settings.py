@@ -1,0 +1,236 @@
+"""Settings: parsed once at start-up from the TOML file, then environment, then CLI flags.
+
+Precedence (lowest to highest): defaults < ``RELAY_CONFIG`` TOML file < environment < CLI flags.
+Every field is documented in ``config/relay.example.toml`` and the README; the names listed in
+design.md ("The public interface") are fixed. The object is frozen after validation.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+from typing_extensions import Annotated
+
+UpstreamKind = Literal["openai", "azure", "simulator"]
+
+_CSV = Annotated[list[str], NoDecode]
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """The relay's whole configuration. See ``config/relay.example.toml``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RELAY_", frozen=True, extra="forbid", populate_by_name=True
+    )
+
+    # --- listening -------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+
+    # --- upstream --------------------------------------------------------------------------
+    upstream: UpstreamKind | None = None  # None: openai if a key is set, else azure, else simulator
+    upstream_url: str | None = None
+    openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY", "openai_api_key"))
+    openai_organization: str | None = Field(
+        None, validation_alias=_env("OPENAI_ORGANIZATION", "openai_organization")
+    )
+    openai_project: str | None = Field(None, validation_alias=_env("OPENAI_PROJECT", "openai_project"))
+    azure_openai_endpoint: str | None = Field(
+        None, validation_alias=_env("AZURE_OPENAI_ENDPOINT", "azure_openai_endpoint")
+    )
+    azure_openai_api_key: SecretStr | None = Field(
+        None, validation_alias=_env("AZURE_OPENAI_API_KEY", "azure_openai_api_key")
+    )
+    azure_openai_deployment: str | None = Field(
+        None, validation_alias=_env("AZURE_OPENAI_DEPLOYMENT", "azure_openai_deployment")
+    )
+    # Set to use the older preview URL form (/openai/realtime?api-version=...), beta shapes.
+    azure_api_version: str | None = Field(
+        None, validation_alias=_env("AZURE_OPENAI_API_VERSION", "azure_api_version")
+    )
+    azure_use_entra_id: bool = False  # Microsoft Entra ID bearer tokens via azure-identity
+    connect_timeout_s: float = Field(10.0, gt=0)
+
+    # --- model policy ----------------------------------------------------------------------
+    default_model: str = "gpt-realtime"
+    allowed_models: _CSV = Field(default_factory=list)  # empty: any model
+    azure_deployments: dict[str, str] = Field(default_factory=dict)  # model -> deployment
+    beta_model_map: dict[str, str] = Field(
+        default_factory=lambda: {
+            "gpt-4o-mini-realtime-preview": "gpt-realtime-mini",
+            "gpt-4o-realtime-preview": "gpt-realtime",
+        }
+    )  # prefix -> GA model, longest prefix wins
+
+    # --- client authentication and limits --------------------------------------------------
+    client_tokens: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    client_token_hashes: _CSV = Field(default_factory=list)  # sha256 hex digests
+    jwt_secret: SecretStr | None = None  # HS256
+    jwt_public_key: str | None = None  # PEM text or a path to it (RS256 / ES256)
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_identity_claim: str = "sub"
+    jwt_tenant_claim: str = "tenant"
+    allow_unauthenticated: bool = False  # only honoured on a loopback host
+    allowed_origins: _CSV = Field(default_factory=list)  # empty: no Origin check
+    max_sessions: int = Field(1000, ge=1)
+    max_sessions_per_identity: int = Field(50, ge=1)
+
+    # --- transport -------------------------------------------------------------------------
+    ping_interval_s: float = Field(20.0, gt=0)  # keepalive pings to both peers
+    max_message_bytes: int = Field(24 * 1024 * 1024, ge=1024)  # 15 MiB append, base64 + JSON
+    send_high_water_bytes: int = Field(1024 * 1024, ge=1024)
+    send_low_water_bytes: int = Field(256 * 1024, ge=0)
+    stuck_peer_timeout_s: float = Field(30.0, gt=0)
+    drain_grace_s: float = Field(30.0, ge=0)
+
+    # --- validation and holding ------------------------------------------------------------
+    validate_events: bool = True
+    hold_max_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    hold_max_events: int = Field(10_000, ge=1)
+    hold_timeout_s: float = Field(15.0, gt=0)
+    policy_force_session: dict[str, Any] = Field(default_factory=dict)  # merged into session.update
+    policy_force_response: dict[str, Any] = Field(default_factory=dict)  # merged into response.create
+    policy_max_output_tokens: int | None = Field(None, ge=1, le=4096)
+    policy_allowed_tool_types: _CSV = Field(default_factory=list)  # empty: function and mcp
+    policy_forbidden_session_fields: _CSV = Field(default_factory=list)
+
+    # --- supervisor ------------------------------------------------------------------------
+    rotate_after_s: float = Field(600.0, ge=0)  # 0 disables proactive rotation
+    rotate_jitter_s: float = Field(60.0, ge=0)
+    rotate_quiet_max_wait_s: float = Field(60.0, ge=0)
+    reconnect_max_attempts: int = Field(8, ge=0)
+    reconnect_base_delay_s: float = Field(0.2, ge=0)
+    reconnect_max_delay_s: float = Field(10.0, ge=0)
+    replay_max_items: int = Field(500, ge=0)
+    replay_max_tokens: int = Field(24_000, ge=0)
+    replay_user_audio: Literal["transcript", "audio"] = "transcript"
+    rerequest_pending_response: bool = True
+    notify_replacements: bool = False
+
+    # --- beta clients ----------------------------------------------------------------------
+    beta_clients: Literal["translate", "reject"] = "translate"
+
+    # --- operations ------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    console_enabled: bool = True  # the voice console page at /
+    simulator_speed: float = Field(1.0, gt=0)  # embedded simulator: 1 = real time
+
+    @field_validator(
+        "allowed_models",
+        "client_token_hashes",
+        "allowed_origins",
+        "policy_allowed_tool_types",
+        "policy_forbidden_session_fields",
+        mode="before",
+    )
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("client_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: Any) -> Any:
+        return cls._split_csv(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.send_low_water_bytes > self.send_high_water_bytes:
+            raise ValueError("send_low_water_bytes must not exceed send_high_water_bytes")
+        if self.upstream == "azure" and not self.azure_openai_endpoint and not self.upstream_url:
+            raise ValueError("upstream 'azure' needs AZURE_OPENAI_ENDPOINT (or RELAY_UPSTREAM_URL)")
+        if self.upstream == "openai" and self.openai_api_key is None:
+            raise ValueError("upstream 'openai' needs OPENAI_API_KEY")
+        return self
+
+    # --- derived ---------------------------------------------------------------------------
+    @property
+    def upstream_kind(self) -> UpstreamKind:
+        if self.upstream is not None:
+            return self.upstream
+        if self.openai_api_key is not None:
+            return "openai"
+        if self.azure_openai_endpoint and (self.azure_openai_api_key or self.azure_use_entra_id):
+            return "azure"
+        return "simulator"
+
+    @property
+    def auth_configured(self) -> bool:
+        return bool(
+            self.client_tokens
+            or self.client_token_hashes
+            or self.jwt_secret is not None
+            or self.jwt_public_key
+        )
+
+    def startup_problems(self) -> list[str]:
+        """Reasons the relay must refuse to start (an open proxy is never an accident)."""
+        problems: list[str] = []
+        if not self.auth_configured:
+            if not self.allow_unauthenticated:
+                problems.append(
+                    "no client authentication is configured: set RELAY_CLIENT_TOKENS, "
+                    "RELAY_CLIENT_TOKEN_HASHES, RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY, or set "
+                    "RELAY_ALLOW_UNAUTHENTICATED=true on a loopback host"
+                )
+            elif not is_loopback(self.host):
+                problems.append(
+                    f"RELAY_ALLOW_UNAUTHENTICATED is only allowed on a loopback host, not {self.host!r}"
+                )
+        return problems
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Defaults < TOML file (``config_file`` or ``RELAY_CONFIG``) < environment < ``overrides``.
+
+    ``overrides`` are the CLI flags; ``None`` values (flags not given) are ignored.
+    """
+    path = config_file or os.environ.get("RELAY_CONFIG")
+    cli = {key: value for key, value in overrides.items() if value is not None}
+    if not path:
+        return Settings(**cli)
+    if not Path(path).is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+
+    class _FileSettings(Settings):
+        model_config = SettingsConfigDict(toml_file=path, toml_table_header=("relay",))
+
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    return _FileSettings(**cli)
