@@ -12,8 +12,15 @@ from relay.settings import load_settings
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "RELAY_CONFIG",
-                 "RELAY_PORT", "RELAY_HOST", "RELAY_CLIENT_TOKENS"):
+    for name in (
+        "OPENAI_API_KEY",
+        "AZURE_OPENAI_ENDPOINT",
+        "AZURE_OPENAI_API_KEY",
+        "RELAY_CONFIG",
+        "RELAY_PORT",
+        "RELAY_HOST",
+        "RELAY_CLIENT_TOKENS",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -24,7 +31,11 @@ def test_precedence_file_env_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert load_settings().port == 9001
     monkeypatch.setenv("RELAY_PORT", "9002")
     settings = load_settings()
-    assert (settings.port, settings.host, settings.allowed_models) == (9002, "127.0.0.2", ["a", "b"])
+    assert (settings.port, settings.host, settings.allowed_models) == (
+        9002,
+        "127.0.0.2",
+        ["a", "b"],
+    )
     assert load_settings(port=9003).port == 9003
 
 
@@ -40,7 +51,7 @@ def test_frozen_and_validated() -> None:
         settings.port = 1  # type: ignore[misc]
     with pytest.raises(ValidationError, match="port"):
         load_settings(port=70000)
-    with pytest.raises(ValidationError, match="unknown_setting|Extra inputs"):
+    with pytest.raises(ValidationError, match=r"unknown_setting|Extra inputs"):
         load_settings(unknown_setting=1)
 
 
@@ -56,5 +67,6 @@ def test_open_proxy_is_refused() -> None:
     assert load_settings().startup_problems()  # no auth configured
     assert load_settings(allow_unauthenticated=True).startup_problems() == []
     problems = load_settings(allow_unauthenticated=True, host="0.0.0.0").startup_problems()
-    assert problems and "loopback" in problems[0]
+    assert problems
+    assert "loopback" in problems[0]
     assert load_settings(client_tokens=["t"], host="0.0.0.0").startup_problems() == []
