@@ -1,0 +1,133 @@
+"""Client credentials: static tokens (constant-time), token hashes, and JWTs.
+
+Browsers cannot set headers on a WebSocket, so the token may also arrive as the subprotocol
+``openai-insecure-api-key.<token>`` (the same trick the OpenAI browser SDK uses). Either way the
+relay checks it before the upgrade and never echoes it back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+
+from relay.core.protocol import TOKEN_SUBPROTOCOL_PREFIX
+from relay.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who the client is, for per-identity limits and logs (never the token itself)."""
+
+    subject: str
+    tenant: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.tenant}/{self.subject}" if self.tenant else self.subject
+
+
+class AuthError(Exception):
+    """Credentials missing or invalid: HTTP 401 at the upgrade, with ``reason`` as the body."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def token_from_request(authorization: str | None, subprotocols: Iterable[str]) -> str | None:
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    for protocol in subprotocols:
+        if protocol.startswith(TOKEN_SUBPROTOCOL_PREFIX):
+            return protocol[len(TOKEN_SUBPROTOCOL_PREFIX) :] or None
+    return None
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+class Authenticator:
+    """Verifies a client token against the configured static tokens, hashes and JWT keys."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._tokens = [t.get_secret_value().encode() for t in settings.client_tokens]
+        self._hashes = [h.lower() for h in settings.client_token_hashes]
+        self._jwt_secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
+        self._jwt_public_key = _load_key(settings.jwt_public_key)
+        self._audience = settings.jwt_audience
+        self._issuer = settings.jwt_issuer
+        self._identity_claim = settings.jwt_identity_claim
+        self._tenant_claim = settings.jwt_tenant_claim
+        self.required = settings.auth_configured
+
+    def authenticate(self, token: str | None) -> Identity:
+        if not self.required:
+            return Identity("anonymous")
+        if not token:
+            raise AuthError("missing_credentials", "missing client credentials")
+        if self._static_match(token):
+            return Identity("token:" + _sha256(token)[:12])
+        if token.count(".") == 2 and (self._jwt_secret or self._jwt_public_key):
+            return self._verify_jwt(token)
+        raise AuthError("invalid_token", "invalid client token")
+
+    def _static_match(self, token: str) -> bool:
+        encoded = token.encode()
+        # Compare against every entry so the time taken does not reveal which one matched.
+        matched = False
+        for known in self._tokens:
+            matched |= hmac.compare_digest(known, encoded)
+        digest = _sha256(token)
+        for known_hash in self._hashes:
+            matched |= hmac.compare_digest(known_hash, digest)
+        return matched
+
+    def _verify_jwt(self, token: str) -> Identity:
+        try:
+            key, algorithms = self._key_for(token)
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": ["exp"], "verify_aud": self._audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token_expired", "the client token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise AuthError("token_not_yet_valid", "the client token is not valid yet") from None
+        except jwt.InvalidAudienceError:
+            raise AuthError("invalid_audience", "the client token has the wrong audience") from None
+        except jwt.PyJWTError:
+            raise AuthError("invalid_token", "invalid client token") from None
+        subject = claims.get(self._identity_claim)
+        if not isinstance(subject, str) or not subject:
+            raise AuthError("invalid_token", f"the client token has no {self._identity_claim!r}")
+        tenant = claims.get(self._tenant_claim)
+        return Identity(subject, tenant if isinstance(tenant, str) else None)
+
+    def _key_for(self, token: str) -> tuple[str, list[str]]:
+        """The key for the token's algorithm: HS256 uses the secret, RS256/ES256 the public key."""
+        algorithm = jwt.get_unverified_header(token).get("alg")
+        key = self._jwt_secret if algorithm == "HS256" else self._jwt_public_key
+        if key is None:
+            raise jwt.InvalidAlgorithmError(f"no key configured for {algorithm}")
+        return key, ["HS256"] if algorithm == "HS256" else ["RS256", "ES256"]
+
+
+def _load_key(value: str | None) -> str | None:
+    if not value:
+        return None
+    if "-----BEGIN" in value:
+        return value
+    return Path(value).read_text()
