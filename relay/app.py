@@ -1,0 +1,162 @@
+"""Application wiring: routes, shared context, the embedded simulator, health and draining."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from importlib import resources
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from relay.core.credentials import Authenticator
+from relay.io.context import RelayContext, SessionRegistry
+from relay.io.handler import RELAY_CONTEXT, realtime_endpoint
+from relay.io.upstream import UpstreamConfig
+from relay.observability.logging import get_logger, register_secret
+from relay.observability.metrics import RelayMetrics
+from relay.settings import Settings
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+METRICS: web.AppKey[RelayMetrics] = web.AppKey("metrics", RelayMetrics)
+SIMULATOR_URL: web.AppKey[str] = web.AppKey("simulator_url", str)
+
+_log = get_logger()
+
+
+def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> web.Application:
+    """The relay as an aiohttp application (tests run it on a real localhost port)."""
+    app = web.Application()
+    app[SETTINGS] = settings
+    app[METRICS] = RelayMetrics(registry if registry is not None else CollectorRegistry())
+    _register_secrets(settings)
+    app.cleanup_ctx.append(_embedded_simulator)
+    app.cleanup_ctx.append(_relay_context)
+    app.router.add_get("/v1/realtime", realtime_endpoint)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_endpoint)
+    if settings.console_enabled:
+        _add_console(app)
+    return app
+
+
+def _register_secrets(settings: Settings) -> None:
+    for secret in (settings.openai_api_key, settings.azure_openai_api_key, settings.jwt_secret):
+        if secret is not None:
+            register_secret(secret.get_secret_value())
+    for token in settings.client_tokens:
+        register_secret(token.get_secret_value())
+
+
+async def _embedded_simulator(app: web.Application) -> AsyncIterator[None]:
+    """With no provider configured, run the simulator in-process on a loopback port."""
+    settings = app[SETTINGS]
+    if settings.upstream_kind != "simulator" or settings.upstream_url:
+        yield
+        return
+    from relay.simulator.config import SimulatorConfig
+    from relay.simulator.server import start_simulator
+
+    runner, port = await start_simulator(SimulatorConfig(speed=settings.simulator_speed))
+    app[SIMULATOR_URL] = f"ws://127.0.0.1:{port}/v1/realtime"
+    _log.info("embedded_simulator_started", port=port)
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+
+
+async def _relay_context(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        app[RELAY_CONTEXT] = RelayContext(
+            settings=settings,
+            http=http,
+            upstreams=UpstreamConfig(
+                settings,
+                simulator_url=app.get(SIMULATOR_URL),
+                token_provider=await _entra_token_provider(settings),
+            ),
+            metrics=app[METRICS],
+            authenticator=Authenticator(settings),
+            registry=SessionRegistry(settings.max_sessions, settings.max_sessions_per_identity),
+        )
+        app[RELAY_CONTEXT].registry.empty.set()
+        yield
+        await close_sessions(app, code=1001)
+
+
+async def _entra_token_provider(settings: Settings):  # type: ignore[no-untyped-def]
+    if not (settings.upstream_kind == "azure" and settings.azure_use_entra_id):
+        return None
+    from relay.io.entra import EntraTokenProvider
+
+    return EntraTokenProvider().token
+
+
+# ---------------------------------------------------------------------- health and metrics
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ctx = request.app.get(RELAY_CONTEXT)
+    if ctx is None or ctx.draining:
+        return web.json_response({"status": "draining"}, status=503)
+    if ctx.upstream_unreachable_since is not None:
+        return web.json_response({"status": "upstream_unreachable"}, status=503)
+    return web.json_response({"status": "ready", "sessions": len(ctx.registry.sessions)})
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    body, content_type = request.app[METRICS].render()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+# ---------------------------------------------------------------------- console page
+def _static_dir() -> Path:
+    return Path(str(resources.files("relay") / "web" / "static"))
+
+
+def _add_console(app: web.Application) -> None:
+    static = _static_dir()
+    if not (static / "index.html").is_file():
+        return
+
+    async def index(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(static / "index.html")
+
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", static)
+
+
+# ---------------------------------------------------------------------- draining
+async def drain(app: web.Application, grace_s: float) -> None:
+    """Stop admitting (readyz 503), let sessions finish for ``grace_s``, then close them 1001."""
+    ctx = app[RELAY_CONTEXT]
+    ctx.draining = True
+    _log.info("drain_started", sessions=len(ctx.registry.sessions), grace_s=grace_s)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(ctx.registry.empty.wait(), timeout=grace_s)
+    await close_sessions(app, code=1001)
+
+
+async def close_sessions(app: web.Application, code: int) -> None:
+    ctx = app.get(RELAY_CONTEXT)
+    if ctx is None or not ctx.registry.sessions:
+        return
+    await asyncio.gather(
+        *(session.shutdown(code) for session in list(ctx.registry.sessions)),
+        return_exceptions=True,
+    )
+    try:
+        await asyncio.wait_for(ctx.registry.empty.wait(), timeout=5.0)
+    except TimeoutError:
+        _log.warning("sessions_did_not_close", remaining=len(ctx.registry.sessions))

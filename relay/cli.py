@@ -1,0 +1,120 @@
+"""Command line: ``relay serve``, ``relay simulate``, ``relay bench``.
+
+Logging is configured here and only here: library code never touches global logging setup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from relay import __version__
+from relay.observability.logging import configure_logging, get_logger
+from relay.settings import Settings, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="relay", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"relay {__version__}")
+    commands = parser.add_subparsers(dest="command")
+    serve = commands.add_parser("serve", help="run the relay")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--config", help="TOML settings file (default: $RELAY_CONFIG)")
+    simulate = commands.add_parser("simulate", help="run the Realtime API simulator alone")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=8081)
+    simulate.add_argument("--speed", type=float, default=1.0, help="1 = real time")
+    bench = commands.add_parser("bench", help="run the benchmark (see bench/)")
+    bench.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = args.command or "serve"
+    if command == "simulate":
+        return _simulate(args.host, args.port, args.speed)
+    if command == "bench":
+        from bench.__main__ import main as bench_main
+
+        return int(bench_main(args.args))
+    return _serve(
+        getattr(args, "config", None), getattr(args, "host", None), getattr(args, "port", None)
+    )
+
+
+def _serve(config: str | None, host: str | None, port: int | None) -> int:
+    try:
+        settings = load_settings(config, host=host, port=port)
+    except (ValidationError, ValueError, OSError) as exc:
+        print(f"relay: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    problems = settings.startup_problems()
+    if problems:
+        for problem in problems:
+            print(f"relay: refusing to start: {problem}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    _announce(settings)
+    _install_uvloop()
+    asyncio.run(_run_relay(settings))
+    return 0
+
+
+def _announce(settings: Settings) -> None:
+    kind = settings.upstream_kind
+    where = settings.upstream_url or {"openai": "OpenAI", "azure": "Azure OpenAI"}.get(kind)
+    if kind == "simulator" and not settings.upstream_url:
+        where = "the embedded simulator (no OPENAI_API_KEY or Azure credentials are set)"
+    print(
+        f"relay {__version__} listening on http://{settings.host}:{settings.port} "
+        f"(WebSocket /v1/realtime), upstream: {where}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _install_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def _run_relay(settings: Settings) -> None:
+    from relay.app import create_app, drain
+
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
+    await runner.setup()
+    await web.TCPSite(runner, settings.host, settings.port).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    get_logger().info("shutdown_requested", grace_s=settings.drain_grace_s)
+    await drain(app, settings.drain_grace_s)
+    await runner.cleanup()
+
+
+def _simulate(host: str, port: int, speed: float) -> int:
+    from relay.simulator.config import SimulatorConfig
+    from relay.simulator.server import run_simulator
+
+    configure_logging("INFO", "console")
+    print(f"relay simulator on ws://{host}:{port}/v1/realtime", file=sys.stderr, flush=True)
+    run_simulator(SimulatorConfig(speed=speed), host, port)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""What every relay session shares: settings, HTTP client, upstream config, metrics, limits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import aiohttp
+
+from relay.core.credentials import Authenticator
+from relay.io.upstream import UpstreamConfig
+from relay.observability.metrics import RelayMetrics
+from relay.settings import Settings
+
+if TYPE_CHECKING:
+    from relay.io.session import RelaySession
+
+
+class CapacityExceeded(Exception):
+    """Over the global or per-identity session cap: HTTP 429 at the upgrade."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass
+class SessionRegistry:
+    """Live sessions, for caps, draining and readiness."""
+
+    max_sessions: int
+    max_per_identity: int
+    sessions: set[RelaySession] = field(default_factory=set)
+    per_identity: Counter[str] = field(default_factory=Counter)
+    empty: asyncio.Event = field(default_factory=asyncio.Event)
+    reserved: int = 0  # admitted at the upgrade, whether or not their session has started yet
+
+    def reserve(self, identity_key: str) -> None:
+        if self.reserved >= self.max_sessions:
+            raise CapacityExceeded("global_session_cap", "the relay is at its session capacity")
+        if self.per_identity[identity_key] >= self.max_per_identity:
+            raise CapacityExceeded(
+                "identity_session_cap", "too many concurrent sessions for this client identity"
+            )
+        self.per_identity[identity_key] += 1
+        self.reserved += 1
+
+    def add(self, session: RelaySession) -> None:
+        self.sessions.add(session)
+        self.empty.clear()
+
+    def release(self, session: RelaySession | None, identity_key: str) -> None:
+        if session is not None:
+            self.sessions.discard(session)
+        self.reserved -= 1
+        self.per_identity[identity_key] -= 1
+        if self.per_identity[identity_key] <= 0:
+            del self.per_identity[identity_key]
+        if not self.sessions:
+            self.empty.set()
+
+
+@dataclass
+class RelayContext:
+    """Application-wide state handed to each session (one per app)."""
+
+    settings: Settings
+    http: aiohttp.ClientSession
+    upstreams: UpstreamConfig
+    metrics: RelayMetrics
+    authenticator: Authenticator
+    registry: SessionRegistry
+    draining: bool = False
+    upstream_unreachable_since: float | None = None

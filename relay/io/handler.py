@@ -1,0 +1,155 @@
+"""The client endpoint, ``GET /v1/realtime?model=...``: admission checks, then the upgrade.
+
+Every refusal happens before the WebSocket upgrade, as a plain HTTP response with a JSON body
+naming the reason: 401 (credentials), 403 (origin or model), 429 (capacity), 503 (draining).
+A refused client never holds a socket open and never reaches the upstream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import hdrs, web
+
+from relay.core.credentials import AuthError, Identity, token_from_request
+from relay.core.errors import error_event, new_id
+from relay.core.models import ModelNotAllowed, resolve_model
+from relay.core.protocol import (
+    BETA_DISABLED_MESSAGE,
+    BETA_HEADER_VALUE,
+    BETA_SUBPROTOCOL,
+    REALTIME_SUBPROTOCOL,
+)
+from relay.io.context import CapacityExceeded, RelayContext
+from relay.io.session import RelaySession
+from relay.observability.logging import get_logger
+
+RELAY_CONTEXT: web.AppKey[RelayContext] = web.AppKey("relay_context", RelayContext)
+SESSION_HEADER = "X-Relay-Session-Id"
+
+_log = get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    identity: Identity
+    model: str
+    beta_client: bool
+
+
+class Rejection(Exception):
+    """An upgrade refused at the HTTP level; ``reason`` is a bounded metric label."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    def response(self) -> web.Response:
+        body = {"error": {"type": "relay_rejection", "code": self.reason, "message": self.message}}
+        return web.json_response(body, status=self.status)
+
+
+def _subprotocols(request: web.Request) -> list[str]:
+    raw = request.headers.get(hdrs.SEC_WEBSOCKET_PROTOCOL, "")
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def is_beta_client(request: web.Request, subprotocols: list[str]) -> bool:
+    return (
+        request.headers.get("OpenAI-Beta", "").strip() == BETA_HEADER_VALUE
+        or BETA_SUBPROTOCOL in subprotocols
+    )
+
+
+def admit(ctx: RelayContext, request: web.Request) -> Admission:
+    """Decide at the HTTP level whether this upgrade may proceed; raises :class:`Rejection`."""
+    settings = ctx.settings
+    if ctx.draining:
+        raise Rejection(
+            503, "draining", "the relay is shutting down; reconnect to another instance"
+        )
+    origin = request.headers.get(hdrs.ORIGIN)
+    if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins:
+        raise Rejection(403, "origin_not_allowed", f"origin {origin!r} is not allowed")
+    subprotocols = _subprotocols(request)
+    token = token_from_request(request.headers.get(hdrs.AUTHORIZATION), subprotocols)
+    try:
+        identity = ctx.authenticator.authenticate(token)
+    except AuthError as exc:
+        raise Rejection(401, exc.reason, exc.message) from None
+    beta = is_beta_client(request, subprotocols)
+    try:
+        model = resolve_model(
+            request.query.get("model"),
+            default=settings.default_model,
+            allowed=settings.allowed_models,
+            beta_map=settings.beta_model_map if beta else None,
+        )
+    except ModelNotAllowed as exc:
+        raise Rejection(403, "model_not_allowed", str(exc)) from None
+    return Admission(identity, model, beta)
+
+
+async def realtime_endpoint(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[RELAY_CONTEXT]
+    try:
+        admission = admit(ctx, request)
+        try:
+            ctx.registry.reserve(admission.identity.key)
+        except CapacityExceeded as exc:
+            raise Rejection(429, exc.reason, exc.message) from None
+    except Rejection as rejection:
+        ctx.metrics.auth_rejections_total.labels(rejection.reason).inc()
+        _log.info("upgrade_rejected", status=rejection.status, reason=rejection.reason)
+        return rejection.response()
+    session: RelaySession | None = None
+    try:
+        session_id = new_id("relay_")
+        ws = web.WebSocketResponse(
+            protocols=(REALTIME_SUBPROTOCOL,),
+            heartbeat=ctx.settings.ping_interval_s,
+            max_msg_size=ctx.settings.max_message_bytes,
+            compress=False,
+            decode_text=False,
+        )
+        ws.headers[SESSION_HEADER] = session_id
+        await ws.prepare(request)
+        _set_write_limits(request, ctx)
+        if admission.beta_client and not _translate_beta(ctx):
+            await _refuse_beta(ws)
+            return ws
+        session = RelaySession(
+            ctx,
+            ws,
+            session_id=session_id,
+            identity_key=admission.identity.key,
+            model=admission.model,
+        )
+        ctx.registry.add(session)
+        await session.run()
+        return ws
+    finally:
+        ctx.registry.release(session, admission.identity.key)
+
+
+def _translate_beta(ctx: RelayContext) -> bool:
+    # Beta translation arrives with the beta-clients work; until then beta clients are told
+    # plainly why they cannot connect instead of seeing a confusing upstream close.
+    return False
+
+
+async def _refuse_beta(ws: web.WebSocketResponse) -> None:
+    """The API's own answer to a beta client (reference §0): error event, then close 4000."""
+    event = error_event("beta_api_shape_disabled", BETA_DISABLED_MESSAGE)
+    await ws.send_json(event)
+    await ws.close(code=4000, message=b"invalid_request_error.beta_api_shape_disabled")
+
+
+def _set_write_limits(request: web.Request, ctx: RelayContext) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.set_write_buffer_limits(
+            high=ctx.settings.send_high_water_bytes, low=ctx.settings.send_low_water_bytes
+        )

@@ -1,0 +1,80 @@
+"""The client-to-upstream checks, in the order the API would apply them.
+
+Parse once, validate against the interface the client speaks, check audio, apply the operator's
+policy, and report the frames to forward. A frame the relay did not change is forwarded as the
+exact bytes the client sent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relay.core.audio import AudioAccount, check_append, encoding_of
+from relay.core.policy import Policy
+from relay.core.protocol import Interface
+from relay.core.validation import Validator, parse_client_frame
+from relay.io.frames import dumps, event_type_of
+from relay.settings import Settings
+
+Checked = list[tuple[bytes, str, dict[str, Any] | None]]
+
+_APPEND = "input_audio_buffer.append"
+
+
+class ClientEventChecker:
+    """Validation, audio accounting and policy for one session's client events."""
+
+    def __init__(self, settings: Settings, interface: Interface) -> None:
+        self.enabled = settings.validate_events
+        self.validator = Validator(interface)
+        self.policy = Policy.from_settings(settings)
+        self.account = AudioAccount()
+        self.encoding = "pcm16"  # the API's default input format
+        self.turn_detection_on = True  # the API's default session has server VAD
+
+    def check(self, data: bytes) -> Checked:
+        """The frames to forward for one client frame; raises InvalidEvent to reject it."""
+        if not self.enabled:
+            peeked_type, peeked = event_type_of(data)
+            return [(data, peeked_type, peeked)]
+        event = parse_client_frame(data)
+        self.validator.check(event)
+        event_type = str(event["type"])
+        if event_type == _APPEND:
+            self.account.appended(check_append(event["audio"], self.encoding, _eid(event)))
+            return [(data, event_type, event)]
+        self._account_for(event_type, event)
+        if self.policy.apply(event):
+            data = dumps(event)
+        return [(data, event_type, event)]
+
+    def _account_for(self, event_type: str, event: dict[str, Any]) -> None:
+        if event_type == "input_audio_buffer.commit":
+            self.account.check_commit(self.turn_detection_on, _eid(event))
+        elif event_type == "input_audio_buffer.clear":
+            self.account.cleared()
+
+    def on_server_event(self, event_type: str, event: dict[str, Any]) -> None:
+        """Keep the input format and buffer count in step with what the server confirmed."""
+        if event_type in ("session.created", "session.updated"):
+            session = event.get("session")
+            if isinstance(session, dict):
+                self.encoding = encoding_of(session)
+                self.account.set_encoding(self.encoding)
+                self.turn_detection_on = _turn_detection(session) is not None
+        elif event_type == "input_audio_buffer.committed":
+            self.account.committed()
+        elif event_type == "input_audio_buffer.cleared":
+            self.account.cleared()
+
+
+def _eid(event: dict[str, Any]) -> str | None:
+    value = event.get("event_id")
+    return value if isinstance(value, str) else None
+
+
+def _turn_detection(session: dict[str, Any]) -> Any:
+    audio = session.get("audio")
+    if isinstance(audio, dict) and isinstance(audio.get("input"), dict):
+        return audio["input"].get("turn_detection")
+    return session.get("turn_detection")  # beta shape

@@ -1,0 +1,187 @@
+"""Opening upstream Realtime sessions: OpenAI, Azure OpenAI (GA and preview) or the simulator.
+
+The connector maps every way a handshake can fail onto :class:`UpstreamError` with a
+``retryable`` flag, so the session can tell the client whether retrying makes sense (1013) or not
+(1008), and the supervisor knows whether to reconnect.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+from yarl import URL
+
+from relay.core.errors import UpstreamError
+from relay.core.models import azure_deployment
+from relay.core.protocol import BETA_HEADER_VALUE, Interface
+from relay.settings import Settings
+
+OPENAI_REALTIME_URL = "wss://api.openai.com/v1/realtime"
+SIMULATOR_KEY = "simulator-key"
+
+TokenProvider = Callable[[], Awaitable[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTarget:
+    """Where and how to open one upstream session. Never logged whole: headers hold the key."""
+
+    provider: str
+    url: URL
+    headers: dict[str, str] = field(repr=False)
+    interface: Interface = Interface.GA
+
+
+class UpstreamConfig:
+    """Builds :class:`UpstreamTarget` for a model from the settings (and Entra ID tokens)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        simulator_url: str | None = None,
+        token_provider: TokenProvider | None = None,
+    ) -> None:
+        self._settings = settings
+        self._simulator_url = simulator_url
+        self._token_provider = token_provider
+        self.provider = settings.upstream_kind
+
+    @property
+    def interface(self) -> Interface:
+        azure_preview = self.provider == "azure" and self._settings.azure_api_version
+        return Interface.BETA if azure_preview else Interface.GA
+
+    async def target(self, model: str, relay_session_id: str) -> UpstreamTarget:
+        headers = {"X-Relay-Session-Id": relay_session_id}
+        if self.provider == "openai":
+            url, auth = self._openai(model)
+        elif self.provider == "azure":
+            url, auth = await self._azure(model)
+        else:
+            url, auth = self._simulator(model)
+        headers.update(auth)
+        if self.interface is Interface.BETA:
+            headers["OpenAI-Beta"] = BETA_HEADER_VALUE
+        return UpstreamTarget(self.provider, url, headers, self.interface)
+
+    def _openai(self, model: str) -> tuple[URL, dict[str, str]]:
+        s = self._settings
+        assert s.openai_api_key is not None  # checked by Settings
+        headers = {"Authorization": f"Bearer {s.openai_api_key.get_secret_value()}"}
+        if s.openai_organization:
+            headers["OpenAI-Organization"] = s.openai_organization
+        if s.openai_project:
+            headers["OpenAI-Project"] = s.openai_project
+        return URL(s.upstream_url or OPENAI_REALTIME_URL).update_query(model=model), headers
+
+    async def _azure(self, model: str) -> tuple[URL, dict[str, str]]:
+        s = self._settings
+        deployment = azure_deployment(model, s.azure_deployments, s.azure_openai_deployment)
+        if s.upstream_url:
+            base = URL(s.upstream_url)
+        else:
+            endpoint = URL(s.azure_openai_endpoint or "")
+            scheme = "ws" if endpoint.scheme in ("http", "ws") else "wss"
+            path = "/openai/realtime" if s.azure_api_version else "/openai/v1/realtime"
+            base = endpoint.with_scheme(scheme).with_path(path)
+        if s.azure_api_version:  # the older preview form, beta event shapes
+            url = base.update_query({"api-version": s.azure_api_version, "deployment": deployment})
+        else:
+            url = base.update_query(model=deployment)
+        if s.azure_openai_api_key is not None:
+            return url, {"api-key": s.azure_openai_api_key.get_secret_value()}
+        if self._token_provider is None:
+            raise UpstreamError("Azure Entra ID is enabled but no token provider", retryable=False)
+        return url, {"Authorization": f"Bearer {await self._token_provider()}"}
+
+    def _simulator(self, model: str) -> tuple[URL, dict[str, str]]:
+        url = self._settings.upstream_url or self._simulator_url
+        if url is None:
+            raise UpstreamError("the embedded simulator is not running", retryable=True)
+        return URL(url).update_query(model=model), {"Authorization": f"Bearer {SIMULATOR_KEY}"}
+
+
+async def connect(
+    http: aiohttp.ClientSession, target: UpstreamTarget, settings: Settings
+) -> aiohttp.ClientWebSocketResponse[bool]:
+    """Open the upstream WebSocket or raise :class:`UpstreamError` saying what failed."""
+    try:
+        return await http.ws_connect(
+            target.url,
+            headers=target.headers,
+            heartbeat=settings.ping_interval_s,
+            max_msg_size=settings.max_message_bytes,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+            compress=0,
+            decode_text=False,
+            autoping=True,
+        )
+    except aiohttp.WSServerHandshakeError as exc:
+        raise _handshake_error(exc.status) from None
+    except (ssl.SSLError, aiohttp.ClientSSLError) as exc:
+        raise UpstreamError(
+            f"TLS handshake with the upstream failed: {type(exc).__name__}",
+            retryable=True,
+            code="upstream_tls_error",
+        ) from None
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        raise UpstreamError(
+            f"the upstream is unreachable: {type(exc).__name__}",
+            retryable=True,
+            code="upstream_unreachable",
+        ) from None
+
+
+def _handshake_error(status: int) -> UpstreamError:
+    if status in (401, 403):
+        return UpstreamError(
+            f"the upstream rejected the relay's credentials (HTTP {status})",
+            retryable=False,
+            code="upstream_auth_failed",
+            status=status,
+        )
+    if status == 429:
+        return UpstreamError(
+            "the upstream is rate limiting new sessions (HTTP 429)",
+            retryable=True,
+            code="upstream_rate_limited",
+            status=status,
+        )
+    if status >= 500:
+        return UpstreamError(
+            f"the upstream is unavailable (HTTP {status})",
+            retryable=True,
+            code="upstream_unavailable",
+            status=status,
+        )
+    return UpstreamError(
+        f"the upstream refused the session (HTTP {status})",
+        retryable=False,
+        code="upstream_refused",
+        status=status,
+    )
+
+
+def close_error(code: int | None, last_error_code: str | None) -> UpstreamError:
+    """What an upstream close after a successful handshake means for the client."""
+    if code == 3000 or last_error_code in ("invalid_api_key", "insufficient_quota"):
+        return UpstreamError(
+            "the upstream rejected the relay's credentials or quota",
+            retryable=False,
+            code="upstream_auth_failed",
+        )
+    if code == 4000:
+        return UpstreamError(
+            f"the upstream refused the session request ({last_error_code or 'invalid request'})",
+            retryable=False,
+            code="upstream_refused",
+        )
+    return UpstreamError(
+        f"the upstream connection closed unexpectedly (code {code})",
+        retryable=True,
+        code="upstream_closed",
+    )

@@ -1,0 +1,182 @@
+"""Refusals happen at the HTTP upgrade, with a JSON body naming the reason."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import jwt
+import pytest
+import websockets
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from tests.conftest import TOKEN, RelayFactory
+from tests.support.scripted_upstream import ScriptedUpstream
+
+
+async def _upgrade(url: str, headers: dict[str, str]) -> tuple[int, dict[str, object]]:
+    """Attempt an upgrade with plain HTTP so the status and body can be read."""
+    base = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    }
+    async with aiohttp.ClientSession() as http, http.get(url, headers={**base, **headers}) as resp:
+        body = await resp.json() if resp.status != 101 else {}
+        return resp.status, body
+
+
+@pytest.fixture
+async def upstream() -> ScriptedUpstream:
+    server = await ScriptedUpstream().start()
+    yield server  # type: ignore[misc]
+    await server.close()
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({}, "missing_credentials"),
+        ({"Authorization": "Bearer wrong-token"}, "invalid_token"),
+        ({"Sec-WebSocket-Protocol": "realtime, openai-insecure-api-key.wrong"}, "invalid_token"),
+    ],
+)
+async def test_bad_credentials_get_401(
+    start_relay: RelayFactory, upstream: ScriptedUpstream, headers: dict[str, str], reason: str
+) -> None:
+    relay = await start_relay(upstream="simulator", upstream_url=upstream.url)
+    status, body = await _upgrade(relay.ws_url, headers)
+    assert status == 401
+    assert body["error"]["code"] == reason  # type: ignore[index]
+    assert upstream.connections == []
+    assert relay.metric("relay_auth_rejections_total", {"reason": reason}) == 1
+
+
+async def test_origin_and_model_policy_get_403(
+    start_relay: RelayFactory, upstream: ScriptedUpstream
+) -> None:
+    relay = await start_relay(
+        upstream="simulator",
+        upstream_url=upstream.url,
+        allowed_origins=["https://app.example"],
+        allowed_models=["gpt-realtime"],
+    )
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    status, body = await _upgrade(relay.ws_url, {**auth, "Origin": "https://evil.example"})
+    assert (status, body["error"]["code"]) == (403, "origin_not_allowed")  # type: ignore[index]
+    status, body = await _upgrade(relay.ws_url + "?model=gpt-other", auth)
+    assert (status, body["error"]["code"]) == (403, "model_not_allowed")  # type: ignore[index]
+    status, _ = await _upgrade(
+        relay.ws_url + "?model=gpt-realtime", {**auth, "Origin": "https://app.example"}
+    )
+    assert status == 101
+
+
+async def test_session_caps_get_429(start_relay: RelayFactory, upstream: ScriptedUpstream) -> None:
+    other = "second-token-abcdefghijkl"
+    relay = await start_relay(
+        upstream="simulator",
+        upstream_url=upstream.url,
+        max_sessions=3,
+        max_sessions_per_identity=2,
+        client_tokens=[TOKEN, other],
+    )
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with (
+        websockets.connect(relay.ws_url, additional_headers=auth),
+        websockets.connect(relay.ws_url, additional_headers=auth),
+    ):
+        status, body = await _upgrade(relay.ws_url, auth)
+        assert (status, body["error"]["code"]) == (429, "identity_session_cap")  # type: ignore[index]
+        other_auth = {"Authorization": f"Bearer {other}"}
+        async with websockets.connect(relay.ws_url, additional_headers=other_auth):
+            status, body = await _upgrade(relay.ws_url, other_auth)
+            assert (status, body["error"]["code"]) == (429, "global_session_cap")  # type: ignore[index]
+    # Capacity comes back once sessions end.
+    await asyncio.sleep(0.2)
+    async with websockets.connect(relay.ws_url, additional_headers=auth):
+        pass
+
+
+async def test_draining_relay_gets_503(
+    start_relay: RelayFactory, upstream: ScriptedUpstream
+) -> None:
+    from relay.io.handler import RELAY_CONTEXT
+
+    relay = await start_relay(upstream="simulator", upstream_url=upstream.url)
+    relay.app[RELAY_CONTEXT].draining = True
+    status, body = await _upgrade(relay.ws_url, {"Authorization": f"Bearer {TOKEN}"})
+    assert (status, body["error"]["code"]) == (503, "draining")  # type: ignore[index]
+    async with aiohttp.ClientSession() as http, http.get(relay.http_url + "/readyz") as resp:
+        assert resp.status == 503
+
+
+async def test_browser_subprotocol_auth_never_echoes_the_token(
+    start_relay: RelayFactory, upstream: ScriptedUpstream
+) -> None:
+    relay = await start_relay(upstream="simulator", upstream_url=upstream.url)
+    protocols = ["realtime", f"openai-insecure-api-key.{TOKEN}"]
+    async with websockets.connect(relay.ws_url, subprotocols=protocols) as ws:  # type: ignore[arg-type]
+        assert ws.subprotocol == "realtime"
+        raw_headers = str(ws.response.headers)
+        assert TOKEN not in raw_headers
+        assert '"session.created"' in await ws.recv()
+
+
+def _keypair(kind: str) -> tuple[str, str]:
+    key = (
+        ec.generate_private_key(ec.SECP256R1())
+        if kind == "ES256"
+        else rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    )
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return private, public
+
+
+@pytest.mark.parametrize("algorithm", ["HS256", "RS256", "ES256"])
+async def test_jwt_tokens(
+    start_relay: RelayFactory, upstream: ScriptedUpstream, algorithm: str
+) -> None:
+    if algorithm == "HS256":
+        signing_key = verify = "s" * 32
+        relay = await start_relay(
+            upstream="simulator",
+            upstream_url=upstream.url,
+            client_tokens=[],
+            jwt_secret=verify,
+            jwt_audience="relay",
+        )
+    else:
+        signing_key, verify = _keypair(algorithm)
+        relay = await start_relay(
+            upstream="simulator",
+            upstream_url=upstream.url,
+            client_tokens=[],
+            jwt_public_key=verify,
+            jwt_audience="relay",
+        )
+    now = int(time.time())
+
+    def token(**claims: object) -> str:
+        base = {"sub": "user-1", "tenant": "acme", "aud": "relay", "exp": now + 60}
+        return jwt.encode({**base, **claims}, signing_key, algorithm=algorithm)
+
+    cases = {
+        token(): 101,
+        token(exp=now - 10): 401,
+        token(nbf=now + 600): 401,
+        token(aud="someone-else"): 401,
+    }
+    for value, expected in cases.items():
+        status, _ = await _upgrade(relay.ws_url, {"Authorization": f"Bearer {value}"})
+        assert status == expected

@@ -1,0 +1,105 @@
+"""A slow reader on either side makes the relay stop reading from the other, not buffer.
+
+The relay runs as its own process so its memory can be measured alone. The bound (64 MiB of
+growth) is far below what buffering would cost: each test pushes 256 MiB at the slow side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+
+import orjson
+import psutil
+import websockets
+
+from tests.support.relay_process import relay_process
+from tests.support.scripted_upstream import ScriptedConnection, ScriptedUpstream
+
+GROWTH_BOUND = 64 * 1024 * 1024
+PUSHED = 256 * 1024 * 1024
+DELTA = orjson.dumps(
+    {
+        "type": "response.output_audio.delta",
+        "event_id": "event_1",
+        "response_id": "resp_1",
+        "item_id": "item_1",
+        "output_index": 0,
+        "content_index": 0,
+        "delta": base64.b64encode(os.urandom(48_000)).decode(),
+    }
+)
+
+
+async def test_slow_client_does_not_grow_relay_memory() -> None:
+    sent = 0
+
+    async def flood(conn: ScriptedConnection, data: bytes) -> None:
+        nonlocal sent
+        if b"response.create" in data:
+            while sent < PUSHED:
+                await conn.send(DELTA)
+                sent += len(DELTA)
+
+    upstream = await ScriptedUpstream(flood).start()
+    async with relay_process(
+        RELAY_UPSTREAM="simulator", RELAY_UPSTREAM_URL=upstream.url, RELAY_VALIDATE_EVENTS="false"
+    ) as relay:
+        rss = psutil.Process(relay.proc.pid)
+        async with websockets.connect(
+            relay.ws_url, additional_headers=relay.auth, max_size=None, max_queue=4
+        ) as ws:
+            await ws.recv()
+            before = rss.memory_info().rss
+            await ws.send('{"type":"response.create"}')
+            await asyncio.sleep(3)  # the client reads nothing meanwhile
+            grown = rss.memory_info().rss - before
+            assert sent < PUSHED  # the upstream was held back by TCP backpressure
+            assert grown < GROWTH_BOUND, f"relay grew by {grown / 2**20:.1f} MiB"
+            received = 0
+            async for _ in ws:  # now read: everything arrives, nothing was dropped
+                received += 1
+                if received * len(DELTA) >= PUSHED:
+                    break
+    await upstream.close()
+
+
+async def test_slow_upstream_does_not_grow_relay_memory() -> None:
+    stall = asyncio.Event()
+
+    async def never_read(conn: ScriptedConnection, data: bytes) -> None:
+        await stall.wait()  # stop reading: the relay must stop reading the client
+
+    upstream = await ScriptedUpstream(never_read).start()
+    frame = orjson.dumps(
+        {
+            "type": "input_audio_buffer.append",
+            "audio": base64.b64encode(os.urandom(96_000)).decode(),
+        }
+    ).decode()
+    async with relay_process(
+        RELAY_UPSTREAM="simulator", RELAY_UPSTREAM_URL=upstream.url, RELAY_VALIDATE_EVENTS="false"
+    ) as relay:
+        rss = psutil.Process(relay.proc.pid)
+        async with websockets.connect(
+            relay.ws_url, additional_headers=relay.auth, max_size=None
+        ) as ws:
+            await ws.recv()
+            before = rss.memory_info().rss
+            pushed = 0
+
+            async def push() -> None:
+                nonlocal pushed
+                while pushed < PUSHED:
+                    await ws.send(frame)
+                    pushed += len(frame)
+
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(push(), timeout=4)
+            grown = rss.memory_info().rss - before
+            assert pushed < PUSHED  # the client was held back
+            assert grown < GROWTH_BOUND, f"relay grew by {grown / 2**20:.1f} MiB"
+            stall.set()
+    await upstream.close()

@@ -1,0 +1,136 @@
+"""Frames cross the relay byte for byte, in both directions, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+
+import orjson
+import websockets
+
+from tests.conftest import RelayFactory
+from tests.support.scripted_upstream import ScriptedConnection, ScriptedUpstream
+
+UNICODE = 'héllo wörld — 你好 — 🎙️ \u2028 "quoted" \\ back'
+
+
+def _append(i: int) -> bytes:
+    audio = base64.b64encode(os.urandom(960)).decode()  # 20 ms of PCM16 at 24 kHz
+    return orjson.dumps(
+        {"type": "input_audio_buffer.append", "event_id": f"evt_{i}", "audio": audio}
+    )
+
+
+def _client_frames() -> list[bytes]:
+    frames: list[bytes] = [
+        orjson.dumps(
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "instructions": UNICODE},
+            }
+        ),
+        # Pretty-printed JSON with odd spacing must arrive exactly as sent.
+        b'{ "type" : "conversation.item.create",\n  "item": {"type": "message", "role": "user",'
+        b' "content": [{"type": "input_text", "text": ' + orjson.dumps(UNICODE) + b"}]}}",
+    ]
+    frames += [_append(i) for i in range(200)]
+    frames.append(b'{"type":"response.create","event_id":"evt_resp"}')
+    return frames
+
+
+def _server_frames() -> list[bytes]:
+    big = base64.b64encode(os.urandom(48_000)).decode()  # a 1 s audio delta, 64 KB of base64
+    frames = [
+        orjson.dumps(
+            {
+                "type": "response.output_audio.delta",
+                "event_id": f"event_{i}",
+                "response_id": "resp_1",
+                "item_id": "item_1",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": big,
+            }
+        )
+        for i in range(20)
+    ]
+    frames.append(
+        orjson.dumps(
+            {
+                "type": "response.output_audio_transcript.delta",
+                "event_id": "event_t",
+                "delta": UNICODE,
+            }
+        )
+    )
+    return frames
+
+
+async def test_long_mixed_session_is_byte_identical(start_relay: RelayFactory) -> None:
+    server_frames = _server_frames()
+
+    async def respond(conn: ScriptedConnection, data: bytes) -> None:
+        if data.startswith(b'{"type":"response.create"'):
+            for frame in server_frames:
+                await conn.send(frame)
+
+    upstream = await ScriptedUpstream(respond).start()
+    relay = await start_relay(upstream="simulator", upstream_url=upstream.url)
+    client_frames = _client_frames()
+    async with websockets.connect(relay.ws_url, additional_headers=relay.auth, max_size=None) as ws:
+        created = await ws.recv(decode=False)
+        assert orjson.loads(created)["type"] == "session.created"
+        for frame in client_frames:
+            await ws.send(frame.decode())
+        received = [await asyncio.wait_for(ws.recv(decode=False), 10) for _ in server_frames]
+    assert received == server_frames
+    for _ in range(100):
+        if len(upstream.connections[0].received) == len(client_frames):
+            break
+        await asyncio.sleep(0.05)
+    assert upstream.connections[0].received == client_frames
+    await upstream.close()
+
+
+async def test_binary_frames_are_answered_not_forwarded(start_relay: RelayFactory) -> None:
+    upstream = await ScriptedUpstream().start()
+    relay = await start_relay(upstream="simulator", upstream_url=upstream.url)
+    async with websockets.connect(relay.ws_url, additional_headers=relay.auth) as ws:
+        await ws.recv()
+        await ws.send(b"\x00\x01binary")
+        error = orjson.loads(await ws.recv())
+        await ws.send('{"type":"input_audio_buffer.clear"}')
+        await asyncio.sleep(0.2)
+    assert error["type"] == "error"
+    assert error["error"]["code"] == "invalid_event"
+    assert error["error"]["message"] == (
+        "Expected a text WebSocket message; binary frames are not supported."
+    )
+    assert upstream.connections[0].received == [b'{"type":"input_audio_buffer.clear"}']
+    await upstream.close()
+
+
+async def test_events_before_session_created_are_held_then_flushed_in_order(
+    start_relay: RelayFactory,
+) -> None:
+    upstream = await ScriptedUpstream(greet=False).start()
+    relay = await start_relay(upstream="simulator", upstream_url=upstream.url)
+    frames = [_append(i) for i in range(50)]
+    async with websockets.connect(relay.ws_url, additional_headers=relay.auth) as ws:
+        for frame in frames:
+            await ws.send(frame.decode())
+        await upstream.connected.wait()
+        await asyncio.sleep(0.3)
+        conn = upstream.connections[0]
+        assert conn.received == []  # nothing reaches an upstream that has no session yet
+        from tests.support.scripted_upstream import session_created
+
+        await conn.send(session_created())
+        await ws.recv()
+        for _ in range(100):
+            if len(conn.received) == len(frames):
+                break
+            await asyncio.sleep(0.05)
+    assert conn.received == frames
+    await upstream.close()

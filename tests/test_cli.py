@@ -1,0 +1,110 @@
+"""The relay as its users start it: ``relay serve`` in a process, drained by SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import aiohttp
+import orjson
+import pytest
+import websockets
+from websockets.exceptions import ConnectionClosed
+
+TOKEN = "cli-test-token-abcdefghijklmnop"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "OPENAI_", "AZURE_"))}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def relay_process() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = _free_port()
+    env = _env(
+        RELAY_PORT=str(port),
+        RELAY_CLIENT_TOKENS=TOKEN,
+        RELAY_DRAIN_GRACE_S="1.5",
+        RELAY_SIMULATOR_SPEED="20",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relay", "serve"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_healthy(port, proc)
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"relay exited: {proc.stderr.read().decode() if proc.stderr else ''}"
+            )
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("relay did not start")
+
+
+def test_refuses_to_start_as_an_open_proxy() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "relay", "serve"],
+        env=_env(RELAY_HOST="0.0.0.0"),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert b"no client authentication is configured" in done.stderr
+
+
+async def test_sigterm_drains_then_closes_1001(
+    relay_process: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    proc, port = relay_process
+    url = f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime"
+    async with websockets.connect(
+        url, additional_headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as ws:
+        created = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert created["type"] == "session.created"
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                assert resp.status == 503  # readiness flips while the session still runs
+            async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                assert resp.status == 200
+        await ws.send('{"type":"input_audio_buffer.clear"}')  # still served during the grace
+        with pytest.raises(ConnectionClosed):
+            while True:
+                await asyncio.wait_for(ws.recv(), 10)
+        assert ws.close_code == 1001
+    assert await asyncio.to_thread(proc.wait, 20) == 0
+    assert proc.stderr is not None
+    assert b"embedded simulator" in proc.stderr.read()
