@@ -68,6 +68,8 @@ class RelaySession:
         self._room.set()
         self._upstream_changed = asyncio.Event()
         self._stuck_timeout = self.settings.stuck_peer_timeout_s
+        self._client_send_since = 0.0  # when a send still in progress started (0: none)
+        self._upstream_send_since = 0.0
         self._closing = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -112,6 +114,7 @@ class RelaySession:
             await self._fail(exc)
         elif isinstance(exc, ClientGone):
             self.outcome = "client_stuck"
+            _abort(self.client)  # a peer that stopped reading cannot take a close frame either
         elif exc is not None:
             self.log.error("session_crashed", error=repr(exc))
             await self._fail(RelayError("the relay hit an internal error"))
@@ -279,38 +282,44 @@ class RelaySession:
 
     # ------------------------------------------------------------------ sending
     async def _send_upstream(self, link: UpstreamLink, data: bytes) -> None:
-        try:
-            async with asyncio.timeout(self._stuck_timeout):
-                await link.send(data)
-        except TimeoutError:
-            raise UpstreamError(
-                f"the upstream stopped reading for {self._stuck_timeout:g} s",
-                retryable=True,
-                code="upstream_stuck",
-            ) from None
+        # A timestamp, not asyncio.timeout(): this runs per frame, and the housekeeping task
+        # already wakes regularly to notice a send that has been stuck too long.
+        self._upstream_send_since = time.monotonic()
+        await link.send(data)
+        self._upstream_send_since = 0.0
 
     async def _send_client_frame(self, data: bytes, kind: WSMsgType) -> None:
-        try:
-            async with asyncio.timeout(self._stuck_timeout):
-                await self.client.send_frame(data, kind)
-        except TimeoutError:
-            self.log.warning("client_stuck", timeout_s=self._stuck_timeout)
-            await self.client.close(code=1008, message=b"client stopped reading")
-            raise ClientGone from None
+        self._client_send_since = time.monotonic()
+        await self.client.send_frame(data, kind)
+        self._client_send_since = 0.0
 
     async def send_client_event(self, event: dict[str, Any]) -> None:
         await self._send_client_frame(dumps(event), WSMsgType.TEXT)
 
     # ------------------------------------------------------------------ housekeeping
     async def _housekeeping(self) -> None:
-        """Hold timeouts; the supervisor adds rotation."""
+        """Hold timeouts and stuck peers; the supervisor adds rotation."""
         while True:
             await asyncio.sleep(0.5)
+            now = time.monotonic()
             try:
-                self.gate.check_timeout(time.monotonic())
-            except HoldOverflow as exc:
+                self.gate.check_timeout(now)
+            except HoldOverflow:
                 self.log.warning("hold_timeout", held_events=self.gate.held_count)
-                raise exc
+                raise
+            self._check_stuck(now)
+
+    def _check_stuck(self, now: float) -> None:
+        limit = self._stuck_timeout
+        if self._client_send_since and now - self._client_send_since > limit:
+            self.log.warning("client_stuck", timeout_s=limit)
+            raise ClientGone
+        if self._upstream_send_since and now - self._upstream_send_since > limit:
+            raise UpstreamError(
+                f"the upstream stopped reading for {limit:g} s",
+                retryable=True,
+                code="upstream_stuck",
+            )
 
 
 _STATEFUL_SERVER_TYPES = frozenset(
@@ -324,6 +333,12 @@ _STATEFUL_SERVER_TYPES = frozenset(
     }
 )
 _RELEASING_SERVER_TYPES = frozenset({"session.created", "session.updated", "error"})
+
+
+def _abort(ws: web.WebSocketResponse) -> None:
+    transport = getattr(getattr(ws, "_writer", None), "transport", None)
+    if transport is not None:
+        transport.abort()
 
 
 def _loads(data: bytes) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import orjson
 import psutil
 import websockets
 
+from tests.conftest import RelayFactory
 from tests.support.relay_process import relay_process
 from tests.support.scripted_upstream import ScriptedConnection, ScriptedUpstream
 
@@ -102,4 +103,53 @@ async def test_slow_upstream_does_not_grow_relay_memory() -> None:
             assert pushed < PUSHED  # the client was held back
             assert grown < GROWTH_BOUND, f"relay grew by {grown / 2**20:.1f} MiB"
             stall.set()
+    await upstream.close()
+
+
+async def test_an_upstream_stuck_beyond_the_timeout_is_closed_with_a_clear_code(
+    start_relay: RelayFactory,
+) -> None:
+    stall = asyncio.Event()
+
+    async def never_read(conn: ScriptedConnection, data: bytes) -> None:
+        await stall.wait()
+
+    upstream = await ScriptedUpstream(never_read).start()
+    relay = await start_relay(
+        upstream="simulator",
+        upstream_url=upstream.url,
+        stuck_peer_timeout_s=1.0,
+        validate_events=False,
+    )
+    frame = orjson.dumps(
+        {
+            "type": "input_audio_buffer.append",
+            "audio": base64.b64encode(os.urandom(96_000)).decode(),
+        }
+    ).decode()
+    events = []
+    async with websockets.connect(relay.ws_url, additional_headers=relay.auth, max_size=None) as ws:
+        await ws.recv()
+
+        async def push() -> None:
+            while True:
+                await ws.send(frame)
+
+        pusher = asyncio.create_task(push())
+        async for message in ws:
+            events.append(orjson.loads(message))
+            if events[-1]["type"] == "error":
+                break
+        pusher.cancel()
+        # The close frame follows the error at once; the client's own writes are still stuck
+        # behind its full send buffer, so read the code the relay sent and drop the socket.
+        for _ in range(100):
+            if ws.protocol.close_rcvd is not None:
+                break
+            await asyncio.sleep(0.02)
+        code = ws.protocol.close_rcvd.code if ws.protocol.close_rcvd else None
+        ws.transport.abort()
+    stall.set()
+    assert events[-1]["error"]["code"] == "upstream_stuck"
+    assert code == 1013
     await upstream.close()
