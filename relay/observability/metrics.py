@@ -1,0 +1,129 @@
+"""Prometheus metrics on a registry passed in (never the global default).
+
+Names follow Prometheus conventions: ``relay_`` prefix, base units (seconds, bytes), ``_total``
+for counters. Label values come from closed sets (event types from the protocol lists, error
+codes, causes), never ids or free text, so series stay bounded.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+
+from relay import __version__
+
+# From 50 µs (a frame through the relay) to 1 s (a stalled peer).
+LATENCY_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
+REPLAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class RelayMetrics:
+    """Every metric the relay exports; one instance per application."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        r = registry
+        self.sessions_active = Gauge("relay_sessions_active", "Sessions open now.", registry=r)
+        self.sessions_total = Counter(
+            "relay_sessions", "Client sessions ended, by outcome.", ["outcome"], registry=r
+        )
+        self.upstream_connects_total = Counter(
+            "relay_upstream_connects",
+            "Upstream connection attempts by provider and result.",
+            ["provider", "result"],
+            registry=r,
+        )
+        self.upstream_replacements_total = Counter(
+            "relay_upstream_replacements",
+            "Upstream sessions replaced, by cause (rotation or the close that forced it).",
+            ["cause"],
+            registry=r,
+        )
+        self.replay_duration_seconds = Histogram(
+            "relay_replay_duration_seconds",
+            "Time to replay a session onto a new upstream.",
+            buckets=REPLAY_BUCKETS,
+            registry=r,
+        )
+        self.replay_items_total = Counter(
+            "relay_replay_items", "Conversation items replayed or trimmed.", ["kind"], registry=r
+        )
+        self.client_gap_seconds = Histogram(
+            "relay_client_gap_seconds",
+            "Time a client's traffic was held while its upstream was replaced.",
+            buckets=REPLAY_BUCKETS,
+            registry=r,
+        )
+        self.frames_total = Counter(
+            "relay_frames", "Frames forwarded by direction and event type.", ["direction", "type"],
+            registry=r,
+        )  # fmt: skip
+        self.bytes_total = Counter(
+            "relay_bytes", "Bytes forwarded by direction and event type.", ["direction", "type"],
+            registry=r,
+        )  # fmt: skip
+        self.validation_rejections_total = Counter(
+            "relay_validation_rejections",
+            "Client events rejected by the relay, by error code.",
+            ["code"],
+            registry=r,
+        )
+        self.held_events = Gauge(
+            "relay_held_events", "Client events held until the upstream is ready.", registry=r
+        )
+        self.held_bytes = Gauge(
+            "relay_held_bytes", "Bytes of client events held until the upstream is ready.",
+            registry=r,
+        )  # fmt: skip
+        self.backpressure_pauses_total = Counter(
+            "relay_backpressure_pauses",
+            "Times the relay stopped reading a peer because the other side was slow.",
+            ["direction"],
+            registry=r,
+        )
+        self.added_latency_seconds = Histogram(
+            "relay_added_latency_seconds",
+            "Time a frame spends inside the relay, by direction.",
+            ["direction"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.auth_rejections_total = Counter(
+            "relay_auth_rejections",
+            "Upgrades refused before the WebSocket handshake, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.beta_dropped_fields_total = Counter(
+            "relay_beta_dropped_fields",
+            "Beta fields with no GA meaning dropped during translation.",
+            ["field"],
+            registry=r,
+        )
+        self.build_info = Info("relay_build", "Relay version.", registry=r)
+        self.build_info.info({"version": __version__})
+        self._frame_children: dict[tuple[str, str], tuple[Counter, Counter]] = {}
+
+    def frame(self, direction: str, event_type: str, nbytes: int) -> None:
+        """Count one forwarded frame. Runs per frame, so the labelled children are cached."""
+        children = self._frame_children.get((direction, event_type))
+        if children is None:
+            children = (
+                self.frames_total.labels(direction, event_type),
+                self.bytes_total.labels(direction, event_type),
+            )
+            self._frame_children[(direction, event_type)] = children
+        children[0].inc()
+        children[1].inc(nbytes)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
