@@ -1,0 +1,125 @@
+"""Checks on appended audio, and the commit accounting behind F5 and F6.
+
+``check_append`` decodes strict base64, requires whole samples for the input format, enforces the
+API's 15 MiB limit, and catches the classic bug of sending 32-bit float samples as PCM16: such
+data is valid base64 and the API accepts it, but transcription comes back empty or garbage.
+"""
+
+from __future__ import annotations
+
+import binascii
+from collections.abc import Mapping
+from typing import Any
+
+from relay.core.errors import InvalidEvent
+from relay.core.protocol import MAX_APPEND_BYTES, MIN_COMMIT_MS
+
+_BYTES_PER_MS = {"pcm16": 48, "pcmu": 8, "pcma": 8}
+_SAMPLE_BYTES = {"pcm16": 2, "pcmu": 1, "pcma": 1}
+# The high byte of a little-endian float32 in [-1, 1] holds the sign and the top of the exponent:
+# 0x30-0x3F (or 0xB0-0xBF when negative) for every magnitude from 2^-31 up to 1.
+_FLOAT_EXPONENT_BYTES = bytes(range(0x30, 0x40)) + bytes(range(0xB0, 0xC0))
+_MIN_FLOAT_SAMPLES = 32
+_FLOAT_SHARE = 0.95
+
+FLOAT32_MESSAGE = (
+    "Invalid 'audio': the data looks like 32-bit float samples, but the session's input format "
+    "is 16-bit PCM (audio/pcm). Hint: convert each sample with "
+    "int16 = round(clamp(x, -1, 1) * 32767) before base64-encoding, or send 16-bit PCM directly."
+)
+
+
+def encoding_of(session: Mapping[str, Any]) -> str:
+    """The input encoding named by a GA (or beta) session object."""
+    audio = session.get("audio")
+    if isinstance(audio, Mapping) and isinstance(audio.get("input"), Mapping):
+        fmt = audio["input"].get("format")
+        kind = fmt.get("type") if isinstance(fmt, Mapping) else None
+        return {"audio/pcmu": "pcmu", "audio/pcma": "pcma"}.get(str(kind), "pcm16")
+    beta = session.get("input_audio_format")
+    return {"g711_ulaw": "pcmu", "g711_alaw": "pcma"}.get(str(beta), "pcm16")
+
+
+def looks_like_float32(pcm: bytes) -> bool:
+    """True when ``pcm`` is float32 audio: nearly every 4th byte is a float exponent byte.
+
+    Real PCM16 puts sample high bytes there, which wander across the whole range for speech,
+    tones and noise, and sit at 0x00/0xFF for quiet audio. All-zero buffers are the same bytes
+    in both formats and are never flagged.
+    """
+    high = pcm[3::4]
+    if len(high) < _MIN_FLOAT_SAMPLES or not pcm.strip(b"\x00"):
+        return False
+    outside = len(high.translate(None, _FLOAT_EXPONENT_BYTES))
+    if outside > len(high) * (1 - _FLOAT_SHARE):
+        return False
+    # PCM16 of a loud, steady signal could sit in that band too; float32 also has the low
+    # mantissa bytes free, while such PCM16 would repeat the band in the other samples' high bytes.
+    others = pcm[1::4]
+    return len(others.translate(None, _FLOAT_EXPONENT_BYTES)) > len(others) * 0.3
+
+
+def check_append(audio_b64: str, encoding: str, client_event_id: str | None) -> int:
+    """Validate one ``input_audio_buffer.append`` payload; returns the decoded byte count."""
+    try:
+        audio = binascii.a2b_base64(audio_b64, strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise InvalidEvent(
+            "invalid_value",
+            "Invalid 'audio'. Expected base64-encoded audio bytes (mono PCM16 at 24kHz) but got "
+            "an invalid value.",
+            "audio",
+            client_event_id,
+        ) from None
+    if len(audio) > MAX_APPEND_BYTES:
+        raise InvalidEvent("invalid_value", f"Invalid 'audio': {len(audio)} bytes is over the "
+                           f"limit of {MAX_APPEND_BYTES} bytes per append.", "audio", client_event_id)  # fmt: skip
+    sample = _SAMPLE_BYTES.get(encoding, 2)
+    if len(audio) % sample:
+        raise InvalidEvent("invalid_value", f"Invalid 'audio': {len(audio)} bytes is not a whole "
+                           f"number of {sample}-byte samples for {encoding}.", "audio", client_event_id)  # fmt: skip
+    if encoding == "pcm16" and looks_like_float32(audio):
+        raise InvalidEvent("invalid_audio_format", FLOAT32_MESSAGE, "audio", client_event_id)
+    return len(audio)
+
+
+class AudioAccount:
+    """Audio appended since the last commit or clear, so a too-early commit is answered locally."""
+
+    def __init__(self, encoding: str = "pcm16") -> None:
+        self.encoding = encoding
+        self.bytes = 0
+        self.uncertain = False  # server VAD may have committed audio we counted
+
+    def set_encoding(self, encoding: str) -> None:
+        self.encoding = encoding
+
+    def appended(self, nbytes: int) -> None:
+        self.bytes += nbytes
+
+    def committed(self) -> None:
+        self.bytes = 0
+
+    def cleared(self) -> None:
+        self.bytes = 0
+
+    @property
+    def buffered_ms(self) -> float:
+        return self.bytes / _BYTES_PER_MS.get(self.encoding, 48)
+
+    def check_commit(self, turn_detection_on: bool, client_event_id: str | None) -> None:
+        """The API's exact error for a commit under 100 ms, when the relay knows it is one.
+
+        With server VAD on, the server commits on its own and the relay's count may lag, so only
+        a buffer known to be empty is answered locally.
+        """
+        buffered = self.buffered_ms
+        if buffered >= MIN_COMMIT_MS or (turn_detection_on and self.bytes > 0):
+            return
+        raise InvalidEvent(
+            "input_audio_buffer_commit_empty",
+            "Error committing input audio buffer: buffer too small. Expected at least 100ms of "
+            f"audio, but buffer only has {buffered:.2f}ms of audio.",
+            None,
+            client_event_id,
+        )

@@ -1,0 +1,248 @@
+"""Validation of client events, answered with the API's own error codes, params and messages.
+
+pydantic does the schema work (strict models in ``relay.core.schema``); this module turns its
+first error into the API's wording (reference §4) and appends a hint for the mistakes people
+actually make (``relay.core.hints``). The 20 ms audio append, which is most of the traffic,
+takes a fast path that checks its three possible keys directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from relay.core.errors import InvalidEvent
+from relay.core.hints import hint_for
+from relay.core.protocol import (
+    BETA_CLIENT_EVENT_TYPES,
+    GA_CLIENT_EVENT_TYPES,
+    MAX_EVENT_ID_LENGTH,
+    Interface,
+)
+from relay.core.schema import beta, ga
+from relay.core.schema.common import TAG_MARK
+
+_APPEND_TYPES = frozenset({"input_audio_buffer.append", "session.input_audio_buffer.append"})
+_APPEND_KEYS = frozenset({"type", "event_id", "audio"})
+# Locations pydantic adds for union members that are not part of the API's param path.
+_UNION_MEMBER_PREFIXES = ("literal[", "function-", "nullable", "constrained-")
+_UNION_MEMBERS = frozenset({"int", "str", "float", "bool", "list", "dict", "none"})
+
+
+def parse_client_frame(raw: str | bytes) -> dict[str, Any]:
+    """Parse one text frame into an event object, or raise the API's parse errors."""
+    try:
+        event = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(
+            "invalid_json", f"Invalid event: failed to parse JSON value. {exc.msg}."
+        ) from None
+    if not isinstance(event, dict):
+        raise InvalidEvent("invalid_event", "Invalid event: expected a JSON object.")
+    if "type" not in event:
+        raise InvalidEvent("invalid_event", "The 'type' field is missing.", None, _event_id(event))
+    return event
+
+
+def _event_id(event: dict[str, Any]) -> str | None:
+    value = event.get("event_id")
+    return value if isinstance(value, str) else None
+
+
+def quote_list(values: tuple[str, ...] | list[str]) -> str:
+    """``'a', 'b', and 'c'`` — the API's way of listing supported values."""
+    quoted = [f"'{v}'" for v in values]
+    if len(quoted) <= 2:
+        return " and ".join(quoted)
+    return ", ".join(quoted[:-1]) + ", and " + quoted[-1]
+
+
+class Validator:
+    """Checks client events for one interface; raises :class:`InvalidEvent`."""
+
+    def __init__(self, interface: Interface = Interface.GA) -> None:
+        self.interface = interface
+        ga_like = interface is Interface.GA
+        self.types = GA_CLIENT_EVENT_TYPES if ga_like else BETA_CLIENT_EVENT_TYPES
+        self.adapters = ga.ADAPTERS if ga_like else beta.ADAPTERS
+
+    def check(self, event: dict[str, Any]) -> None:
+        event_type = event.get("type")
+        if event_type in _APPEND_TYPES and event.keys() <= _APPEND_KEYS:
+            if self._append_is_valid(event):
+                return
+        adapter = self.adapters.get(event_type) if isinstance(event_type, str) else None
+        if adapter is None:
+            raise self._unknown_type(event, event_type)
+        try:
+            adapter.validate_python(event)
+        except ValidationError as exc:
+            raise self._to_api_error(event, exc) from None
+
+    @staticmethod
+    def _append_is_valid(event: dict[str, Any]) -> bool:
+        event_id = event.get("event_id")
+        return type(event.get("audio")) is str and (
+            event_id is None or (type(event_id) is str and len(event_id) <= MAX_EVENT_ID_LENGTH)
+        )
+
+    def _unknown_type(self, event: dict[str, Any], event_type: Any) -> InvalidEvent:
+        if not isinstance(event_type, str):
+            return api_error(event, "invalid_type", "type", "a string", event_type)
+        message = f"Invalid value: '{event_type}'. Supported values are: {quote_list(self.types)}."
+        return _with_hint(event, InvalidEvent("invalid_value", message, "type", _event_id(event)))
+
+    def _to_api_error(self, event: dict[str, Any], exc: ValidationError) -> InvalidEvent:
+        errors = exc.errors(include_url=False)
+        best = min(errors, key=_error_rank)
+        return translate_error(event, best)
+
+
+def _error_rank(error: ErrorDetails) -> tuple[int, int]:
+    """Prefer the deepest location, then the union member that fits the value's own type."""
+    kind, value = error["type"], error.get("input")
+    fits = (
+        kind in ("extra_forbidden", "missing")
+        or (kind == "literal_error" and isinstance(value, str))
+        or (kind.startswith(("greater", "less")) and isinstance(value, int | float))
+    )
+    return (-len(api_path(error["loc"])), 0 if fits else 1)
+
+
+def api_path(loc: tuple[int | str, ...]) -> str:
+    """pydantic's location as the API's param: ``session.tools[0].name``."""
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int):
+            parts[-1:] = [f"{parts[-1]}[{part}]"] if parts else [f"[{part}]"]
+        elif part.startswith(TAG_MARK) or part in _UNION_MEMBERS or part.endswith("()") or part.startswith(_UNION_MEMBER_PREFIXES) or "[" in part:
+            continue
+        else:
+            parts.append(part)
+    return ".".join(parts)
+
+
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "bool_type": "a boolean",
+    "dict_type": "an object",
+    "model_type": "an object",
+    "model_attributes_type": "an object",
+    "list_type": "an array",
+}
+
+
+def translate_error(event: dict[str, Any], error: ErrorDetails) -> InvalidEvent:
+    path = api_path(error["loc"])
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    value = error.get("input")
+    eid = _event_id(event)
+    if kind == "extra_forbidden":
+        found = InvalidEvent("unknown_parameter", f"Unknown parameter: '{path}'.", path, eid)
+    elif kind == "missing":
+        found = InvalidEvent(
+            "missing_required_parameter", f"Missing required parameter: '{path}'.", path, eid
+        )
+    elif kind == "union_tag_not_found":
+        if not isinstance(value, dict):  # a string where an object belongs, e.g. "pcm16"
+            return api_error(event, "invalid_type", path, "an object", value)
+        path = f"{path}.type" if path else "type"
+        found = InvalidEvent(
+            "missing_required_parameter", f"Missing required parameter: '{path}'.", path, eid
+        )
+    elif kind in ("literal_error", "union_tag_invalid", "enum"):
+        found = _invalid_value(event, path, error)
+    elif kind in _EXPECTED:
+        return api_error(event, "invalid_type", path, _EXPECTED[kind], value)
+    elif kind in ("string_too_long", "too_long"):
+        found = _too_long(path, value, ctx, eid)
+    elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        found = _out_of_range(path, value, kind, ctx, eid)
+    else:
+        found = InvalidEvent(
+            "invalid_value", f"Invalid value for '{path}': {error['msg']}.", path, eid
+        )
+    return _with_hint(event, found)
+
+
+def _invalid_value(event: dict[str, Any], path: str, error: ErrorDetails) -> InvalidEvent:
+    ctx = error.get("ctx") or {}
+    expected = str(ctx.get("expected_tags") or ctx.get("expected") or "")
+    options = [
+        part.strip(" '") for part in expected.replace(" or ", ",").split(",") if part.strip()
+    ]
+    options = [o.removeprefix(TAG_MARK).strip("'") for o in options]
+    value = error.get("input")
+    if error["type"] == "union_tag_invalid":
+        value = ctx.get("tag", value)
+        value = str(value).removeprefix(TAG_MARK)
+        path = path + ".type" if not path.endswith("type") else path
+    shown = value if isinstance(value, str) else orjson.dumps(value).decode()
+    message = f"Invalid value: '{shown}'. Supported values are: {quote_list(options)}."
+    return InvalidEvent("invalid_value", message, path, _event_id(event))
+
+
+def _too_long(path: str, value: Any, ctx: dict[str, Any], eid: str | None) -> InvalidEvent:
+    limit = ctx.get("max_length")
+    size = len(value) if isinstance(value, str | list | dict) else 0
+    noun = "string" if isinstance(value, str) else "array"
+    message = (
+        f"Invalid '{path}': {noun} too long. Expected a {noun} with maximum length {limit}, "
+        f"but got a {noun} with length {size} instead."
+    )
+    code = "string_above_max_length" if noun == "string" else "array_above_max_length"
+    return InvalidEvent(code, message, path, eid)
+
+
+def _out_of_range(
+    path: str, value: Any, kind: str, ctx: dict[str, Any], eid: str | None
+) -> InvalidEvent:
+    limit = ctx.get("ge", ctx.get("gt", ctx.get("le", ctx.get("lt"))))
+    number = "integer" if isinstance(value, int) and isinstance(limit, int) else "decimal"
+    if kind.startswith("greater"):
+        bound, op, side = (
+            ctx.get("ge", ctx.get("gt")),
+            ">=" if kind.endswith("equal") else ">",
+            "below_min",
+        )
+    else:
+        bound, op, side = (
+            ctx.get("le", ctx.get("lt")),
+            "<=" if kind.endswith("equal") else "<",
+            "above_max",
+        )
+    words = "below minimum" if side == "below_min" else "above maximum"
+    message = f"Invalid '{path}': {number} {words} value. Expected a value {op} {bound}, but got {value} instead."
+    return InvalidEvent(f"{number}_{side}_value", message, path, eid)
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "an array", dict: "an object"}.get(type(value), "a value")  # fmt: skip
+
+
+def api_error(
+    event: dict[str, Any], code: str, path: str, expected: str, value: Any
+) -> InvalidEvent:
+    message = (
+        f"Invalid type for '{path}': expected {expected}, but got {_type_name(value)} instead."
+    )
+    return _with_hint(event, InvalidEvent(code, message, path, _event_id(event)))
+
+
+def _with_hint(event: dict[str, Any], error: InvalidEvent) -> InvalidEvent:
+    hint = hint_for(event, error)
+    if not hint:
+        return error
+    return InvalidEvent(
+        error.code, f"{error.message} Hint: {hint}", error.param, error.client_event_id
+    )

@@ -1,0 +1,33 @@
+"""Simulator settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+DEFAULT_MODELS = (
+    "gpt-realtime",
+    "gpt-realtime-mini",
+    "gpt-realtime-2",
+    "gpt-realtime-1.5",
+    "gpt-realtime-2025-08-28",
+    "gpt-realtime-mini-2025-10-06",
+    "gpt-4o-realtime-preview",
+    "gpt-4o-mini-realtime-preview",
+)
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """How the simulated Realtime API behaves. ``speed`` > 1 streams faster than real time."""
+
+    interface: str = "ga"  # "ga" | "azure-ga"
+    api_keys: tuple[str, ...] = ()  # empty: any non-empty key is accepted
+    models: tuple[str, ...] = DEFAULT_MODELS
+    speed: float = 1.0
+    session_max_s: float = 3600.0
+    ping_interval_s: float = 20.0
+    reply_text: str | None = None
+    transcript_text: str | None = None
+    audio_chunk_ms: int = 100
+    max_sessions_kept: int = 2000  # closed sessions stay inspectable up to this many
+    extra: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,304 @@
+"""The simulator's HTTP side: the Realtime WebSocket, auth failures, faults, inspection.
+
+Auth failures behave like the live API (reference §1.1): the upgrade succeeds, then an ``error``
+event and close 3000 (key) or 4000 (model, beta shape). The ``/_sim`` endpoints let tests read a
+session's effective config and conversation and inject faults at exact points.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import WSMsgType, web
+
+from relay.core.errors import error_event
+from relay.core.protocol import BETA_DISABLED_MESSAGE, BETA_HEADER_VALUE, BETA_SUBPROTOCOL
+from relay.simulator.config import SimulatorConfig
+from relay.simulator.faults import Fault, FaultBoard
+from relay.simulator.session import SimSession
+
+_TOKEN_PREFIX = "openai-insecure-api-key."
+
+
+@dataclass
+class Script:
+    """Queued deterministic outputs for the next responses (shared by all sessions)."""
+
+    replies: deque[str] = field(default_factory=deque)
+    transcripts: deque[str] = field(default_factory=deque)
+    arguments: str = "{}"
+
+    def next_reply(self) -> str | None:
+        return self.replies.popleft() if self.replies else None
+
+    def next_transcript(self) -> str | None:
+        return self.transcripts.popleft() if self.transcripts else None
+
+    def tool_arguments(self) -> str:
+        return self.arguments
+
+
+@dataclass
+class Record:
+    """What the inspection API shows about one session, open or closed."""
+
+    session: SimSession
+    relay_session: str | None
+    created_at: float
+    ws: web.WebSocketResponse
+    raw: list[str] = field(default_factory=list)
+    open: bool = True
+    close_code: int | None = None
+    faults: FaultBoard = field(default_factory=FaultBoard)
+
+
+class Simulator:
+    def __init__(self, config: SimulatorConfig) -> None:
+        self.config = config
+        self.records: dict[str, Record] = {}
+        self.script = Script()
+        self.refuse_until = 0.0
+        self.refuse_kind = ""
+
+    # ------------------------------------------------------------------ websocket
+    async def realtime(self, request: web.Request) -> web.StreamResponse:
+        refused = self._refusal(request)
+        if refused is not None:
+            return refused
+        protocols = [
+            p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+        ]
+        ws = web.WebSocketResponse(
+            protocols=("realtime",),
+            heartbeat=self.config.ping_interval_s,
+            max_msg_size=32 * 1024 * 1024,
+        )
+        await ws.prepare(request)
+        problem = self._auth_problem(request, protocols)
+        if problem is not None:
+            code, message, close = problem
+            await ws.send_json(error_event(code, message))
+            await ws.close(code=close, message=f"invalid_request_error.{code}".encode())
+            return ws
+        model = request.query.get("model") or request.query.get("deployment") or ""
+        await self._serve(request, ws, model)
+        return ws
+
+    def _refusal(self, request: web.Request) -> web.StreamResponse | None:
+        if time.monotonic() >= self.refuse_until:
+            return None
+        if self.refuse_kind == "connect":
+            if request.transport is not None:
+                request.transport.abort()
+            raise ConnectionResetError("refusing connections")
+        status = int(self.refuse_kind) if self.refuse_kind.isdigit() else 503
+        return web.json_response({"error": {"message": "simulated refusal"}}, status=status)
+
+    def _auth_problem(
+        self, request: web.Request, protocols: list[str]
+    ) -> tuple[str | None, str, int] | None:
+        key = _key(request, protocols)
+        if not key:
+            return None, "Missing bearer or basic authentication in header", 3000
+        if self.config.api_keys and key not in self.config.api_keys:
+            return "invalid_api_key", f"Incorrect API key provided: {key[:3]}***{key[-2:]}.", 3000
+        beta = (
+            request.headers.get("OpenAI-Beta") == BETA_HEADER_VALUE or BETA_SUBPROTOCOL in protocols
+        )
+        if beta:
+            return "beta_api_shape_disabled", BETA_DISABLED_MESSAGE, 4000
+        model = request.query.get("model") or request.query.get("deployment")
+        if not model:
+            return (
+                "missing_model",
+                (
+                    "You must provide a model parameter, for example "
+                    "wss://api.openai.com/v1/realtime?model=gpt-realtime-1.5"
+                ),
+                4000,
+            )
+        if model not in self.config.models:
+            return "invalid_model", f'Model "{model}" is not supported in realtime mode.', 4000
+        return None
+
+    async def _serve(self, request: web.Request, ws: web.WebSocketResponse, model: str) -> None:
+        record: Record | None = None
+
+        async def emit(event: dict[str, Any]) -> None:
+            assert record is not None
+            await record.faults.before_send()
+            if ws.closed:
+                return
+            await ws.send_str(orjson.dumps(event).decode())
+            fault = record.faults.after_sent(event["type"])
+            if fault is not None:
+                await self._apply(record, fault)
+
+        session = SimSession(self.config, model, emit, self.script)
+        record = Record(session, request.headers.get("X-Relay-Session-Id"), time.time(), ws)
+        self._remember(record)
+        expiry = asyncio.get_running_loop().call_later(
+            self.config.session_max_s, lambda: asyncio.ensure_future(self._expire(record))
+        )
+        try:
+            await session.start()
+            await self._read(record)
+        finally:
+            expiry.cancel()
+            if session.active is not None:
+                session.active.cancel()
+            record.open = False
+            record.close_code = ws.close_code
+
+    async def _read(self, record: Record) -> None:
+        async for msg in record.ws:
+            await record.faults.stall()
+            if msg.type is WSMsgType.TEXT:
+                if len(record.raw) < 5000:
+                    record.raw.append(msg.data[:2000])
+                await record.session.handle_frame(msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                await record.ws.send_json(
+                    error_event(
+                        "invalid_event",
+                        "Expected a text WebSocket message; binary frames are not supported.",
+                    )
+                )
+
+    def _remember(self, record: Record) -> None:
+        self.records[record.session.id] = record
+        if len(self.records) > self.config.max_sessions_kept:
+            oldest = next(k for k, r in self.records.items() if not r.open)
+            del self.records[oldest]
+
+    async def _expire(self, record: Record) -> None:
+        minutes = round(self.config.session_max_s / 60)
+        await self._apply(
+            record, Fault("close", code=1001, reason="session_expired", minutes=minutes)
+        )
+
+    async def _apply(self, record: Record, fault: Fault) -> None:
+        ws = record.ws
+        if fault.kind == "drop":
+            record.close_code = 1006
+            transport = getattr(getattr(ws, "_writer", None), "transport", None)
+            if transport is not None:
+                transport.abort()
+        elif fault.kind == "close":
+            reason = fault.reason or ""
+            if fault.code == 1001 and "expired" in reason:
+                minutes = fault.minutes or 60
+                reason = f"Your session hit the maximum duration of {minutes} minutes."
+                await ws.send_json(error_event("session_expired", reason))
+            await ws.close(code=fault.code or 1000, message=reason.encode()[:120])
+        elif fault.kind == "server_error":
+            await ws.send_json(
+                error_event(
+                    None,
+                    "The server had an error while processing your request. Sorry about that!",
+                    error_type="server_error",
+                )
+            )
+        else:
+            record.faults.arm_now(fault)
+
+    # ------------------------------------------------------------------ control API
+    async def list_sessions(self, request: web.Request) -> web.Response:
+        wanted = request.query.get("relay_session")
+        sessions = [
+            {
+                "id": sid,
+                "relay_session": r.relay_session,
+                "open": r.open,
+                "created_at": r.created_at,
+                "interface": self.config.interface,
+            }
+            for sid, r in self.records.items()
+            if wanted is None or r.relay_session == wanted
+        ]
+        return web.json_response({"sessions": sessions})
+
+    async def get_session(self, request: web.Request) -> web.Response:
+        record = self.records.get(request.match_info["id"])
+        if record is None:
+            raise web.HTTPNotFound(text="no such session")
+        body = record.session.snapshot()
+        body.update(open=record.open, received=record.raw, close_code=record.close_code)
+        return web.json_response(body)
+
+    async def session_fault(self, request: web.Request) -> web.Response:
+        record = self.records.get(request.match_info["id"])
+        if record is None or not record.open:
+            raise web.HTTPNotFound(text="no such open session")
+        fault = Fault.from_json(await request.json())
+        if fault.after_event:
+            record.faults.arm(fault)
+        else:
+            await self._apply(record, fault)
+        return web.json_response({"ok": True})
+
+    async def global_fault(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if body.get("clear"):
+            self.refuse_until = 0.0
+        elif "refuse" in body:
+            self.refuse_kind = str(body["refuse"])
+            self.refuse_until = time.monotonic() + float(body.get("seconds", 5))
+        return web.json_response({"ok": True})
+
+    async def set_script(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.script.replies.extend(body.get("replies") or [])
+        self.script.transcripts.extend(body.get("transcripts") or [])
+        if "tool_arguments" in body:
+            self.script.arguments = orjson.dumps(body["tool_arguments"]).decode()
+        return web.json_response({"ok": True})
+
+
+def _key(request: web.Request, protocols: list[str]) -> str | None:
+    auth = request.headers.get("Authorization", "")
+    if auth.lower().startswith("bearer "):
+        return auth[7:].strip() or None
+    if request.headers.get("api-key"):
+        return request.headers["api-key"]
+    if request.query.get("api-key"):
+        return request.query["api-key"]
+    for protocol in protocols:
+        if protocol.startswith(_TOKEN_PREFIX):
+            return protocol[len(_TOKEN_PREFIX) :]
+    return None
+
+
+def create_simulator_app(config: SimulatorConfig) -> web.Application:
+    simulator = Simulator(config)
+    app = web.Application()
+    for path in ("/v1/realtime", "/openai/v1/realtime", "/openai/realtime"):
+        app.router.add_get(path, simulator.realtime)
+    app.router.add_get("/_sim/sessions", simulator.list_sessions)
+    app.router.add_get("/_sim/sessions/{id}", simulator.get_session)
+    app.router.add_post("/_sim/sessions/{id}/fault", simulator.session_fault)
+    app.router.add_post("/_sim/faults", simulator.global_fault)
+    app.router.add_post("/_sim/script", simulator.set_script)
+    return app
+
+
+async def start_simulator(
+    config: SimulatorConfig, host: str = "127.0.0.1", port: int = 0
+) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(create_simulator_app(config), handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    bound = sockets[0].getsockname()[1] if sockets else port
+    return runner, int(bound)
+
+
+def run_simulator(config: SimulatorConfig, host: str, port: int) -> None:
+    web.run_app(create_simulator_app(config), host=host, port=port, print=None)

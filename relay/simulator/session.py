@@ -1,0 +1,523 @@
+"""One simulated Realtime session: client events in, server events out, like the GA API.
+
+Schema errors come from the same validator the relay uses; the errors only a live session can
+know (an empty commit, an active response, unknown item ids, the voice lock) are raised here with
+the API's codes and messages. Errors are not fatal, as on the real API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from relay.core.errors import InvalidEvent, new_id
+from relay.core.protocol import Interface
+from relay.core.validation import Validator, parse_client_frame
+from relay.simulator.audio import bytes_per_ms
+from relay.simulator.config import SimulatorConfig
+from relay.simulator.responses import (
+    ResponsePlan,
+    ResponseStreamer,
+    new_function_call_item,
+    new_message_item,
+    usage,
+)
+from relay.simulator.state import (
+    Conversation,
+    apply_session_update,
+    default_session,
+    input_encoding,
+    output_encoding,
+)
+from relay.simulator.vad import VadEvent, VoiceActivityDetector
+
+Emit = Callable[[dict[str, Any]], Awaitable[None]]
+_VALIDATOR = Validator(Interface.GA)
+
+
+class SimSession:
+    def __init__(self, config: SimulatorConfig, model: str, emit: Emit, script: Any) -> None:
+        self.config = config
+        self.session = default_session(model, config.session_max_s)
+        self.id: str = self.session["id"]
+        self.conversation = Conversation()
+        self.emit_raw = emit
+        self.script = script
+        self.buffer = bytearray()
+        self.buffer_start_ms = 0
+        self.vad: VoiceActivityDetector | None = None
+        self.active: asyncio.Task[None] | None = None
+        self.active_streamer: ResponseStreamer | None = None
+        self.assistant_audio = False
+        self.tracing_enabled = False
+        self.received: list[str] = []
+        self.pending_user_item: str | None = None
+        self._reset_vad()
+
+    async def emit(self, event: dict[str, Any]) -> None:
+        await self.emit_raw({"type": event["type"], "event_id": new_id("event_"), **event})
+
+    # ------------------------------------------------------------------ dispatch
+    async def handle_frame(self, raw: str | bytes) -> None:
+        try:
+            event = parse_client_frame(raw)
+            self.received.append(str(event.get("type")))
+            _VALIDATOR.check(event)
+            await self._dispatch(event)
+        except InvalidEvent as exc:
+            await self.emit_raw(exc.to_event())
+
+    async def _dispatch(self, event: dict[str, Any]) -> None:
+        handler = getattr(self, "_on_" + event["type"].replace(".", "_"), None)
+        if handler is not None:
+            await handler(event)
+
+    def _fail(
+        self, event: dict[str, Any], code: str, message: str, param: str | None = None
+    ) -> InvalidEvent:
+        return InvalidEvent(code, message, param, event.get("event_id"))
+
+    # ------------------------------------------------------------------ session
+    async def start(self) -> None:
+        await self.emit({"type": "session.created", "session": self.session})
+
+    async def _on_session_update(self, event: dict[str, Any]) -> None:
+        update = event["session"]
+        if update.get("type", "realtime") != "realtime":
+            raise self._fail(
+                event,
+                "invalid_parameter",
+                "Passing a transcription session update "
+                "event to a realtime session is not allowed.",
+                "session.type",
+            )
+        if "model" in update and update["model"] != self.session["model"]:
+            raise self._fail(
+                event, "invalid_value", "Cannot update a session's model.", "session.model"
+            )
+        new = apply_session_update(self.session, update)
+        if (
+            self.assistant_audio
+            and new["audio"]["output"]["voice"] != self.session["audio"]["output"]["voice"]
+        ):
+            raise self._fail(
+                event,
+                "cannot_update_voice",
+                "Cannot update a conversation's voice if assistant audio is present.",
+            )
+        if (
+            self.session.get("tracing") not in (None,)
+            and new.get("tracing") != self.session["tracing"]
+        ):
+            raise self._fail(
+                event,
+                "invalid_value",
+                "Tracing cannot be modified once enabled.",
+                "session.tracing",
+            )
+        self.session = new
+        self._reset_vad()
+        await self.emit({"type": "session.updated", "session": self.session})
+
+    def _reset_vad(self) -> None:
+        detection = self.session["audio"]["input"].get("turn_detection")
+        position = self.vad.position_ms if self.vad else 0
+        self.vad = (
+            VoiceActivityDetector(detection, input_encoding(self.session)) if detection else None
+        )
+        if self.vad is not None:
+            self.vad.position_ms = position
+
+    # ------------------------------------------------------------------ input audio
+    async def _on_input_audio_buffer_append(self, event: dict[str, Any]) -> None:
+        try:
+            audio = base64.b64decode(event["audio"], validate=True)
+        except (binascii.Error, ValueError):
+            raise self._fail(
+                event,
+                "invalid_value",
+                "Invalid 'audio'. Expected base64-encoded "
+                "audio bytes (mono PCM16 at 24kHz) but got an invalid value.",
+                "audio",
+            ) from None
+        self.buffer += audio
+        if self.vad is not None:
+            for vad_event in self.vad.feed(audio):
+                await self._on_vad(vad_event)
+
+    async def _on_vad(self, vad: VadEvent) -> None:
+        detection = self.session["audio"]["input"]["turn_detection"] or {}
+        if vad.kind == "speech_started":
+            self.pending_user_item = new_id("item_")
+            await self.emit(
+                {
+                    "type": "input_audio_buffer.speech_started",
+                    "audio_start_ms": vad.audio_start_ms,
+                    "item_id": self.pending_user_item,
+                }
+            )
+            if self.active is not None and detection.get("interrupt_response", True):
+                await self.cancel_active("turn_detected")
+        elif vad.kind == "speech_stopped":
+            await self.emit(
+                {
+                    "type": "input_audio_buffer.speech_stopped",
+                    "audio_end_ms": vad.audio_end_ms,
+                    "item_id": self.pending_user_item,
+                }
+            )
+            await self._commit(self.pending_user_item)
+            if detection.get("create_response", True):
+                await self.start_response({})
+        else:
+            item_id = new_id("item_")
+            await self.emit(
+                {
+                    "type": "input_audio_buffer.timeout_triggered",
+                    "audio_start_ms": vad.audio_start_ms,
+                    "audio_end_ms": vad.audio_end_ms,
+                    "item_id": item_id,
+                }
+            )
+            await self._commit(item_id, allow_empty=True)
+            await self.start_response({})
+
+    def buffered_ms(self) -> float:
+        return len(self.buffer) / bytes_per_ms(input_encoding(self.session))
+
+    async def _on_input_audio_buffer_commit(self, event: dict[str, Any]) -> None:
+        if self.buffered_ms() < 100:
+            raise self._fail(
+                event,
+                "input_audio_buffer_commit_empty",
+                "Error committing input audio buffer: buffer too small. Expected at "
+                f"least 100ms of audio, but buffer only has {self.buffered_ms():.2f}ms of audio.",
+            )
+        await self._commit(None)
+
+    async def _commit(self, item_id: str | None, allow_empty: bool = False) -> None:
+        item_id = item_id or new_id("item_")
+        previous = self.conversation.last_id
+        audio = bytes(self.buffer)
+        self.buffer.clear()
+        if self.vad is not None:
+            self.vad.reset()
+        await self.emit(
+            {
+                "type": "input_audio_buffer.committed",
+                "previous_item_id": previous,
+                "item_id": item_id,
+            }
+        )
+        item = {
+            "id": item_id,
+            "type": "message",
+            "status": "completed",
+            "role": "user",
+            "content": [{"type": "input_audio", "transcript": None}],
+        }
+        await self._add_item(item, None, audio=audio)
+        transcription = self.session["audio"]["input"].get("transcription")
+        if transcription:
+            await self._transcribe(item)
+
+    async def _transcribe(self, item: dict[str, Any]) -> None:
+        text = self.script.next_transcript() or self.config.transcript_text or "Hello there."
+        for piece in text.split(" "):
+            await self.emit(
+                {
+                    "type": "conversation.item.input_audio_transcription.delta",
+                    "item_id": item["id"],
+                    "content_index": 0,
+                    "delta": piece + " ",
+                    "obfuscation": "x" * 6,
+                }
+            )
+        item["content"][0]["transcript"] = text
+        await self.emit(
+            {
+                "type": "conversation.item.input_audio_transcription.completed",
+                "item_id": item["id"],
+                "content_index": 0,
+                "transcript": text,
+                "usage": {"type": "duration", "seconds": 1},
+            }
+        )
+
+    async def _on_input_audio_buffer_clear(self, event: dict[str, Any]) -> None:
+        self.buffer.clear()
+        if self.vad is not None:
+            self.vad.reset()
+        await self.emit({"type": "input_audio_buffer.cleared"})
+
+    # ------------------------------------------------------------------ conversation
+    async def _on_conversation_item_create(self, event: dict[str, Any]) -> None:
+        item = dict(event["item"])
+        previous = event.get("previous_item_id")
+        if previous not in (None, "root") and self.conversation.find(previous) is None:
+            raise self._fail(
+                event,
+                "invalid_value",
+                f"Invalid 'previous_item_id': no item with id "
+                f"'{previous}' exists in the conversation.",
+                "previous_item_id",
+            )
+        if item.get("id") and self.conversation.find(item["id"]) is not None:
+            raise self._fail(
+                event, "invalid_value", f"Item with id '{item['id']}' already exists.", "item.id"
+            )
+        item.setdefault("id", new_id("item_"))
+        item.setdefault("status", "completed")
+        item.pop("object", None)
+        await self._add_item(item, previous)
+
+    async def _add_item(
+        self, item: dict[str, Any], previous: str | None, audio: bytes = b""
+    ) -> None:
+        before = self.conversation.insert(item, previous)
+        for kind in ("conversation.item.added", "conversation.item.done"):
+            await self.emit({"type": kind, "previous_item_id": before, "item": item})
+
+    def _item_or_fail(self, event: dict[str, Any]) -> dict[str, Any]:
+        item = self.conversation.find(event["item_id"])
+        if item is None:
+            raise self._fail(
+                event, "item_not_found", f"Item with id '{event['item_id']}' not found.", "item_id"
+            )
+        return item
+
+    async def _on_conversation_item_retrieve(self, event: dict[str, Any]) -> None:
+        await self.emit({"type": "conversation.item.retrieved", "item": self._item_or_fail(event)})
+
+    async def _on_conversation_item_delete(self, event: dict[str, Any]) -> None:
+        self._item_or_fail(event)
+        self.conversation.delete(event["item_id"])
+        await self.emit({"type": "conversation.item.deleted", "item_id": event["item_id"]})
+
+    async def _on_conversation_item_truncate(self, event: dict[str, Any]) -> None:
+        item = self._item_or_fail(event)
+        content = item.get("content") or [{}]
+        if item.get("role") != "assistant" or content[0].get("type") != "output_audio":
+            raise self._fail(
+                event,
+                "invalid_value",
+                "Only assistant messages with audio can be truncated.",
+                "item_id",
+            )
+        length = int(item.get("_audio_ms", 0))
+        if event["audio_end_ms"] > length:
+            raise self._fail(
+                event,
+                "invalid_value",
+                f"Audio content of {length}ms is already shorter than {event['audio_end_ms']}ms",
+                "audio_end_ms",
+            )
+        content[0]["transcript"] = ""
+        item["_audio_ms"] = event["audio_end_ms"]
+        await self.emit(
+            {
+                "type": "conversation.item.truncated",
+                "item_id": item["id"],
+                "content_index": event["content_index"],
+                "audio_end_ms": event["audio_end_ms"],
+            }
+        )
+
+    # ------------------------------------------------------------------ responses
+    async def _on_response_create(self, event: dict[str, Any]) -> None:
+        params = event.get("response") or {}
+        out_of_band = params.get("conversation") == "none"
+        if self.active is not None and not out_of_band:
+            raise self._fail(
+                event,
+                "conversation_already_has_active_response",
+                "Conversation already has an active response in progress: "
+                f"{self.active.get_name()}. Wait until the response is finished "
+                "before creating a new one.",
+            )
+        await self.start_response(params)
+
+    async def _on_response_cancel(self, event: dict[str, Any]) -> None:
+        if self.active is None:
+            raise self._fail(
+                event, "response_cancel_not_active", "Cancellation failed: no active response found"
+            )
+        await self.cancel_active("client_cancelled")
+
+    async def start_response(self, params: dict[str, Any]) -> None:
+        plan = self._plan(params)
+        task = asyncio.create_task(self._run_response(plan), name=plan.response_id)
+        if plan.in_conversation:
+            self.active = task
+        await asyncio.sleep(0)  # let response.created go out before the next client event
+
+    async def cancel_active(self, reason: str) -> None:
+        task, streamer = self.active, self.active_streamer
+        if task is None:
+            return
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        if streamer is not None:
+            plan = streamer.plan
+            plan.status, plan.status_details = "cancelled", {"type": "cancelled", "reason": reason}
+            await self._finish(plan)
+
+    def _plan(self, params: dict[str, Any]) -> ResponsePlan:
+        session = self.session
+        audio_out = (params.get("audio") or {}).get("output") or {}
+        fmt = audio_out.get("format") or session["audio"]["output"]["format"]
+        plan = ResponsePlan(
+            response_id=new_id("resp_"),
+            modalities=params.get("output_modalities") or session["output_modalities"],
+            voice=audio_out.get("voice") or session["audio"]["output"]["voice"],
+            audio_format=fmt,
+            encoding=output_encoding({"audio": {"output": {"format": fmt}}}),
+            text=self.script.next_reply() or self.config.reply_text or self._default_reply(),
+            metadata=params.get("metadata"),
+            max_output_tokens=params.get("max_output_tokens", session["max_output_tokens"]),
+            in_conversation=params.get("conversation") != "none",
+        )
+        plan.function_call = self._function_call(params)
+        return plan
+
+    def _default_reply(self) -> str:
+        for item in reversed(self.conversation.items):
+            if item.get("role") == "user":
+                part = (item.get("content") or [{}])[0]
+                said = part.get("text") or part.get("transcript")
+                return f"You said: {said}." if said else "I heard you."
+        return "Hello! How can I help?"
+
+    def _function_call(self, params: dict[str, Any]) -> tuple[str, str] | None:
+        tools = params.get("tools", self.session["tools"]) or []
+        names = [t["name"] for t in tools if t.get("type") == "function"]
+        choice = params.get("tool_choice", self.session["tool_choice"])
+        if not names or choice == "none":
+            return None
+        last = self.conversation.items[-1] if self.conversation.items else {}
+        if last.get("type") == "function_call_output":
+            return None
+        forced = (
+            choice.get("name")
+            if isinstance(choice, dict)
+            else names[0]
+            if choice == "required"
+            else None
+        )
+        said = " ".join(
+            str(p.get("text") or p.get("transcript") or "") for p in last.get("content") or []
+        )
+        name = forced or next((n for n in names if n in said), None)
+        return (name, self.script.tool_arguments()) if name else None
+
+    async def _run_response(self, plan: ResponsePlan) -> None:
+        streamer = ResponseStreamer(
+            plan, self.emit, speed=self.config.speed, chunk_ms=self.config.audio_chunk_ms
+        )
+        if plan.in_conversation:
+            self.active_streamer = streamer
+        await self.emit({"type": "response.created", "response": plan.shell()})
+        try:
+            await self._stream(plan, streamer)
+        except asyncio.CancelledError:
+            self._record_partial(streamer)
+            raise
+        await self._finish(plan)
+
+    async def _stream(self, plan: ResponsePlan, streamer: ResponseStreamer) -> None:
+        if plan.function_call is not None:
+            item = new_function_call_item(plan.function_call[0])
+        else:
+            item = new_message_item()
+            plan.text = self._limit(plan)
+        streamer.item = item
+        await self.emit(
+            {
+                "type": "response.output_item.added",
+                "response_id": plan.response_id,
+                "output_index": 0,
+                "item": dict(item),
+            }
+        )
+        if plan.in_conversation:
+            before = self.conversation.insert(item, None)
+            await self.emit(
+                {"type": "conversation.item.added", "previous_item_id": before, "item": dict(item)}
+            )
+        if plan.function_call is not None:
+            await streamer.stream_function_call(item)
+        else:
+            await streamer.stream_message(item)
+            item["_audio_ms"] = streamer.spoken_ms
+            self.assistant_audio |= "audio" in plan.modalities
+        self._complete_item(plan, item)
+
+    def _limit(self, plan: ResponsePlan) -> str:
+        cap = plan.max_output_tokens
+        pieces = plan.text.split(" ")
+        if isinstance(cap, int) and cap < len(pieces) * 2:
+            plan.status_details = {"type": "incomplete", "reason": "max_output_tokens"}
+            return " ".join(pieces[: max(1, cap // 2)])
+        return plan.text
+
+    def _complete_item(self, plan: ResponsePlan, item: dict[str, Any]) -> None:
+        item["status"] = "incomplete" if plan.status_details else "completed"
+        plan.output.append(_public(item))
+
+    def _record_partial(self, streamer: ResponseStreamer) -> None:
+        item = streamer.item
+        if item is None:
+            return
+        item["status"] = "incomplete"
+        if item.get("type") == "message":
+            audio = "audio" in streamer.plan.modalities
+            kind, key = ("output_audio", "transcript") if audio else ("output_text", "text")
+            item["content"] = [{"type": kind, key: streamer.streamed_text}]
+            item["_audio_ms"] = streamer.spoken_ms
+        streamer.plan.output.append(_public(item))
+
+    async def _finish(self, plan: ResponsePlan) -> None:
+        for item in plan.output:
+            if plan.in_conversation and self.conversation.find(item["id"]) is not None:
+                await self.emit(
+                    {"type": "conversation.item.done", "previous_item_id": None, "item": item}
+                )
+            await self.emit(
+                {
+                    "type": "response.output_item.done",
+                    "response_id": plan.response_id,
+                    "output_index": 0,
+                    "item": item,
+                }
+            )
+        if plan.status == "in_progress":
+            plan.status = "incomplete" if plan.status_details else "completed"
+        done = plan.shell()
+        done["usage"] = usage(plan, 10 + 5 * len(self.conversation.items))
+        if plan.in_conversation:
+            self.active = None
+            self.active_streamer = None
+        await self.emit({"type": "response.done", "response": done})
+        await self.emit(
+            {
+                "type": "rate_limits.updated",
+                "rate_limits": [
+                    {"name": "tokens", "limit": 40000, "remaining": 39000, "reset_seconds": 1.5}
+                ],
+            }
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "config": self.session,
+            "conversation": [_public(i) for i in self.conversation.items],
+            "received_types": list(self.received),
+        }
+
+
+def _public(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if not k.startswith("_")}
