@@ -24,6 +24,7 @@ from relay.io.context import RelayContext
 from relay.io.frames import dumps, event_type_of, peek_type
 from relay.io.inbound import ClientEventChecker
 from relay.io.link import UpstreamLink
+from relay.io.supervisor import Supervisor
 from relay.observability.logging import get_logger
 
 C2U = "client_to_upstream"
@@ -71,6 +72,7 @@ class RelaySession:
         self._client_send_since = 0.0  # when a send still in progress started (0: none)
         self._upstream_send_since = 0.0
         self._closing = False
+        self.supervisor = Supervisor(self)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
@@ -169,14 +171,17 @@ class RelaySession:
         return link
 
     async def _upstream_loop(self) -> None:
-        """Forward the current upstream's frames; an upstream close ends or replaces it."""
-        assert self.link is not None
-        link = self.link
-        await self._pump_upstream(link)
-        if self._closing or self.client.closed:
-            return
-        self.log.info("upstream_closed", code=link.close_code, error_code=link.last_error_code)
-        raise upstream_mod.close_error(link.close_code, link.last_error_code)
+        """Forward the current upstream's frames; when it closes, the supervisor replaces it."""
+        while True:
+            link = self.link
+            assert link is not None
+            await self._pump_upstream(link)
+            if self._closing or self.client.closed:
+                return
+            if link is not self.link or link.closed_by_relay:
+                continue  # a rotation switched to a new upstream and closed this one
+            self.log.info("upstream_closed", code=link.close_code, error_code=link.last_error_code)
+            await self.supervisor.recover(link)
 
     async def _pump_upstream(self, link: UpstreamLink) -> None:
         async for msg in link.ws:
@@ -188,9 +193,12 @@ class RelaySession:
     async def on_upstream_text(self, link: UpstreamLink, data: bytes) -> None:
         received = time.perf_counter()
         event_type, event = event_type_of(data)
-        if event_type in _STATEFUL_SERVER_TYPES:
+        if event_type not in _UNTRACKED_SERVER_TYPES:
             event = event if event is not None else _loads(data)
-            data = self.on_server_event(link, event_type, event, data)
+            shown = self.on_server_event(link, event_type, event, data)
+            if shown is None:
+                return
+            data = shown
         await self._send_client_frame(data, WSMsgType.TEXT)
         self.metrics.frame(U2C, event_type_label(event_type), len(data))
         self.metrics.added_latency_seconds.labels(U2C).observe(time.perf_counter() - received)
@@ -199,8 +207,12 @@ class RelaySession:
 
     def on_server_event(
         self, link: UpstreamLink, event_type: str, event: dict[str, Any], data: bytes
-    ) -> bytes:
+    ) -> bytes | None:
         """Track what the relay must know from a server event; returns the frame to forward."""
+        shown = self.supervisor.on_server_event(event_type, event, data)
+        if shown is None:
+            return None
+        data = shown
         self.gate.on_server_event(event_type, event)
         self.checker.on_server_event(event_type, event)
         if event_type == "session.created":
@@ -255,6 +267,15 @@ class RelaySession:
             return
         await self._send_upstream(self.link, data)
         self.gate.sent(event, event_type)
+        self.supervisor.on_client_event(event, data)
+
+    async def send_now(
+        self, link: UpstreamLink, data: bytes, event_type: str, event: dict[str, Any] | None
+    ) -> None:
+        """Send ahead of anything held (for events that were sent before the held ones)."""
+        await self._send_upstream(link, data)
+        self.gate.sent(event, event_type)
+        self.supervisor.on_client_event(event, data)
 
     async def _hold(self, data: bytes, event_type: str) -> None:
         if not self.gate.has_room():
@@ -270,8 +291,9 @@ class RelaySession:
         link = self.link
         while link is not None and (frame := self.gate.releasable()) is not None:
             await self._send_upstream(link, frame.data)
-            event = _loads(frame.data) if frame.event_type == "session.update" else None
+            event = _loads(frame.data)
             self.gate.sent(event, frame.event_type)
+            self.supervisor.on_client_event(event, frame.data)
         self._held_metrics()
         if self.gate.has_room():
             self._room.set()
@@ -308,6 +330,8 @@ class RelaySession:
                 self.log.warning("hold_timeout", held_events=self.gate.held_count)
                 raise
             self._check_stuck(now)
+            if self.link is not None and self.supervisor.rotation_due(now):
+                await self.supervisor.rotate()
 
     def _check_stuck(self, now: float) -> None:
         limit = self._stuck_timeout
@@ -322,16 +346,8 @@ class RelaySession:
             )
 
 
-_STATEFUL_SERVER_TYPES = frozenset(
-    {
-        "session.created",
-        "session.updated",
-        "error",
-        "input_audio_buffer.committed",
-        "input_audio_buffer.cleared",
-        "input_audio_buffer.speech_started",
-    }
-)
+# Audio deltas are most of the server's frames and carry nothing the session state needs.
+_UNTRACKED_SERVER_TYPES = frozenset({"response.output_audio.delta", "response.audio.delta"})
 _RELEASING_SERVER_TYPES = frozenset({"session.created", "session.updated", "error"})
 
 

@@ -1,0 +1,220 @@
+"""Upstream drops and rotations, end to end against the simulator with fault injection (F3).
+
+Each test checks what an app would notice: the connection stays open, every response.created
+gets exactly one response.done, no event arrives twice, no replay echo shows, the session id
+never changes, and the new upstream holds the same config and conversation as the old one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from relay.simulator.config import SimulatorConfig
+from relay.simulator.server import start_simulator
+from tests.conftest import RelayFactory, RelayHandle
+from tests.support.conversation import RecordingClient, text_item
+from tests.support.sim_control import SimControl
+
+
+@dataclass
+class Rig:
+    relay: RelayHandle
+    sim: SimControl
+
+    async def client(self) -> RecordingClient:
+        client = await RecordingClient.connect(self.relay.ws_url, self.relay.token)
+        await client.wait_for("session.created")
+        return client
+
+
+@pytest.fixture
+async def rig(start_relay: RelayFactory) -> AsyncIterator[Rig]:
+    runner, port = await start_simulator(SimulatorConfig(speed=50.0))
+    relay = await start_relay(
+        upstream="simulator",
+        upstream_url=f"ws://127.0.0.1:{port}/v1/realtime",
+        reconnect_base_delay_s=0.05,
+        reconnect_max_delay_s=0.5,
+        rotate_after_s=0,
+    )
+    yield Rig(relay, SimControl(f"http://127.0.0.1:{port}"))
+    await runner.cleanup()
+
+
+def _config(session: dict[str, Any]) -> dict[str, Any]:
+    """The effective config without the fields every session has its own value for."""
+    return {k: v for k, v in session["config"].items() if k not in ("id", "expires_at")}
+
+
+def _conversation_shape(session: dict[str, Any]) -> list[tuple[str, str, str | None]]:
+    """Ids, order and kinds of the items, the way replay must preserve them."""
+    return [(i["id"], i["type"], i.get("role")) for i in session["conversation"]]
+
+
+def _texts(session: dict[str, Any]) -> list[str]:
+    texts = []
+    for item in session["conversation"]:
+        for part in item.get("content") or []:
+            texts.append(part.get("text") or part.get("transcript") or "")
+    return texts
+
+
+async def _turn(client: RecordingClient, text: str) -> dict[str, Any]:
+    start = len(client.events)
+    await client.send(text_item(text))
+    await client.send({"type": "response.create"})
+    return await client.wait_for("response.done", after=start)
+
+
+FAULTS = [
+    pytest.param({"kind": "drop"}, id="1006-abrupt-drop"),
+    pytest.param({"kind": "close", "code": 1000}, id="1000"),
+    pytest.param({"kind": "close", "code": 1001, "reason": "session_expired"}, id="1001-expired"),
+    pytest.param({"kind": "close", "code": 1011}, id="1011"),
+]
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+async def test_idle_drop_is_invisible(rig: Rig, fault: dict[str, Any]) -> None:
+    client = await rig.client()
+    await client.send(
+        {
+            "type": "session.update",
+            "session": {
+                "type": "realtime",
+                "instructions": "Be brief.",
+                "output_modalities": ["text"],
+            },
+        }
+    )
+    await client.wait_for("session.updated")
+    await _turn(client, "first question")
+    before = await rig.sim.open_session(client.relay_session)
+    await rig.sim.fault(before["id"], **fault)
+    await asyncio.sleep(0.2)
+    after = await rig.sim.open_session(client.relay_session)
+    assert after["id"] != before["id"]
+    assert _config(after) == _config(before)
+    assert _conversation_shape(after) == _conversation_shape(before)
+    done = await _turn(client, "second question")
+    assert done["response"]["status"] == "completed"
+    client.assert_invariants()
+    assert rig.relay.metric("relay_upstream_replacements_total") >= 0
+    await client.close()
+
+
+async def test_drop_mid_audio_response_closes_it_once(rig: Rig) -> None:
+    client = await rig.client()
+    await rig.sim.script(replies=["This is a long spoken answer " * 8])
+    sim_session = await rig.sim.open_session(client.relay_session)
+    await rig.sim.fault(
+        sim_session["id"], kind="drop", after_event="response.output_audio.delta", count=3
+    )
+    start = len(client.events)
+    await client.send(text_item("talk to me"))
+    await client.send({"type": "response.create"})
+    done = await client.wait_for("response.done", after=start)
+    assert done["response"]["status"] in ("incomplete", "failed")
+    # The conversation carries on, with the partial answer kept as what the user heard.
+    second = await _turn(client, "and now?")
+    assert second["response"]["status"] == "completed"
+    client.assert_invariants()
+    await client.close()
+
+
+async def test_drop_mid_function_call_arguments(rig: Rig) -> None:
+    client = await rig.client()
+    await client.send(
+        {
+            "type": "session.update",
+            "session": {
+                "type": "realtime",
+                "tools": [
+                    {
+                        "type": "function",
+                        "name": "get_weather",
+                        "description": "Weather",
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"city": {"type": "string"}},
+                        },
+                    }
+                ],
+            },
+        }
+    )
+    await client.wait_for("session.updated")
+    await rig.sim.script(tool_arguments={"city": "Paris, the capital of France"})
+    sim_session = await rig.sim.open_session(client.relay_session)
+    await rig.sim.fault(
+        sim_session["id"],
+        kind="drop",
+        after_event="response.function_call_arguments.delta",
+        count=1,
+    )
+    start = len(client.events)
+    await client.send(text_item("what is the get_weather in Paris"))
+    await client.send({"type": "response.create"})
+    await client.wait_for("response.done", after=start)
+    second = await _turn(client, "never mind")
+    assert second["response"]["status"] == "completed"
+    client.assert_invariants()
+    await client.close()
+
+
+async def test_events_sent_during_the_outage_arrive_in_order(rig: Rig) -> None:
+    client = await rig.client()
+    sim_session = await rig.sim.open_session(client.relay_session)
+    await rig.sim.global_fault(refuse="503", seconds=0.6)
+    await rig.sim.fault(sim_session["id"], kind="drop")
+    texts = [f"during outage {i}" for i in range(5)]
+    for text in texts:
+        await client.send(text_item(text))
+    await asyncio.sleep(1.2)
+    new = await rig.sim.open_session(client.relay_session)
+    assert new["id"] != sim_session["id"]
+    assert _texts(new)[-5:] == texts
+    client.assert_invariants()
+    await client.close()
+
+
+async def test_proactive_rotation_keeps_everything(start_relay: RelayFactory) -> None:
+    runner, port = await start_simulator(SimulatorConfig(speed=50.0))
+    relay = await start_relay(
+        upstream="simulator",
+        upstream_url=f"ws://127.0.0.1:{port}/v1/realtime",
+        rotate_after_s=1.0,
+        rotate_jitter_s=0.0,
+    )
+    sim = SimControl(f"http://127.0.0.1:{port}")
+    client = await RecordingClient.connect(relay.ws_url, relay.token)
+    await client.wait_for("session.created")
+    await client.send(
+        {
+            "type": "session.update",
+            "session": {
+                "type": "realtime",
+                "instructions": "Rotate me.",
+                "output_modalities": ["text"],
+            },
+        }
+    )
+    await client.wait_for("session.updated")
+    for i in range(4):
+        await _turn(client, f"turn {i}")
+        await asyncio.sleep(0.7)
+    sessions = await sim.sessions(client.relay_session)
+    assert len(sessions) >= 3, "expected several rotations"
+    current = await sim.open_session(client.relay_session)
+    first = await sim.session(sessions[0]["id"])
+    assert _config(current) == _config(first)
+    assert [t for t in _texts(current) if t.startswith("turn")] == [f"turn {i}" for i in range(4)]
+    assert relay.metric("relay_upstream_replacements_total", {"cause": "rotation"}) >= 2
+    client.assert_invariants()
+    await client.close()
+    await runner.cleanup()
