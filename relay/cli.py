@@ -46,9 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from bench.__main__ import main as bench_main
 
         return int(bench_main(args.args))
-    return _serve(
-        getattr(args, "config", None), getattr(args, "host", None), getattr(args, "port", None)
-    )
+    return _serve(getattr(args, "config", None), getattr(args, "host", None), getattr(args, "port", None))
 
 
 def _serve(config: str | None, host: str | None, port: int | None) -> int:

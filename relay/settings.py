@@ -33,9 +33,7 @@ def _env(*names: str) -> AliasChoices:
 class Settings(BaseSettings):
     """The relay's whole configuration. See ``config/relay.example.toml``."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="RELAY_", frozen=True, extra="forbid", populate_by_name=True
-    )
+    model_config = SettingsConfigDict(env_prefix="RELAY_", frozen=True, extra="forbid", populate_by_name=True)
 
     # --- listening -------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -44,15 +42,11 @@ class Settings(BaseSettings):
     # --- upstream --------------------------------------------------------------------------
     upstream: UpstreamKind | None = None  # None: openai if a key is set, else azure, else simulator
     upstream_url: str | None = None
-    openai_api_key: SecretStr | None = Field(
-        None, validation_alias=_env("OPENAI_API_KEY", "openai_api_key")
-    )
+    openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY", "openai_api_key"))
     openai_organization: str | None = Field(
         None, validation_alias=_env("OPENAI_ORGANIZATION", "openai_organization")
     )
-    openai_project: str | None = Field(
-        None, validation_alias=_env("OPENAI_PROJECT", "openai_project")
-    )
+    openai_project: str | None = Field(None, validation_alias=_env("OPENAI_PROJECT", "openai_project"))
     azure_openai_endpoint: str | None = Field(
         None, validation_alias=_env("AZURE_OPENAI_ENDPOINT", "azure_openai_endpoint")
     )
@@ -108,9 +102,7 @@ class Settings(BaseSettings):
     hold_max_events: int = Field(10_000, ge=1)
     hold_timeout_s: float = Field(15.0, gt=0)
     policy_force_session: dict[str, Any] = Field(default_factory=dict)  # merged into session.update
-    policy_force_response: dict[str, Any] = Field(
-        default_factory=dict
-    )  # merged into response.create
+    policy_force_response: dict[str, Any] = Field(default_factory=dict)  # merged into response.create
     policy_max_output_tokens: int | None = Field(None, ge=1, le=4096)
     policy_allowed_tool_types: _CSV = Field(default_factory=list)  # empty: function and mcp
     policy_forbidden_session_fields: _CSV = Field(default_factory=list)
@@ -198,8 +190,7 @@ class Settings(BaseSettings):
                 )
             elif not is_loopback(self.host):
                 problems.append(
-                    "RELAY_ALLOW_UNAUTHENTICATED is only allowed on a loopback host, "
-                    f"not {self.host!r}"
+                    f"RELAY_ALLOW_UNAUTHENTICATED is only allowed on a loopback host, not {self.host!r}"
                 )
         return problems
 

@@ -60,9 +60,7 @@ def _wait_healthy(port: int, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(
-                f"relay exited: {proc.stderr.read().decode() if proc.stderr else ''}"
-            )
+            raise AssertionError(f"relay exited: {proc.stderr.read().decode() if proc.stderr else ''}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
@@ -88,9 +86,7 @@ async def test_sigterm_drains_then_closes_1001(
 ) -> None:
     proc, port = relay_process
     url = f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime"
-    async with websockets.connect(
-        url, additional_headers={"Authorization": f"Bearer {TOKEN}"}
-    ) as ws:
+    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
         created = orjson.loads(await asyncio.wait_for(ws.recv(), 10))
         assert created["type"] == "session.created"
         proc.send_signal(signal.SIGTERM)

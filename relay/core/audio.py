@@ -72,12 +72,21 @@ def check_append(audio_b64: str, encoding: str, client_event_id: str | None) -> 
             client_event_id,
         ) from None
     if len(audio) > MAX_APPEND_BYTES:
-        raise InvalidEvent("invalid_value", f"Invalid 'audio': {len(audio)} bytes is over the "
-                           f"limit of {MAX_APPEND_BYTES} bytes per append.", "audio", client_event_id)  # fmt: skip
+        raise InvalidEvent(
+            "invalid_value",
+            f"Invalid 'audio': {len(audio)} bytes is over the limit of {MAX_APPEND_BYTES} bytes per append.",
+            "audio",
+            client_event_id,
+        )
     sample = _SAMPLE_BYTES.get(encoding, 2)
     if len(audio) % sample:
-        raise InvalidEvent("invalid_value", f"Invalid 'audio': {len(audio)} bytes is not a whole "
-                           f"number of {sample}-byte samples for {encoding}.", "audio", client_event_id)  # fmt: skip
+        raise InvalidEvent(
+            "invalid_value",
+            f"Invalid 'audio': {len(audio)} bytes is not a whole "
+            f"number of {sample}-byte samples for {encoding}.",
+            "audio",
+            client_event_id,
+        )
     if encoding == "pcm16" and looks_like_float32(audio):
         raise InvalidEvent("invalid_audio_format", FLOAT32_MESSAGE, "audio", client_event_id)
     return len(audio)

@@ -74,9 +74,7 @@ class InvalidEvent(Exception):
     client_event_id: str | None = None
 
     def to_event(self) -> dict[str, Any]:
-        return error_event(
-            self.code, self.message, param=self.param, client_event_id=self.client_event_id
-        )
+        return error_event(self.code, self.message, param=self.param, client_event_id=self.client_event_id)
 
 
 class UpstreamError(RelayError):

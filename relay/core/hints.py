@@ -30,9 +30,21 @@ BETA_FIELD_HINTS = {
     "temperature": "'temperature' does not exist in the GA interface; remove it",
 }
 _KNOWN_SESSION_FIELDS = (
-    "type", "output_modalities", "model", "instructions", "audio", "include", "tracing", "tools",
-    "tool_choice", "parallel_tool_calls", "reasoning", "max_output_tokens", "truncation", "prompt",
-)  # fmt: skip
+    "type",
+    "output_modalities",
+    "model",
+    "instructions",
+    "audio",
+    "include",
+    "tracing",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "reasoning",
+    "max_output_tokens",
+    "truncation",
+    "prompt",
+)
 _FORMAT_STRINGS = {
     "pcm16": '{"type": "audio/pcm", "rate": 24000}',
     "g711_ulaw": '{"type": "audio/pcmu"}',
@@ -45,17 +57,24 @@ def hint_for(event: dict[str, Any], error: InvalidEvent) -> str | None:
     leaf = param.rsplit(".", 1)[-1]
     value = _value_at(event, param)
     found: list[str] = []
-    for rule in (_wrong_level, _session_id_elsewhere, _null_string, _session_id, _beta_field,
-                 _format_string, _tool_type, _missing_session_type, _did_you_mean):  # fmt: skip
+    for rule in (
+        _wrong_level,
+        _session_id_elsewhere,
+        _null_string,
+        _session_id,
+        _beta_field,
+        _format_string,
+        _tool_type,
+        _missing_session_type,
+        _did_you_mean,
+    ):
         hint = rule(event, error, param, leaf, value)
         if hint and hint not in found:
             found.append(hint)
     return " ".join(found[:3]) or None
 
 
-def _session_id_elsewhere(
-    event: Any, error: InvalidEvent, param: str, leaf: str, value: Any
-) -> str | None:
+def _session_id_elsewhere(event: Any, error: InvalidEvent, param: str, leaf: str, value: Any) -> str | None:
     """F7: the session id sent where the session object belongs, reported with another error."""
     session = event.get("session") if isinstance(event, dict) else None
     if param != "session" and isinstance(session, str):
@@ -78,43 +97,35 @@ def _value_at(event: dict[str, Any], path: str) -> Any:
 
 def _null_string(event: Any, error: InvalidEvent, param: str, leaf: str, value: Any) -> str | None:
     if isinstance(value, str) and value.strip().lower() in ("none", "null", "nil", "undefined"):
-        return (
-            f"'{param}' is the string {value!r}; to disable or clear it send JSON null (no quotes)."
-        )
+        return f"'{param}' is the string {value!r}; to disable or clear it send JSON null (no quotes)."
     return None
 
 
 def _session_id(event: Any, error: InvalidEvent, param: str, leaf: str, value: Any) -> str | None:
     if param == "session" and isinstance(value, str):
-        return ("'session' must be an object with the fields to change (for example "
-                '{"type": "realtime", "instructions": "..."}), not a session id.')  # fmt: skip
+        return (
+            "'session' must be an object with the fields to change (for example "
+            '{"type": "realtime", "instructions": "..."}), not a session id.'
+        )
     return None
 
 
 def _wrong_level(event: Any, error: InvalidEvent, param: str, leaf: str, value: Any) -> str | None:
     if error.code != "unknown_parameter" or "." in param:
         return None
-    if event.get("type") == "session.update" and (
-        leaf in BETA_FIELD_HINTS or leaf in _KNOWN_SESSION_FIELDS
-    ):
+    if event.get("type") == "session.update" and (leaf in BETA_FIELD_HINTS or leaf in _KNOWN_SESSION_FIELDS):
         where = BETA_FIELD_HINTS.get(leaf, f"it belongs at 'session.{leaf}'")
         return f"session fields go inside the 'session' object; {where}."
     return None
 
 
 def _beta_field(event: Any, error: InvalidEvent, param: str, leaf: str, value: Any) -> str | None:
-    if (
-        error.code == "unknown_parameter"
-        and param == f"session.{leaf}"
-        and leaf in BETA_FIELD_HINTS
-    ):
+    if error.code == "unknown_parameter" and param == f"session.{leaf}" and leaf in BETA_FIELD_HINTS:
         return f"this is a beta field: {BETA_FIELD_HINTS[leaf]}."
     return None
 
 
-def _format_string(
-    event: Any, error: InvalidEvent, param: str, leaf: str, value: Any
-) -> str | None:
+def _format_string(event: Any, error: InvalidEvent, param: str, leaf: str, value: Any) -> str | None:
     if leaf == "format" and isinstance(value, str):
         shape = _FORMAT_STRINGS.get(value, '{"type": "audio/pcm", "rate": 24000}')
         return f"GA audio formats are objects: use {shape}."
@@ -124,28 +135,50 @@ def _format_string(
 
 
 def _tool_type(event: Any, error: InvalidEvent, param: str, leaf: str, value: Any) -> str | None:
-    if param.startswith(("session.tools", "response.tools")) and param.endswith("type"):
-        if value in ("web_search", "file_search", "code_interpreter", "computer_use_preview"):
-            return (f"'{value}' tools exist in the Responses API, not in Realtime; only 'function' "
-                    "and 'mcp' tools are supported here.")  # fmt: skip
+    tools = param.startswith(("session.tools", "response.tools")) and param.endswith("type")
+    if tools and value in ("web_search", "file_search", "code_interpreter", "computer_use_preview"):
+        return (
+            f"'{value}' tools exist in the Responses API, not in Realtime; only 'function' "
+            "and 'mcp' tools are supported here."
+        )
     return None
 
 
-def _missing_session_type(
-    event: Any, error: InvalidEvent, param: str, leaf: str, value: Any
-) -> str | None:
+def _missing_session_type(event: Any, error: InvalidEvent, param: str, leaf: str, value: Any) -> str | None:
     if error.code == "missing_required_parameter" and param == "session.type":
-        return ('a GA session.update must say which session it configures: add "type": "realtime" '
-                '(or "transcription") inside "session".')  # fmt: skip
+        return (
+            'a GA session.update must say which session it configures: add "type": "realtime" '
+            '(or "transcription") inside "session".'
+        )
     return None
 
 
 def _did_you_mean(event: Any, error: InvalidEvent, param: str, leaf: str, value: Any) -> str | None:
     if error.code != "unknown_parameter":
         return None
-    candidates = _KNOWN_SESSION_FIELDS + ("input", "output", "format", "voice", "speed",
-        "transcription", "noise_reduction", "turn_detection", "threshold", "prefix_padding_ms",
-        "silence_duration_ms", "create_response", "interrupt_response", "idle_timeout_ms",
-        "eagerness", "event_id", "item", "previous_item_id", "response", "metadata", "conversation")  # fmt: skip
+    candidates = (
+        *_KNOWN_SESSION_FIELDS,
+        "input",
+        "output",
+        "format",
+        "voice",
+        "speed",
+        "transcription",
+        "noise_reduction",
+        "turn_detection",
+        "threshold",
+        "prefix_padding_ms",
+        "silence_duration_ms",
+        "create_response",
+        "interrupt_response",
+        "idle_timeout_ms",
+        "eagerness",
+        "event_id",
+        "item",
+        "previous_item_id",
+        "response",
+        "metadata",
+        "conversation",
+    )
     close = difflib.get_close_matches(leaf, candidates, n=1, cutoff=0.75)
     return f"did you mean '{close[0]}'?" if close else None

@@ -33,9 +33,7 @@ def resolve_model(
     if beta_map:
         model = map_beta_model(model, beta_map)
     if allowed and model not in allowed:
-        raise ModelNotAllowed(
-            f"model {model!r} is not allowed on this relay; allowed: {', '.join(allowed)}"
-        )
+        raise ModelNotAllowed(f"model {model!r} is not allowed on this relay; allowed: {', '.join(allowed)}")
     return model
 
 

@@ -30,9 +30,12 @@ class Policy:
         self.allowed_tool_types = tuple(allowed_tool_types or _TOOL_TYPES)
         self.forbidden = tuple(forbidden_session_fields or ())
         self.active = bool(
-            self.force_session or self.force_response or max_output_tokens
-            or allowed_tool_types or forbidden_session_fields
-        )  # fmt: skip
+            self.force_session
+            or self.force_response
+            or max_output_tokens
+            or allowed_tool_types
+            or forbidden_session_fields
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -57,27 +60,32 @@ class Policy:
                 return self._apply(event, response, self.force_response, "response")
         return False
 
-    def _apply(
-        self, event: dict[str, Any], body: dict[str, Any], forced: dict[str, Any], where: str
-    ) -> bool:
+    def _apply(self, event: dict[str, Any], body: dict[str, Any], forced: dict[str, Any], where: str) -> bool:
         for name in self.forbidden:
             if name in body and where == "session":
-                raise InvalidEvent("forbidden_parameter", f"The relay does not allow "
-                                   f"'{where}.{name}' to be set.", f"{where}.{name}", event.get("event_id"))  # fmt: skip
+                raise InvalidEvent(
+                    "forbidden_parameter",
+                    f"The relay does not allow '{where}.{name}' to be set.",
+                    f"{where}.{name}",
+                    event.get("event_id"),
+                )
         for index, tool in enumerate(body.get("tools") or []):
             if isinstance(tool, dict) and tool.get("type") not in self.allowed_tool_types:
-                raise InvalidEvent("forbidden_parameter", f"The relay does not allow "
-                                   f"'{tool.get('type')}' tools.", f"{where}.tools[{index}].type", event.get("event_id"))  # fmt: skip
+                raise InvalidEvent(
+                    "forbidden_parameter",
+                    f"The relay does not allow '{tool.get('type')}' tools.",
+                    f"{where}.tools[{index}].type",
+                    event.get("event_id"),
+                )
         changed = False
         for key, value in forced.items():
             if body.get(key) != value:
                 body[key] = value
                 changed = True
         cap = self.max_output_tokens
-        if cap is not None and (
-            body.get("max_output_tokens") in (None, "inf") or body["max_output_tokens"] > cap
-        ):
-            if where == "response" or "max_output_tokens" in body:
-                body["max_output_tokens"] = cap
-                changed = True
+        unbounded = body.get("max_output_tokens") in (None, "inf")
+        over = cap is not None and (unbounded or body["max_output_tokens"] > cap)
+        if over and (where == "response" or "max_output_tokens" in body):
+            body["max_output_tokens"] = cap
+            changed = True
         return changed

@@ -6,11 +6,11 @@ Label sets of metrics are drawn from these lists, so they stay bounded.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Final
 
 
-class Interface(str, Enum):
+class Interface(StrEnum):
     """Which shape of the protocol a peer speaks."""
 
     GA = "ga"
@@ -137,18 +137,13 @@ BETA_SERVER_EVENT_TYPES: Final[tuple[str, ...]] = (
 
 # Every event type a metric label may carry; anything else is reported as "other".
 KNOWN_EVENT_TYPES: Final[frozenset[str]] = frozenset(
-    GA_CLIENT_EVENT_TYPES
-    + BETA_CLIENT_EVENT_TYPES
-    + GA_SERVER_EVENT_TYPES
-    + BETA_SERVER_EVENT_TYPES
+    GA_CLIENT_EVENT_TYPES + BETA_CLIENT_EVENT_TYPES + GA_SERVER_EVENT_TYPES + BETA_SERVER_EVENT_TYPES
 )
 
 
 def event_type_label(event_type: object) -> str:
     """A bounded metric label for an event type."""
-    return (
-        event_type if isinstance(event_type, str) and event_type in KNOWN_EVENT_TYPES else "other"
-    )
+    return event_type if isinstance(event_type, str) and event_type in KNOWN_EVENT_TYPES else "other"
 
 
 # Audio: bytes per millisecond of each input/output format (reference section 5).

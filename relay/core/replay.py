@@ -62,8 +62,12 @@ def replayable(item: dict[str, Any], user_audio: str) -> dict[str, Any]:
         content = [_content(part, role, user_audio) for part in item.get("content") or []]
         return {**base, "role": role, "content": [c for c in content if c is not None] or [_empty(role)]}
     if kind == "function_call":
-        return {**base, "call_id": item.get("call_id"), "name": item.get("name"),
-                "arguments": item.get("arguments") or ""}  # fmt: skip
+        return {
+            **base,
+            "call_id": item.get("call_id"),
+            "name": item.get("name"),
+            "arguments": item.get("arguments") or "",
+        }
     if kind == "function_call_output":
         return {**base, "call_id": item.get("call_id"), "output": item.get("output") or ""}
     return {k: v for k, v in item.items() if k not in ("status", "object") and not k.startswith("_")}

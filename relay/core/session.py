@@ -86,14 +86,19 @@ class SessionState:
     def _session(self, event: Event) -> None:
         session = event.get("session")
         if isinstance(session, dict):
-            self.config = {k: copy.deepcopy(v) for k, v in session.items() if k not in READ_ONLY_SESSION_FIELDS}
+            self.config = {
+                k: copy.deepcopy(v) for k, v in session.items() if k not in READ_ONLY_SESSION_FIELDS
+            }
         if event.get("type") == "session.updated" and self.pending_updates:
             self.pending_updates.popleft()
 
     def _error(self, event: Event) -> None:
-        error = event.get("error") if isinstance(event.get("error"), dict) else {}
+        raw = event.get("error")
+        error: dict[str, Any] = raw if isinstance(raw, dict) else {}
         param = str(error.get("param") or "")
-        if self.pending_updates and (param.startswith("session") or error.get("code") == "cannot_update_voice"):
+        if self.pending_updates and (
+            param.startswith("session") or error.get("code") == "cannot_update_voice"
+        ):
             self.pending_updates.popleft()
         elif self.pending_creates and (param.startswith("item") or param == "previous_item_id"):
             self.pending_creates.popleft()
@@ -124,9 +129,10 @@ class SessionState:
         for pending in self.pending_creates:
             wanted = pending.get("item") or {}
             if wanted.get("id") == item["id"] or (
-                not wanted.get("id") and wanted.get("type") == item.get("type")
+                not wanted.get("id")
+                and wanted.get("type") == item.get("type")
                 and wanted.get("role") == item.get("role")
-            ):  # fmt: skip
+            ):
                 self.pending_creates.remove(pending)
                 return
 
@@ -189,7 +195,9 @@ class SessionState:
 
     def _arguments_delta(self, event: Event) -> None:
         if self.partial is not None and event.get("item_id") == self.partial.get("id"):
-            self.partial["arguments"] = str(self.partial.get("arguments") or "") + str(event.get("delta") or "")
+            self.partial["arguments"] = str(self.partial.get("arguments") or "") + str(
+                event.get("delta") or ""
+            )
 
     def _output_item_done(self, event: Event) -> None:
         item = event.get("item")
@@ -200,7 +208,11 @@ class SessionState:
 
     def _response_done(self, event: Event) -> None:
         response = event.get("response")
-        if isinstance(response, dict) and self.active_response and response.get("id") == self.active_response["id"]:
+        if (
+            isinstance(response, dict)
+            and self.active_response
+            and response.get("id") == self.active_response["id"]
+        ):
             self.active_response, self.partial, self.partial_text = None, None, ""
 
 
@@ -222,8 +234,12 @@ def interrupted_response_done(state: SessionState, reason: str) -> Event | None:
         if existing is not None:
             existing.update(copy.deepcopy(item))
     done = dict(response)
-    done.update(status="incomplete", output=output, usage=None,
-                status_details={"type": "incomplete", "reason": reason})  # fmt: skip
+    done.update(
+        status="incomplete",
+        output=output,
+        usage=None,
+        status_details={"type": "incomplete", "reason": reason},
+    )
     state.active_response, state.partial, state.partial_text = None, None, ""
     return {"type": "response.done", "event_id": "event_relay_" + str(response.get("id")), "response": done}
 

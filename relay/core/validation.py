@@ -37,9 +37,7 @@ def parse_client_frame(raw: str | bytes) -> dict[str, Any]:
     try:
         event = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidEvent(
-            "invalid_json", f"Invalid event: failed to parse JSON value. {exc.msg}."
-        ) from None
+        raise InvalidEvent("invalid_json", f"Invalid event: failed to parse JSON value. {exc.msg}.") from None
     if not isinstance(event, dict):
         raise InvalidEvent("invalid_event", "Invalid event: expected a JSON object.")
     if "type" not in event:
@@ -71,9 +69,8 @@ class Validator:
 
     def check(self, event: dict[str, Any]) -> None:
         event_type = event.get("type")
-        if event_type in _APPEND_TYPES and event.keys() <= _APPEND_KEYS:
-            if self._append_is_valid(event):
-                return
+        if event_type in _APPEND_TYPES and event.keys() <= _APPEND_KEYS and self._append_is_valid(event):
+            return
         adapter = self.adapters.get(event_type) if isinstance(event_type, str) else None
         if adapter is None:
             raise self._unknown_type(event, event_type)
@@ -118,7 +115,13 @@ def api_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             parts[-1:] = [f"{parts[-1]}[{part}]"] if parts else [f"[{part}]"]
-        elif part.startswith(TAG_MARK) or part in _UNION_MEMBERS or part.endswith("()") or part.startswith(_UNION_MEMBER_PREFIXES) or "[" in part:
+        elif (
+            part.startswith(TAG_MARK)
+            or part in _UNION_MEMBERS
+            or part.endswith("()")
+            or part.startswith(_UNION_MEMBER_PREFIXES)
+            or "[" in part
+        ):
             continue
         else:
             parts.append(part)
@@ -166,18 +169,14 @@ def translate_error(event: dict[str, Any], error: ErrorDetails) -> InvalidEvent:
     elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         found = _out_of_range(path, value, kind, ctx, eid)
     else:
-        found = InvalidEvent(
-            "invalid_value", f"Invalid value for '{path}': {error['msg']}.", path, eid
-        )
+        found = InvalidEvent("invalid_value", f"Invalid value for '{path}': {error['msg']}.", path, eid)
     return _with_hint(event, found)
 
 
 def _invalid_value(event: dict[str, Any], path: str, error: ErrorDetails) -> InvalidEvent:
     ctx = error.get("ctx") or {}
     expected = str(ctx.get("expected_tags") or ctx.get("expected") or "")
-    options = [
-        part.strip(" '") for part in expected.replace(" or ", ",").split(",") if part.strip()
-    ]
+    options = [part.strip(" '") for part in expected.replace(" or ", ",").split(",") if part.strip()]
     options = [o.removeprefix(TAG_MARK).strip("'") for o in options]
     value = error.get("input")
     if error["type"] == "union_tag_invalid":
@@ -201,9 +200,7 @@ def _too_long(path: str, value: Any, ctx: dict[str, Any], eid: str | None) -> In
     return InvalidEvent(code, message, path, eid)
 
 
-def _out_of_range(
-    path: str, value: Any, kind: str, ctx: dict[str, Any], eid: str | None
-) -> InvalidEvent:
+def _out_of_range(path: str, value: Any, kind: str, ctx: dict[str, Any], eid: str | None) -> InvalidEvent:
     limit = ctx.get("ge", ctx.get("gt", ctx.get("le", ctx.get("lt"))))
     number = "integer" if isinstance(value, int) and isinstance(limit, int) else "decimal"
     if kind.startswith("greater"):
@@ -219,23 +216,27 @@ def _out_of_range(
             "above_max",
         )
     words = "below minimum" if side == "below_min" else "above maximum"
-    message = f"Invalid '{path}': {number} {words} value. Expected a value {op} {bound}, but got {value} instead."
+    message = (
+        f"Invalid '{path}': {number} {words} value. Expected a value {op} {bound}, but got {value} instead."
+    )
     return InvalidEvent(f"{number}_{side}_value", message, path, eid)
 
 
 def _type_name(value: Any) -> str:
     if value is None:
         return "null"
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-            list: "an array", dict: "an object"}.get(type(value), "a value")  # fmt: skip
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+    }.get(type(value), "a value")
 
 
-def api_error(
-    event: dict[str, Any], code: str, path: str, expected: str, value: Any
-) -> InvalidEvent:
-    message = (
-        f"Invalid type for '{path}': expected {expected}, but got {_type_name(value)} instead."
-    )
+def api_error(event: dict[str, Any], code: str, path: str, expected: str, value: Any) -> InvalidEvent:
+    message = f"Invalid type for '{path}': expected {expected}, but got {_type_name(value)} instead."
     return _with_hint(event, InvalidEvent(code, message, path, _event_id(event)))
 
 
@@ -243,6 +244,4 @@ def _with_hint(event: dict[str, Any], error: InvalidEvent) -> InvalidEvent:
     hint = hint_for(event, error)
     if not hint:
         return error
-    return InvalidEvent(
-        error.code, f"{error.message} Hint: {hint}", error.param, error.client_event_id
-    )
+    return InvalidEvent(error.code, f"{error.message} Hint: {hint}", error.param, error.client_event_id)

@@ -67,9 +67,7 @@ def admit(ctx: RelayContext, request: web.Request) -> Admission:
     """Decide at the HTTP level whether this upgrade may proceed; raises :class:`Rejection`."""
     settings = ctx.settings
     if ctx.draining:
-        raise Rejection(
-            503, "draining", "the relay is shutting down; reconnect to another instance"
-        )
+        raise Rejection(503, "draining", "the relay is shutting down; reconnect to another instance")
     origin = request.headers.get(hdrs.ORIGIN)
     if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins:
         raise Rejection(403, "origin_not_allowed", f"origin {origin!r} is not allowed")

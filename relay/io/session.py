@@ -124,9 +124,7 @@ class RelaySession:
     async def _fail(self, exc: RelayError) -> None:
         """Tell the client what failed (OpenAI-shaped error), then close with the error's code."""
         self.outcome = getattr(exc, "code", None) or "error"
-        self.log.warning(
-            "session_failed", code=exc.code, close_code=exc.close_code, reason=exc.message
-        )
+        self.log.warning("session_failed", code=exc.code, close_code=exc.close_code, reason=exc.message)
         if not self.client.closed:
             try:
                 await self.send_client_event(exc.to_event())
@@ -164,9 +162,7 @@ class RelaySession:
         self.ctx.upstream_unreachable_since = None
         self.metrics.upstream_connects_total.labels(provider, "ok").inc()
         link = UpstreamLink(ws, target, time.monotonic())
-        link.set_write_buffer_limits(
-            self.settings.send_high_water_bytes, self.settings.send_low_water_bytes
-        )
+        link.set_write_buffer_limits(self.settings.send_high_water_bytes, self.settings.send_low_water_bytes)
         self.log.info("upstream_connected", provider=provider)
         return link
 
@@ -258,9 +254,7 @@ class RelaySession:
             self.metrics.frame(C2U, event_type_label(event_type), len(frame))
         self.metrics.added_latency_seconds.labels(C2U).observe(time.perf_counter() - received)
 
-    async def forward_upstream(
-        self, data: bytes, event_type: str, event: dict[str, Any] | None
-    ) -> None:
+    async def forward_upstream(self, data: bytes, event_type: str, event: dict[str, Any] | None) -> None:
         """Send now, or hold until the upstream is ready (order is always kept)."""
         if self.gate.must_hold(event_type) or self.link is None:
             await self._hold(data, event_type)

@@ -86,9 +86,7 @@ class Supervisor:
         waited = now - self.rotate_at
         quiet = self.state.is_quiet() and now - self._last_client_event > _QUIET_AFTER_CLIENT_EVENT_S
         # After waiting too long for a quiet point, settle for a response boundary.
-        return quiet or (
-            waited > self.settings.rotate_quiet_max_wait_s and not self.state.response_active
-        )
+        return quiet or (waited > self.settings.rotate_quiet_max_wait_s and not self.state.response_active)
 
     async def rotate(self) -> None:
         """Make-before-break: replay onto a new upstream, then switch traffic to it."""
@@ -220,9 +218,7 @@ class Supervisor:
         return data
 
     # ------------------------------------------------------------------ switching
-    async def _switch(
-        self, new: UpstreamLink, pending: list[bytes], *, cause: str, started: float
-    ) -> None:
+    async def _switch(self, new: UpstreamLink, pending: list[bytes], *, cause: str, started: float) -> None:
         """Make ``new`` the current upstream and let held client events flow to it, in order."""
         session = self.session
         session.link = new

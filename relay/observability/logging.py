@@ -72,9 +72,7 @@ def configure_logging(
     """Set up structlog (and the stdlib root logger, for aiohttp's own messages)."""
     numeric = logging.getLevelName(level.upper())
     renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     )
     structlog.configure(
         processors=[
@@ -89,8 +87,12 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=stream or sys.stderr,
-                        format="%(levelname)s %(name)s %(message)s", force=True)  # fmt: skip
+    logging.basicConfig(
+        level=max(numeric, logging.WARNING),
+        stream=stream or sys.stderr,
+        format="%(levelname)s %(name)s %(message)s",
+        force=True,
+    )
 
 
 def get_logger(**bound: Any) -> Any:

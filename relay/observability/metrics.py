@@ -21,8 +21,21 @@ from relay import __version__
 
 # From 50 µs (a frame through the relay) to 1 s (a stalled peer).
 LATENCY_BUCKETS = (
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-)  # fmt: skip
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+)
 REPLAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -64,13 +77,17 @@ class RelayMetrics:
             registry=r,
         )
         self.frames_total = Counter(
-            "relay_frames", "Frames forwarded by direction and event type.", ["direction", "type"],
+            "relay_frames",
+            "Frames forwarded by direction and event type.",
+            ["direction", "type"],
             registry=r,
-        )  # fmt: skip
+        )
         self.bytes_total = Counter(
-            "relay_bytes", "Bytes forwarded by direction and event type.", ["direction", "type"],
+            "relay_bytes",
+            "Bytes forwarded by direction and event type.",
+            ["direction", "type"],
             registry=r,
-        )  # fmt: skip
+        )
         self.validation_rejections_total = Counter(
             "relay_validation_rejections",
             "Client events rejected by the relay, by error code.",
@@ -81,9 +98,10 @@ class RelayMetrics:
             "relay_held_events", "Client events held until the upstream is ready.", registry=r
         )
         self.held_bytes = Gauge(
-            "relay_held_bytes", "Bytes of client events held until the upstream is ready.",
+            "relay_held_bytes",
+            "Bytes of client events held until the upstream is ready.",
             registry=r,
-        )  # fmt: skip
+        )
         self.backpressure_pauses_total = Counter(
             "relay_backpressure_pauses",
             "Times the relay stopped reading a peer because the other side was slow.",

@@ -78,9 +78,7 @@ def _alaw_decode_table() -> np.ndarray:
     sign = codes & 0x80
     exponent = (codes >> 4) & 0x07
     mantissa = codes & 0x0F
-    magnitude = np.where(
-        exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << (exponent - 1)
-    )
+    magnitude = np.where(exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << (exponent - 1))
     return np.where(sign != 0, magnitude, -magnitude).astype(np.int16)
 
 
@@ -103,7 +101,8 @@ def pcm16_to_ulaw(pcm: bytes) -> bytes:
     exponent = np.floor(np.log2(np.maximum(magnitude, 1))).astype(np.int32) - 7
     exponent = np.clip(exponent, 0, 7)
     mantissa = (magnitude >> (exponent + 3)) & 0x0F
-    return (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()
+    encoded: bytes = (~(sign | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8).tobytes()
+    return encoded
 
 
 def pcm16_to_alaw(pcm: bytes) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 DEFAULT_MODELS = (
@@ -31,3 +32,5 @@ class SimulatorConfig:
     audio_chunk_ms: int = 100
     max_sessions_kept: int = 2000  # closed sessions stay inspectable up to this many
     extra: dict[str, str] = field(default_factory=dict)
+    # Benchmark hook: called with ("recv" | "send", frame) for every frame, on the event loop.
+    probe: Callable[[str, bytes], None] | None = None

@@ -163,10 +163,21 @@ class ResponseStreamer:
 
 
 def new_message_item() -> dict[str, Any]:
-    return {"id": new_id("item_"), "type": "message", "status": "in_progress",
-            "role": "assistant", "content": []}  # fmt: skip
+    return {
+        "id": new_id("item_"),
+        "type": "message",
+        "status": "in_progress",
+        "role": "assistant",
+        "content": [],
+    }
 
 
 def new_function_call_item(name: str) -> dict[str, Any]:
-    return {"id": new_id("item_"), "type": "function_call", "status": "in_progress",
-            "name": name, "call_id": new_id("call_", 16), "arguments": ""}  # fmt: skip
+    return {
+        "id": new_id("item_"),
+        "type": "function_call",
+        "status": "in_progress",
+        "name": name,
+        "call_id": new_id("call_", 16),
+        "arguments": "",
+    }

@@ -70,9 +70,7 @@ class Simulator:
         refused = self._refusal(request)
         if refused is not None:
             return refused
-        protocols = [
-            p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
-        ]
+        protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
         ws = web.WebSocketResponse(
             protocols=("realtime",),
             heartbeat=self.config.ping_interval_s,
@@ -99,17 +97,13 @@ class Simulator:
         status = int(self.refuse_kind) if self.refuse_kind.isdigit() else 503
         return web.json_response({"error": {"message": "simulated refusal"}}, status=status)
 
-    def _auth_problem(
-        self, request: web.Request, protocols: list[str]
-    ) -> tuple[str | None, str, int] | None:
+    def _auth_problem(self, request: web.Request, protocols: list[str]) -> tuple[str | None, str, int] | None:
         key = _key(request, protocols)
         if not key:
             return None, "Missing bearer or basic authentication in header", 3000
         if self.config.api_keys and key not in self.config.api_keys:
             return "invalid_api_key", f"Incorrect API key provided: {key[:3]}***{key[-2:]}.", 3000
-        beta = (
-            request.headers.get("OpenAI-Beta") == BETA_HEADER_VALUE or BETA_SUBPROTOCOL in protocols
-        )
+        beta = request.headers.get("OpenAI-Beta") == BETA_HEADER_VALUE or BETA_SUBPROTOCOL in protocols
         if beta:
             return "beta_api_shape_disabled", BETA_DISABLED_MESSAGE, 4000
         model = request.query.get("model") or request.query.get("deployment")
@@ -128,13 +122,17 @@ class Simulator:
 
     async def _serve(self, request: web.Request, ws: web.WebSocketResponse, model: str) -> None:
         record: Record | None = None
+        probe = self.config.probe
 
         async def emit(event: dict[str, Any]) -> None:
             assert record is not None
             await record.faults.before_send()
             if ws.closed:
                 return
-            await ws.send_str(orjson.dumps(event).decode())
+            frame = orjson.dumps(event)
+            await ws.send_str(frame.decode())
+            if probe is not None:
+                probe("send", frame)
             fault = record.faults.after_sent(event["type"])
             if fault is not None:
                 await self._apply(record, fault)
@@ -159,6 +157,8 @@ class Simulator:
         async for msg in record.ws:
             await record.faults.stall()
             if msg.type is WSMsgType.TEXT:
+                if self.config.probe is not None:
+                    self.config.probe("recv", msg.data.encode())
                 if len(record.raw) < 5000:
                     record.raw.append(msg.data[:2000])
                 await record.session.handle_frame(msg.data)
@@ -178,9 +178,7 @@ class Simulator:
 
     async def _expire(self, record: Record) -> None:
         minutes = round(self.config.session_max_s / 60)
-        await self._apply(
-            record, Fault("close", code=1001, reason="session_expired", minutes=minutes)
-        )
+        await self._apply(record, Fault("close", code=1001, reason="session_expired", minutes=minutes))
 
     async def _apply(self, record: Record, fault: Fault) -> None:
         ws = record.ws

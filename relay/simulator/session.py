@@ -75,9 +75,7 @@ class SimSession:
         if handler is not None:
             await handler(event)
 
-    def _fail(
-        self, event: dict[str, Any], code: str, message: str, param: str | None = None
-    ) -> InvalidEvent:
+    def _fail(self, event: dict[str, Any], code: str, message: str, param: str | None = None) -> InvalidEvent:
         return InvalidEvent(code, message, param, event.get("event_id"))
 
     # ------------------------------------------------------------------ session
@@ -90,14 +88,11 @@ class SimSession:
             raise self._fail(
                 event,
                 "invalid_parameter",
-                "Passing a transcription session update "
-                "event to a realtime session is not allowed.",
+                "Passing a transcription session update event to a realtime session is not allowed.",
                 "session.type",
             )
         if "model" in update and update["model"] != self.session["model"]:
-            raise self._fail(
-                event, "invalid_value", "Cannot update a session's model.", "session.model"
-            )
+            raise self._fail(event, "invalid_value", "Cannot update a session's model.", "session.model")
         new = apply_session_update(self.session, update)
         if (
             self.assistant_audio
@@ -108,10 +103,7 @@ class SimSession:
                 "cannot_update_voice",
                 "Cannot update a conversation's voice if assistant audio is present.",
             )
-        if (
-            self.session.get("tracing") not in (None,)
-            and new.get("tracing") != self.session["tracing"]
-        ):
+        if self.session.get("tracing") not in (None,) and new.get("tracing") != self.session["tracing"]:
             raise self._fail(
                 event,
                 "invalid_value",
@@ -125,9 +117,7 @@ class SimSession:
     def _reset_vad(self) -> None:
         detection = self.session["audio"]["input"].get("turn_detection")
         position = self.vad.position_ms if self.vad else 0
-        self.vad = (
-            VoiceActivityDetector(detection, input_encoding(self.session)) if detection else None
-        )
+        self.vad = VoiceActivityDetector(detection, input_encoding(self.session)) if detection else None
         if self.vad is not None:
             self.vad.position_ms = position
 
@@ -261,8 +251,7 @@ class SimSession:
             raise self._fail(
                 event,
                 "invalid_value",
-                f"Invalid 'previous_item_id': no item with id "
-                f"'{previous}' exists in the conversation.",
+                f"Invalid 'previous_item_id': no item with id '{previous}' exists in the conversation.",
                 "previous_item_id",
             )
         if item.get("id") and self.conversation.find(item["id"]) is not None:
@@ -274,9 +263,7 @@ class SimSession:
         item.pop("object", None)
         await self._add_item(item, previous)
 
-    async def _add_item(
-        self, item: dict[str, Any], previous: str | None, audio: bytes = b""
-    ) -> None:
+    async def _add_item(self, item: dict[str, Any], previous: str | None, audio: bytes = b"") -> None:
         before = self.conversation.insert(item, previous)
         for kind in ("conversation.item.added", "conversation.item.done"):
             await self.emit({"type": kind, "previous_item_id": before, "item": item})
@@ -401,15 +388,9 @@ class SimSession:
         if last.get("type") == "function_call_output":
             return None
         forced = (
-            choice.get("name")
-            if isinstance(choice, dict)
-            else names[0]
-            if choice == "required"
-            else None
+            choice.get("name") if isinstance(choice, dict) else names[0] if choice == "required" else None
         )
-        said = " ".join(
-            str(p.get("text") or p.get("transcript") or "") for p in last.get("content") or []
-        )
+        said = " ".join(str(p.get("text") or p.get("transcript") or "") for p in last.get("content") or [])
         name = forced or next((n for n in names if n in said), None)
         return (name, self.script.tool_arguments()) if name else None
 
@@ -482,9 +463,7 @@ class SimSession:
     async def _finish(self, plan: ResponsePlan) -> None:
         for item in plan.output:
             if plan.in_conversation and self.conversation.find(item["id"]) is not None:
-                await self.emit(
-                    {"type": "conversation.item.done", "previous_item_id": None, "item": item}
-                )
+                await self.emit({"type": "conversation.item.done", "previous_item_id": None, "item": item})
             await self.emit(
                 {
                     "type": "response.output_item.done",
@@ -504,9 +483,7 @@ class SimSession:
         await self.emit(
             {
                 "type": "rate_limits.updated",
-                "rate_limits": [
-                    {"name": "tokens", "limit": 40000, "remaining": 39000, "reset_seconds": 1.5}
-                ],
+                "rate_limits": [{"name": "tokens", "limit": 40000, "remaining": 39000, "reset_seconds": 1.5}],
             }
         )
 

@@ -83,15 +83,12 @@ def apply_session_update(current: dict[str, Any], update: dict[str, Any]) -> dic
     result = merge(current, patch)
     detection = _turn_detection(patch)
     if isinstance(detection, dict):  # a (re)configured detector starts from its type's defaults
-        defaults = (
-            SEMANTIC_VAD_DEFAULTS
-            if detection.get("type") == "semantic_vad"
-            else SERVER_VAD_DEFAULTS
-        )
+        defaults = SEMANTIC_VAD_DEFAULTS if detection.get("type") == "semantic_vad" else SERVER_VAD_DEFAULTS
         previous = _turn_detection(current) or {}
         same_type = previous.get("type") == detection.get("type", previous.get("type"))
         base = merge(defaults, previous) if same_type else dict(defaults)
         result["audio"]["input"]["turn_detection"] = merge(base, detection)
+    assert isinstance(result, dict)
     return result
 
 

@@ -55,9 +55,7 @@ async def test_bad_credentials_get_401(
     assert relay.metric("relay_auth_rejections_total", {"reason": reason}) == 1
 
 
-async def test_origin_and_model_policy_get_403(
-    start_relay: RelayFactory, upstream: ScriptedUpstream
-) -> None:
+async def test_origin_and_model_policy_get_403(start_relay: RelayFactory, upstream: ScriptedUpstream) -> None:
     relay = await start_relay(
         upstream="simulator",
         upstream_url=upstream.url,
@@ -101,9 +99,7 @@ async def test_session_caps_get_429(start_relay: RelayFactory, upstream: Scripte
         pass
 
 
-async def test_draining_relay_gets_503(
-    start_relay: RelayFactory, upstream: ScriptedUpstream
-) -> None:
+async def test_draining_relay_gets_503(start_relay: RelayFactory, upstream: ScriptedUpstream) -> None:
     from relay.io.handler import RELAY_CONTEXT
 
     relay = await start_relay(upstream="simulator", upstream_url=upstream.url)
@@ -144,9 +140,7 @@ def _keypair(kind: str) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize("algorithm", ["HS256", "RS256", "ES256"])
-async def test_jwt_tokens(
-    start_relay: RelayFactory, upstream: ScriptedUpstream, algorithm: str
-) -> None:
+async def test_jwt_tokens(start_relay: RelayFactory, upstream: ScriptedUpstream, algorithm: str) -> None:
     if algorithm == "HS256":
         signing_key = verify = "s" * 32
         relay = await start_relay(

@@ -84,9 +84,7 @@ async def test_slow_upstream_does_not_grow_relay_memory() -> None:
         RELAY_UPSTREAM="simulator", RELAY_UPSTREAM_URL=upstream.url, RELAY_VALIDATE_EVENTS="false"
     ) as relay:
         rss = psutil.Process(relay.proc.pid)
-        async with websockets.connect(
-            relay.ws_url, additional_headers=relay.auth, max_size=None
-        ) as ws:
+        async with websockets.connect(relay.ws_url, additional_headers=relay.auth, max_size=None) as ws:
             await ws.recv()
             before = rss.memory_info().rss
             pushed = 0

@@ -17,9 +17,7 @@ UNICODE = 'héllo wörld — 你好 — 🎙️ \u2028 "quoted" \\ back'
 
 def _append(i: int) -> bytes:
     audio = base64.b64encode(os.urandom(960)).decode()  # 20 ms of PCM16 at 24 kHz
-    return orjson.dumps(
-        {"type": "input_audio_buffer.append", "event_id": f"evt_{i}", "audio": audio}
-    )
+    return orjson.dumps({"type": "input_audio_buffer.append", "event_id": f"evt_{i}", "audio": audio})
 
 
 def _client_frames() -> list[bytes]:

@@ -36,9 +36,7 @@ async def test_appends_after_a_format_change_wait_for_session_updated(
                     "event_id": "event_u",
                     "session": {
                         "type": "realtime",
-                        "audio": {
-                            "input": {"format": {"type": "audio/pcmu"}, "turn_detection": None}
-                        },
+                        "audio": {"input": {"format": {"type": "audio/pcmu"}, "turn_detection": None}},
                     },
                 }
             )

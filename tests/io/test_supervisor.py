@@ -112,9 +112,7 @@ async def test_drop_mid_audio_response_closes_it_once(rig: Rig) -> None:
     client = await rig.client()
     await rig.sim.script(replies=["This is a long spoken answer " * 8])
     sim_session = await rig.sim.open_session(client.relay_session)
-    await rig.sim.fault(
-        sim_session["id"], kind="drop", after_event="response.output_audio.delta", count=3
-    )
+    await rig.sim.fault(sim_session["id"], kind="drop", after_event="response.output_audio.delta", count=3)
     start = len(client.events)
     await client.send(text_item("talk to me"))
     await client.send({"type": "response.create"})

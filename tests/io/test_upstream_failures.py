@@ -36,9 +36,7 @@ async def _first_event_and_close(url: str, headers: dict[str, str]) -> tuple[dic
 
 
 async def test_unreachable_upstream_is_retryable(start_relay: RelayFactory) -> None:
-    relay = await start_relay(
-        upstream="simulator", upstream_url=f"ws://127.0.0.1:{_free_port()}/v1/realtime"
-    )
+    relay = await start_relay(upstream="simulator", upstream_url=f"ws://127.0.0.1:{_free_port()}/v1/realtime")
     event, code = await _first_event_and_close(relay.ws_url, relay.auth)
     assert event["type"] == "error"
     assert event["error"]["code"] == "upstream_unreachable"
@@ -117,9 +115,7 @@ async def test_tls_failure_is_reported(start_relay: RelayFactory) -> None:
 
     server = await asyncio.start_server(reject, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    relay = await start_relay(
-        upstream="simulator", upstream_url=f"wss://127.0.0.1:{port}/v1/realtime"
-    )
+    relay = await start_relay(upstream="simulator", upstream_url=f"wss://127.0.0.1:{port}/v1/realtime")
     event, code = await _first_event_and_close(relay.ws_url, relay.auth)
     assert event["error"]["code"] in ("upstream_tls_error", "upstream_unreachable")
     assert code in (1011, 1013)
@@ -135,7 +131,23 @@ async def test_one_failing_session_leaves_others_untouched(start_relay: RelayFac
         # Kill a second session's upstream abruptly; the first must carry on.
         async with websockets.connect(relay.ws_url, additional_headers=relay.auth) as doomed:
             await doomed.recv()
-            await upstream.connections[1].ws.close(code=1011)
+            # A permanent failure (rejected key) ends that session; a transient one would be
+            # replaced by the supervisor instead.
+            doomed_upstream = upstream.connections[1]
+            await doomed_upstream.send(
+                {
+                    "type": "error",
+                    "event_id": "event_k",
+                    "error": {
+                        "type": "invalid_request_error",
+                        "code": "invalid_api_key",
+                        "message": "Incorrect API key provided.",
+                        "param": None,
+                        "event_id": None,
+                    },
+                }
+            )
+            await doomed_upstream.ws.close(code=3000)
             with pytest.raises(ConnectionClosed):
                 while True:
                     await asyncio.wait_for(doomed.recv(), 10)

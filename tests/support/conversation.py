@@ -23,9 +23,7 @@ class RecordingClient:
         self.sent: list[Event] = []
         self._changed = asyncio.Event()
         self._reader = asyncio.create_task(self._read())
-        self.relay_session = (
-            ws.response.headers.get("X-Relay-Session-Id", "") if ws.response else ""
-        )
+        self.relay_session = ws.response.headers.get("X-Relay-Session-Id", "") if ws.response else ""
 
     @classmethod
     async def connect(cls, url: str, token: str, **kwargs: Any) -> RecordingClient:
@@ -62,9 +60,7 @@ class RecordingClient:
                     if event.get("type") == event_type and where(event):
                         return event
                 if self._reader.done():
-                    raise AssertionError(
-                        f"connection closed before {event_type}: {self.types()[-10:]}"
-                    )
+                    raise AssertionError(f"connection closed before {event_type}: {self.types()[-10:]}")
                 self._changed.clear()
                 await self._changed.wait()
 
@@ -82,21 +78,15 @@ class RecordingClient:
         ids = Counter(e.get("event_id") for e in self.events if e.get("event_id"))
         duplicates = [i for i, n in ids.items() if n > 1]
         assert not duplicates, f"events delivered twice: {duplicates[:5]}"
-        created = Counter(
-            e["response"]["id"] for e in self.events if e["type"] == "response.created"
-        )
+        created = Counter(e["response"]["id"] for e in self.events if e["type"] == "response.created")
         done = Counter(e["response"]["id"] for e in self.events if e["type"] == "response.done")
         for response_id in created:
             assert done[response_id] == 1, f"{response_id}: {done[response_id]} response.done"
-        added = Counter(
-            e["item"]["id"] for e in self.events if e["type"] == "conversation.item.added"
-        )
+        added = Counter(e["item"]["id"] for e in self.events if e["type"] == "conversation.item.added")
         echoed = [i for i, n in added.items() if n > 1]
         assert not echoed, f"items announced twice (replay echo): {echoed[:5]}"
         session_ids = {
-            e["session"]["id"]
-            for e in self.events
-            if e["type"] in ("session.created", "session.updated")
+            e["session"]["id"] for e in self.events if e["type"] in ("session.created", "session.updated")
         }
         assert len(session_ids) == 1, f"the client saw several session ids: {session_ids}"
 

@@ -13,9 +13,10 @@ class SimControl:
         self.base_url = base_url.rstrip("/")
 
     async def _request(self, method: str, path: str, body: Any = None) -> Any:
-        async with aiohttp.ClientSession() as http, http.request(
-            method, self.base_url + path, json=body
-        ) as resp:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.request(method, self.base_url + path, json=body) as resp,
+        ):
             resp.raise_for_status()
             return await resp.json()
 

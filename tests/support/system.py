@@ -54,9 +54,7 @@ def require_binary(binary: str, *, package: str, extra_packages: tuple[str, ...]
         reason = install_packages(package, *extra_packages)
         found = shutil.which(binary) or _sbin(binary)
         if found is None:
-            pytest.skip(
-                f"needs {binary} (Debian package {package}): {reason or 'not found after install'}"
-            )
+            pytest.skip(f"needs {binary} (Debian package {package}): {reason or 'not found after install'}")
     return found
 
 

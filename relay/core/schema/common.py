@@ -51,9 +51,7 @@ class NoiseReduction(Strict):
     type: Literal["near_field", "far_field"]
 
 
-Voice = Literal[
-    "alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"
-]
+Voice = Literal["alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"]
 
 
 class CustomVoice(Strict):

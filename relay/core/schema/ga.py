@@ -234,13 +234,10 @@ UserContent = Annotated[
     Discriminator(tag_of("type")),
 ]
 AssistantContent = Annotated[
-    Annotated[OutputText, Tag(tag("output_text"))]
-    | Annotated[OutputAudio, Tag(tag("output_audio"))],
+    Annotated[OutputText, Tag(tag("output_text"))] | Annotated[OutputAudio, Tag(tag("output_audio"))],
     Discriminator(tag_of("type")),
 ]
-SystemContent = Annotated[
-    Annotated[InputText, Tag(tag("input_text"))], Discriminator(tag_of("type"))
-]
+SystemContent = Annotated[Annotated[InputText, Tag(tag("input_text"))], Discriminator(tag_of("type"))]
 ItemStatus = Literal["completed", "incomplete", "in_progress"]
 
 

@@ -1,0 +1,136 @@
+"""The benchmark's report: a markdown table (printed and saved) and a PNG chart."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return (
+        "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+    )
+
+
+def _added(path: Any, direct: Any, direction: str, q: float) -> float:
+    return float(path.pct(direction, q) - direct.pct(direction, q))
+
+
+def latency_table(results: dict[str, Any]) -> list[str]:
+    paths = {p.path: p for p in results["paths"]}
+    direct = paths["direct"]
+    lines = [
+        "| path | sessions | direction | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | "
+        "added p99.9 ms | CPU s / 1000 frames | frames | lost |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for path in paths.values():
+        cpu = path.cpu_s / path.frames * 1000 if path.cpu_s is not None and path.frames else None
+        for direction in ("c2u", "u2c"):
+            added = [_added(path, direct, direction, q) for q in (50, 99, 99.9)]
+            shown = ["-"] * 3 if path is direct else [_fmt(a) for a in added]
+            lines.append(
+                f"| {path.path} | {path.sessions} | {direction} | {_fmt(path.pct(direction, 50))} | "
+                f"{_fmt(path.pct(direction, 99))} | {_fmt(path.pct(direction, 99.9))} | "
+                f"{' | '.join(shown)} | {_fmt(cpu, 4)} | {path.frames} | {path.lost} |"
+            )
+    return lines
+
+
+def sweep_table(results: dict[str, Any]) -> list[str]:
+    if not results["sweep"]:
+        return []
+    lines = [
+        "",
+        "| sessions | relay added p99 ms (c2u) | relay added p99 ms (u2c) | CPU s / 1000 frames | lost |",
+        "|---|---|---|---|---|",
+    ]
+    for count, direct, via in results["sweep"]:
+        cpu = via.cpu_s / via.frames * 1000 if via.cpu_s is not None and via.frames else None
+        lines.append(
+            f"| {count} | {_fmt(_added(via, direct, 'c2u', 99))} | "
+            f"{_fmt(_added(via, direct, 'u2c', 99))} | {_fmt(cpu, 4)} | {direct.lost + via.lost} |"
+        )
+    under = [c for c, d, v in results["sweep"] if max(_added(v, d, "c2u", 99), _added(v, d, "u2c", 99)) < 5]
+    lines.append(f"\nLargest count with relay-added p99 < 5 ms: {max(under) if under else 'none'}")
+    return lines
+
+
+def write_report(results: dict[str, Any], out: Path) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["# relay benchmark", "", *latency_table(results), *sweep_table(results)]
+    lines += [
+        "",
+        f"Relay RSS per idle session: {results['rss_per_session'] / 1024:.1f} KiB",
+        f"Validation, median: 20 ms append {results['validation']['append_20ms_us']:.1f} us, "
+        f"large session.update {results['validation']['session_update_large_us']:.1f} us",
+        "Replay planning: " + ", ".join(f"{n} items {ms:.2f} ms" for n, ms in results["replay_ms"].items()),
+    ]
+    if not results.get("nginx"):
+        lines.append("nginx was not found: the nginx rows are missing (install Debian's nginx).")
+    table = "\n".join(lines)
+    (out / "report.md").write_text(table + "\n")
+    (out / "results.json").write_bytes(orjson.dumps(_serialisable(results), option=orjson.OPT_INDENT_2))
+    _chart(results, out / "latency.png")
+    return table
+
+
+def _serialisable(results: dict[str, Any]) -> dict[str, Any]:
+    def path(p: Any) -> dict[str, Any]:
+        return {
+            "path": p.path,
+            "sessions": p.sessions,
+            "lost": p.lost,
+            "frames": p.frames,
+            "cpu_s": p.cpu_s,
+            **{f"{d}_p{q}": p.pct(d, q) for d in ("c2u", "u2c") for q in (50, 99, 99.9)},
+        }
+
+    return {
+        "paths": [path(p) for p in results["paths"]],
+        "sweep": [{"sessions": c, "direct": path(d), "relay": path(v)} for c, d, v in results["sweep"]],
+        "rss_per_session_bytes": results["rss_per_session"],
+        "validation_us": results["validation"],
+        "replay_ms": {str(k): v for k, v in results["replay_ms"].items()},
+    }
+
+
+def _chart(results: dict[str, Any], target: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    names = [p.path for p in results["paths"]]
+    for offset, q in enumerate((50, 99, 99.9)):
+        values = [p.pct("u2c", q) for p in results["paths"]]
+        left.bar([i + offset * 0.25 for i in range(len(names))], values, width=0.25, label=f"p{q}")
+    left.set_xticks([i + 0.25 for i in range(len(names))], names)
+    left.set_ylabel("server->client latency, ms")
+    left.legend()
+    if results["sweep"]:
+        counts = [c for c, _, _ in results["sweep"]]
+        right.plot(
+            counts,
+            [_added(v, d, "u2c", 99) for _, d, v in results["sweep"]],
+            marker="o",
+            label="relay added p99 (u2c)",
+        )
+        right.plot(
+            counts,
+            [_added(v, d, "c2u", 99) for _, d, v in results["sweep"]],
+            marker="o",
+            label="relay added p99 (c2u)",
+        )
+        right.set_xlabel("concurrent sessions")
+        right.set_ylabel("ms")
+        right.legend()
+    else:
+        right.text(0.5, 0.5, "no capacity sweep in this run", ha="center")
+    fig.tight_layout()
+    fig.savefig(target, dpi=100)
+    plt.close(fig)

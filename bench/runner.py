@@ -1,0 +1,428 @@
+"""The benchmark: realistic voice sessions through the relay, nginx, and directly, side by side.
+
+One clock for every measurement: the simulator runs inside this process, so the time a client
+frame reaches it and the time it sends a server frame are stamped on the same monotonic clock
+as the load generator's sends and receives. The relay (and nginx) run as their own processes,
+pinned to core 0 when ``taskset`` exists, with this process on core 1.
+
+Per path and direction it reports p50 / p99 / p99.9 one-way latency; the relay's and nginx's
+*added* latency is the difference from the direct path's percentiles. It also reports relay
+CPU seconds per 1000 frames, RSS per idle session, and frames lost (must be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import websockets
+
+from relay.simulator.config import SimulatorConfig
+from relay.simulator.server import start_simulator
+
+TOKEN = "bench-token-0123456789abcdef"
+APPEND_MS = 20
+TURN_EVERY_S = 3.0
+
+
+@dataclass
+class Clock:
+    """Send/receive stamps of every frame, keyed by a per-frame id, for one path."""
+
+    c2u_sent: dict[str, float] = field(default_factory=dict)
+    c2u_recv: dict[str, float] = field(default_factory=dict)
+    u2c_sent: dict[str, float] = field(default_factory=dict)
+    u2c_recv: dict[str, float] = field(default_factory=dict)
+
+    def probe(self, kind: str, frame: bytes) -> None:
+        now = time.perf_counter()
+        key = _event_id(frame)
+        if key is None:
+            return
+        if kind == "recv" and key.startswith("b"):
+            self.c2u_recv[key] = now
+        elif kind == "send" and b'"response.output_audio.delta"' in frame[:40]:
+            self.u2c_sent[key] = now
+
+    def latencies(self, direction: str) -> np.ndarray:
+        sent, recv = (self.c2u_sent, self.c2u_recv) if direction == "c2u" else (self.u2c_sent, self.u2c_recv)
+        return np.array([recv[k] - sent[k] for k in sent if k in recv]) * 1000
+
+    def lost(self) -> int:
+        missing_up = sum(1 for k in self.c2u_sent if k not in self.c2u_recv)
+        missing_down = sum(1 for k in self.u2c_sent if k not in self.u2c_recv)
+        return missing_up + missing_down
+
+
+def _event_id(frame: bytes) -> str | None:
+    start = frame.find(b'"event_id":"')
+    if start < 0:
+        return None
+    start += 12
+    end = frame.find(b'"', start)
+    return frame[start:end].decode()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def speech_like(ms: int) -> bytes:
+    t = np.arange(ms * 24) / 24000
+    signal_ = 0.2 * np.sin(2 * np.pi * 180 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
+    return (signal_ * 32767).astype("<i2").tobytes()
+
+
+# ---------------------------------------------------------------------------------- load
+async def voice_session(url: str, clock: Clock, index: int, duration: float) -> None:
+    """One app: appends every 20 ms; every few seconds commits and asks for a spoken answer."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    chunk = base64.b64encode(speech_like(APPEND_MS)).decode()
+    async with websockets.connect(url, additional_headers=headers, max_size=None) as ws:
+        await ws.recv()
+        await ws.send(
+            '{"type":"session.update","session":{"type":"realtime",'
+            '"audio":{"input":{"turn_detection":null}}}}'
+        )
+        reader = asyncio.create_task(_read(ws, clock))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        seq = 0
+        next_turn = start + TURN_EVERY_S * (1 + index % 3) / 2
+        while loop.time() - start < duration:
+            seq += 1
+            key = f"b{index}x{seq}"
+            frame = f'{{"type":"input_audio_buffer.append","event_id":"{key}","audio":"{chunk}"}}'
+            clock.c2u_sent[key] = time.perf_counter()
+            await ws.send(frame)
+            if loop.time() >= next_turn:
+                await ws.send('{"type":"input_audio_buffer.commit"}')
+                await ws.send('{"type":"response.create"}')
+                next_turn += TURN_EVERY_S
+            await asyncio.sleep(max(0.0, start + seq * APPEND_MS / 1000 - loop.time()))
+        await asyncio.sleep(1.5)  # let the last responses finish
+        reader.cancel()
+
+
+async def _read(ws: Any, clock: Clock) -> None:
+    async for message in ws:
+        now = time.perf_counter()
+        raw = message.encode() if isinstance(message, str) else message
+        if b'"response.output_audio.delta"' in raw[:40]:
+            key = _event_id(raw)
+            if key is not None:
+                clock.u2c_recv[key] = now
+
+
+# ---------------------------------------------------------------------------------- servers
+@dataclass
+class Proc:
+    proc: subprocess.Popen[bytes]
+    port: int
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _pin(core: int) -> list[str]:
+    return ["taskset", "-c", str(core)] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
+
+
+async def start_relay(sim_port: int, *, validate: bool = True) -> Proc:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "OPENAI_", "AZURE_"))}
+    env.update(
+        RELAY_PORT=str(port),
+        RELAY_CLIENT_TOKENS=TOKEN,
+        RELAY_UPSTREAM="simulator",
+        RELAY_UPSTREAM_URL=f"ws://127.0.0.1:{sim_port}/v1/realtime",
+        RELAY_LOG_LEVEL="WARNING",
+        RELAY_VALIDATE_EVENTS="true" if validate else "false",
+        RELAY_ROTATE_AFTER_S="0",
+        RELAY_MAX_SESSIONS_PER_IDENTITY="5000",
+        RELAY_MAX_SESSIONS="5000",
+    )
+    cmd = [*_pin(0), sys.executable, "-m", "relay", "serve"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    await _wait_port(port, proc)
+    return Proc(proc, port)
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+
+
+async def start_nginx(sim_port: int, workdir: Path) -> Proc | None:
+    binary = nginx_binary()
+    if binary is None:
+        return None
+    port = free_port()
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    conf = workdir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(port=port, upstream=sim_port, dir=workdir))
+    cmd = [*_pin(0), binary, "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    await _wait_port(port, proc)
+    return Proc(proc, port)
+
+
+NGINX_CONF = """
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi; uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://127.0.0.1:{upstream};
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_read_timeout 3600s;
+      proxy_buffering off;
+    }}
+  }}
+}}
+"""
+
+
+async def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise RuntimeError("server did not start")
+
+
+# ---------------------------------------------------------------------------------- runs
+@dataclass
+class PathResult:
+    path: str
+    sessions: int
+    c2u: np.ndarray
+    u2c: np.ndarray
+    lost: int
+    frames: int
+    cpu_s: float | None = None
+
+    def pct(self, direction: str, q: float) -> float:
+        values = self.c2u if direction == "c2u" else self.u2c
+        return float(np.percentile(values, q)) if len(values) else math.nan
+
+
+async def run_path(
+    path: str, url: str, sessions: int, duration: float, clock: Clock, cpu_pid: int | None = None
+) -> PathResult:
+    cpu_before = _cpu(cpu_pid)
+    await asyncio.gather(*(voice_session(url, clock, i, duration) for i in range(sessions)))
+    cpu = _cpu(cpu_pid) - cpu_before if cpu_pid else None
+    frames = len(clock.c2u_sent) + len(clock.u2c_sent)
+    return PathResult(
+        path, sessions, clock.latencies("c2u"), clock.latencies("u2c"), clock.lost(), frames, cpu
+    )
+
+
+def _cpu(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+async def idle_rss_per_session(relay: Proc, count: int) -> float:
+    """Bytes of relay RSS per idle open session (connected, nothing flowing)."""
+    import psutil
+
+    process = psutil.Process(relay.proc.pid)
+    url = f"ws://127.0.0.1:{relay.port}/v1/realtime?model=gpt-realtime"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    warm = [await websockets.connect(url, additional_headers=headers) for _ in range(5)]
+    before = process.memory_info().rss
+    conns = [await websockets.connect(url, additional_headers=headers) for _ in range(count)]
+    for conn in conns:
+        await conn.recv()
+    await asyncio.sleep(0.5)
+    after = process.memory_info().rss
+    for conn in conns + warm:
+        await conn.close()
+    return float(after - before) / count
+
+
+def validation_micro() -> dict[str, float]:
+    """Median microseconds to validate a 20 ms append and a large session.update."""
+    from relay.core.audio import check_append
+    from relay.core.validation import Validator, parse_client_frame
+
+    append = orjson.dumps(
+        {"type": "input_audio_buffer.append", "audio": base64.b64encode(speech_like(20)).decode()}
+    )
+    update = orjson.dumps(
+        {
+            "type": "session.update",
+            "session": {
+                "type": "realtime",
+                "instructions": "x" * 4000,
+                "output_modalities": ["audio"],
+                "audio": {
+                    "input": {
+                        "format": {"type": "audio/pcm", "rate": 24000},
+                        "turn_detection": {"type": "server_vad", "threshold": 0.5},
+                        "transcription": {"model": "whisper-1"},
+                    },
+                    "output": {"voice": "marin", "speed": 1.0},
+                },
+                "tools": [
+                    {
+                        "type": "function",
+                        "name": f"tool_{i}",
+                        "description": "d" * 100,
+                        "parameters": {"type": "object", "properties": {"a": {"type": "string"}}},
+                    }
+                    for i in range(20)
+                ],
+            },
+        }
+    )
+    validator = Validator()
+
+    def one(frame: bytes) -> float:
+        samples = []
+        for _ in range(2000):
+            start = time.perf_counter()
+            event = parse_client_frame(frame)
+            validator.check(event)
+            if event["type"] == "input_audio_buffer.append":
+                check_append(event["audio"], "pcm16", None)
+            samples.append(time.perf_counter() - start)
+        return float(np.median(samples) * 1e6)
+
+    return {"append_20ms_us": one(append), "session_update_large_us": one(update)}
+
+
+def replay_micro() -> dict[int, float]:
+    """Milliseconds to plan a replay of 10 / 100 / 500 items (the planning, not the network)."""
+    from relay.core.replay import plan_replay
+    from relay.core.session import SessionState
+
+    results = {}
+    for count in (10, 100, 500):
+        state = SessionState()
+        state.on_server_event({"type": "session.created", "session": {"type": "realtime", "id": "s"}})
+        for i in range(count):
+            item = {
+                "id": f"item_{i}",
+                "type": "message",
+                "role": "user" if i % 2 else "assistant",
+                "content": [{"type": "input_text", "text": "hello " * 10}],
+            }
+            state.on_server_event({"type": "conversation.item.added", "item": item})
+        start = time.perf_counter()
+        for _ in range(20):
+            plan_replay(state, max_items=1000, max_tokens=10**9)
+        results[count] = (time.perf_counter() - start) / 20 * 1000
+    return results
+
+
+async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    clocks = {"direct": Clock(), "nginx": Clock(), "relay": Clock()}
+    current: dict[str, Clock] = {"clock": clocks["direct"]}
+    config = SimulatorConfig(
+        speed=1.0,
+        reply_text="Here is a short spoken answer.",
+        probe=lambda kind, frame: current["clock"].probe(kind, frame),
+    )
+    runner, sim_port = await start_simulator(config)
+    workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+    relay = await start_relay(sim_port)
+    nginx = await start_nginx(sim_port, workdir)
+    results: dict[str, Any] = {"paths": [], "sweep": []}
+    try:
+        targets: list[tuple[str, str, int | None]] = [
+            ("direct", f"ws://127.0.0.1:{sim_port}/v1/realtime?model=gpt-realtime", None)
+        ]
+        if nginx:
+            targets.append(
+                ("nginx", f"ws://127.0.0.1:{nginx.port}/v1/realtime?model=gpt-realtime", nginx.proc.pid)
+            )
+        targets.append(
+            ("relay", f"ws://127.0.0.1:{relay.port}/v1/realtime?model=gpt-realtime", relay.proc.pid)
+        )
+        for name, url, pid in targets:
+            current["clock"] = clocks[name] = Clock()
+            results["paths"].append(
+                await run_path(name, url, args.sessions, args.duration, clocks[name], pid)
+            )
+        for count in args.sweep:
+            current["clock"] = Clock()
+            direct = await run_path("direct", targets[0][1], count, args.sweep_duration, current["clock"])
+            current["clock"] = Clock()
+            via = await run_path(
+                "relay", targets[-1][1], count, args.sweep_duration, current["clock"], relay.proc.pid
+            )
+            results["sweep"].append((count, direct, via))
+        results["rss_per_session"] = await idle_rss_per_session(relay, args.idle_sessions)
+        results["validation"] = validation_micro()
+        results["replay_ms"] = replay_micro()
+        results["nginx"] = nginx is not None
+    finally:
+        relay.stop()
+        if nginx:
+            nginx.stop()
+        await runner.cleanup()
+    return results
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="relay bench", description=__doc__)
+    parser.add_argument("--sessions", type=int, default=100)
+    parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--sweep", type=lambda s: [int(x) for x in s.split(",") if x], default=[])
+    parser.add_argument("--sweep-duration", type=float, default=10.0)
+    parser.add_argument("--idle-sessions", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="10 sessions, 5 s, no sweep")
+    parser.add_argument("--out", default="bench/results")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sessions, args.duration, args.sweep, args.idle_sessions = 10, 5.0, [], 50
+    from bench.report import write_report
+
+    results = asyncio.run(benchmark(args))
+    out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
+    table = write_report(results, out)
+    print(table)
+    print(f"\nresults written to {out}")
+    lost = sum(p.lost for p in results["paths"]) + sum(d.lost + v.lost for _, d, v in results["sweep"])
+    return 0 if lost == 0 else 1

@@ -1,0 +1,33 @@
+"""The benchmark harness, smoke-sized: counts frames both ways, loses none, writes its report.
+
+Correctness of the harness only; timings are not asserted (they belong in the report).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from pathlib import Path
+
+from bench.report import write_report
+from bench.runner import benchmark
+
+
+def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> None:
+    args = argparse.Namespace(sessions=2, duration=2.0, sweep=[2], sweep_duration=1.5, idle_sessions=5)
+    results = asyncio.run(benchmark(args))
+    paths = {p.path: p for p in results["paths"]}
+    assert {"direct", "relay"} <= paths.keys()
+    for path in paths.values():
+        assert path.lost == 0
+        assert len(path.c2u) > 50  # 2 sessions x 2 s of 20 ms appends, each matched end to end
+        assert len(path.u2c) > 0  # audio deltas of the answers, matched by event id
+    assert paths["relay"].cpu_s is not None
+    table = write_report(results, tmp_path)
+    assert "| relay | 2 | c2u |" in table
+    assert "Largest count with relay-added p99 < 5 ms" in table
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["paths"][0]["path"] == "direct"
+    assert (tmp_path / "latency.png").stat().st_size > 1000
+    assert results["rss_per_session"] > 0
