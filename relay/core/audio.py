@@ -17,8 +17,8 @@ from relay.core.protocol import MAX_APPEND_BYTES, MIN_COMMIT_MS
 _BYTES_PER_MS = {"pcm16": 48, "pcmu": 8, "pcma": 8}
 _SAMPLE_BYTES = {"pcm16": 2, "pcmu": 1, "pcma": 1}
 # The high byte of a little-endian float32 in [-1, 1] holds the sign and the top of the exponent:
-# 0x30-0x3F (or 0xB0-0xBF when negative) for every magnitude from 2^-31 up to 1.
-_FLOAT_EXPONENT_BYTES = bytes(range(0x30, 0x40)) + bytes(range(0xB0, 0xC0))
+# 0x20-0x3F (or 0xA0-0xBF when negative) for every magnitude from 2^-63 up to 1.
+_FLOAT_EXPONENT_BYTES = bytes(range(0x20, 0x40)) + bytes(range(0xA0, 0xC0))
 _MIN_FLOAT_SAMPLES = 32
 _FLOAT_SHARE = 0.95
 
@@ -47,8 +47,9 @@ def looks_like_float32(pcm: bytes) -> bool:
     tones and noise, and sit at 0x00/0xFF for quiet audio. All-zero buffers are the same bytes
     in both formats and are never flagged.
     """
-    high = pcm[3::4]
-    if len(high) < _MIN_FLOAT_SAMPLES or not pcm.strip(b"\x00"):
+    # Exact zeros are the same bytes in both formats: judge only the samples that are not.
+    high = pcm[3::4].replace(b"\x00", b"")
+    if len(high) < _MIN_FLOAT_SAMPLES:
         return False
     outside = len(high.translate(None, _FLOAT_EXPONENT_BYTES))
     if outside > len(high) * (1 - _FLOAT_SHARE):

@@ -129,14 +129,18 @@ def _format_string(event: Any, error: InvalidEvent, param: str, leaf: str, value
     if leaf == "format" and isinstance(value, str):
         shape = _FORMAT_STRINGS.get(value, '{"type": "audio/pcm", "rate": 24000}')
         return f"GA audio formats are objects: use {shape}."
-    if param.endswith("format.type") and value in _FORMAT_STRINGS:
+    if param.endswith("format.type") and isinstance(value, str) and value in _FORMAT_STRINGS:
         return f"'{value}' is the beta name; the GA format object is {_FORMAT_STRINGS[value]}."
     return None
 
 
 def _tool_type(event: Any, error: InvalidEvent, param: str, leaf: str, value: Any) -> str | None:
     tools = param.startswith(("session.tools", "response.tools")) and param.endswith("type")
-    if tools and value in ("web_search", "file_search", "code_interpreter", "computer_use_preview"):
+    if (
+        tools
+        and isinstance(value, str)
+        and value in ("web_search", "file_search", "code_interpreter", "computer_use_preview")
+    ):
         return (
             f"'{value}' tools exist in the Responses API, not in Realtime; only 'function' "
             "and 'mcp' tools are supported here."

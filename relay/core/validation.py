@@ -69,6 +69,8 @@ class Validator:
 
     def check(self, event: dict[str, Any]) -> None:
         event_type = event.get("type")
+        if not isinstance(event_type, str):
+            raise self._unknown_type(event, event_type)
         if event_type in _APPEND_TYPES and event.keys() <= _APPEND_KEYS and self._append_is_valid(event):
             return
         adapter = self.adapters.get(event_type) if isinstance(event_type, str) else None
@@ -157,6 +159,8 @@ def translate_error(event: dict[str, Any], error: ErrorDetails) -> InvalidEvent:
         if not isinstance(value, dict):  # a string where an object belongs, e.g. "pcm16"
             return api_error(event, "invalid_type", path, "an object", value)
         path = f"{path}.type" if path else "type"
+        if "type" in value:  # present but not a string
+            return api_error(event, "invalid_type", path, "a string", value["type"])
         found = InvalidEvent(
             "missing_required_parameter", f"Missing required parameter: '{path}'.", path, eid
         )
@@ -191,13 +195,12 @@ def _invalid_value(event: dict[str, Any], path: str, error: ErrorDetails) -> Inv
 def _too_long(path: str, value: Any, ctx: dict[str, Any], eid: str | None) -> InvalidEvent:
     limit = ctx.get("max_length")
     size = len(value) if isinstance(value, str | list | dict) else 0
-    noun = "string" if isinstance(value, str) else "array"
+    noun = "string" if isinstance(value, str) else "object" if isinstance(value, dict) else "array"
     message = (
         f"Invalid '{path}': {noun} too long. Expected a {noun} with maximum length {limit}, "
         f"but got a {noun} with length {size} instead."
     )
-    code = "string_above_max_length" if noun == "string" else "array_above_max_length"
-    return InvalidEvent(code, message, path, eid)
+    return InvalidEvent(f"{noun}_above_max_length", message, path, eid)
 
 
 def _out_of_range(path: str, value: Any, kind: str, ctx: dict[str, Any], eid: str | None) -> InvalidEvent:
@@ -241,7 +244,10 @@ def api_error(event: dict[str, Any], code: str, path: str, expected: str, value:
 
 
 def _with_hint(event: dict[str, Any], error: InvalidEvent) -> InvalidEvent:
-    hint = hint_for(event, error)
+    try:
+        hint = hint_for(event, error)
+    except (TypeError, ValueError, AttributeError, IndexError, KeyError):
+        hint = None  # a hint is a courtesy: odd input must never turn into a crash
     if not hint:
         return error
     return InvalidEvent(error.code, f"{error.message} Hint: {hint}", error.param, error.client_event_id)

@@ -391,7 +391,7 @@ class SimSession:
             choice.get("name") if isinstance(choice, dict) else names[0] if choice == "required" else None
         )
         said = " ".join(str(p.get("text") or p.get("transcript") or "") for p in last.get("content") or [])
-        name = forced or next((n for n in names if n in said), None)
+        name = forced or next((n for n in names if _mentions(said, n)), None)
         return (name, self.script.tool_arguments()) if name else None
 
     async def _run_response(self, plan: ResponsePlan) -> None:
@@ -494,6 +494,13 @@ class SimSession:
             "conversation": [_public(i) for i in self.conversation.items],
             "received_types": list(self.received),
         }
+
+
+def _mentions(text: str, tool_name: str) -> bool:
+    """The configured trigger: the user names the tool, or a distinctive word of its name."""
+    lowered = text.lower()
+    words = [w for w in tool_name.lower().split("_") if len(w) > 3 and w not in ("tool", "call")]
+    return tool_name.lower() in lowered or any(w in lowered for w in words)
 
 
 def _public(item: dict[str, Any]) -> dict[str, Any]:

@@ -40,7 +40,8 @@ class VoiceActivityDetector:
         self.encoding = encoding
         threshold = turn_detection.get("threshold")
         self.level_db = threshold_dbfs(0.5 if threshold is None else float(threshold))
-        self.prefix_ms = int(turn_detection.get("prefix_padding_ms") or 300)
+        prefix = turn_detection.get("prefix_padding_ms")
+        self.prefix_ms = int(300 if prefix is None else prefix)
         if kind == "semantic_vad":
             eagerness = str(turn_detection.get("eagerness") or "auto")
             self.silence_ms = SEMANTIC_SILENCE_MS.get(eagerness, 700)

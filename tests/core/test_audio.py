@@ -1,0 +1,101 @@
+"""Audio checks: strict base64, whole samples, commit accounting, the float32 detector (F5, F6)."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+
+from relay.core.audio import AudioAccount, check_append, encoding_of, looks_like_float32
+from relay.core.errors import InvalidEvent
+from tests.support.speech import speech_pcm16
+
+RATE = 24000
+
+
+def _signals() -> dict[str, np.ndarray]:
+    """Test signals in [-1, 1]: real speech, music-like tones, noise and near-silence."""
+    t = np.arange(RATE) / RATE
+    rng = np.random.default_rng(7)
+    speech = np.frombuffer(speech_pcm16("The quick brown fox jumps over the lazy dog."), "<i2") / 32768
+    chord = sum(0.2 * np.sin(2 * np.pi * f * t) for f in (261.6, 329.6, 392.0))
+    return {
+        "speech": speech,
+        "chord": chord,
+        "loud_tone": 0.98 * np.sin(2 * np.pi * 1000 * t),
+        "quiet_tone": 0.01 * np.sin(2 * np.pi * 440 * t),
+        "white_noise": np.clip(0.3 * rng.standard_normal(RATE), -1, 1),
+        "noise_floor": 0.0003 * rng.standard_normal(RATE),
+    }
+
+
+def _pcm16(signal: np.ndarray) -> bytes:
+    return (np.clip(signal, -1, 1) * 32767).round().astype("<i2").tobytes()
+
+
+def _float32(signal: np.ndarray) -> bytes:
+    return np.clip(signal, -1, 1).astype("<f4").tobytes()
+
+
+def test_float32_detector_confusion_matrix() -> None:
+    matrix = {"pcm16": {"flagged": 0, "passed": 0}, "float32": {"flagged": 0, "passed": 0}}
+    for signal in _signals().values():
+        for chunk_ms in (20, 100, 1000):
+            size = chunk_ms * 24
+            for start in range(0, len(signal) - size, size * 3):
+                piece = signal[start : start + size]
+                if np.count_nonzero(piece) < len(piece) * 0.1:
+                    continue  # digital silence: the same bytes in both formats, nothing to tell
+                matrix["pcm16"]["flagged" if looks_like_float32(_pcm16(piece)) else "passed"] += 1
+                matrix["float32"]["flagged" if looks_like_float32(_float32(piece)) else "passed"] += 1
+    print(f"\nfloat32 detector confusion matrix: {matrix}")
+    assert matrix["pcm16"]["flagged"] == 0, "false positives on real PCM16"
+    assert matrix["float32"]["passed"] == 0, "float32 data let through"
+    assert matrix["pcm16"]["passed"] > 100
+
+
+def test_check_append() -> None:
+    assert check_append(base64.b64encode(b"\x01\x02" * 480).decode(), "pcm16", None) == 960
+    with pytest.raises(InvalidEvent) as caught:
+        check_append("not base64!", "pcm16", "e1")
+    assert (caught.value.code, caught.value.param, caught.value.client_event_id) == (
+        "invalid_value",
+        "audio",
+        "e1",
+    )
+    with pytest.raises(InvalidEvent, match="whole number of 2-byte samples"):
+        check_append(base64.b64encode(b"\x01\x02\x03").decode(), "pcm16", None)
+    assert check_append(base64.b64encode(b"\x01\x02\x03").decode(), "pcmu", None) == 3
+    floats = base64.b64encode(_float32(0.3 * np.sin(np.arange(960) / 5))).decode()
+    with pytest.raises(InvalidEvent, match="32-bit float"):
+        check_append(floats, "pcm16", None)
+
+
+def test_commit_accounting_matches_the_api_message() -> None:
+    account = AudioAccount()
+    account.appended(48 * 50)
+    with pytest.raises(InvalidEvent) as caught:
+        account.check_commit(turn_detection_on=False, client_event_id=None)
+    assert caught.value.message.endswith("but buffer only has 50.00ms of audio.")
+    account.appended(48 * 50)
+    account.check_commit(turn_detection_on=False, client_event_id=None)
+    account.set_encoding("pcmu")
+    account.committed()
+    account.appended(8 * 99)
+    with pytest.raises(InvalidEvent, match=r"99\.00ms"):
+        account.check_commit(turn_detection_on=False, client_event_id=None)
+    account.appended(8)
+    account.check_commit(turn_detection_on=False, client_event_id=None)
+    # With server VAD on, only a buffer known to be empty is answered locally.
+    account.committed()
+    with pytest.raises(InvalidEvent):
+        account.check_commit(turn_detection_on=True, client_event_id=None)
+    account.appended(8)
+    account.check_commit(turn_detection_on=True, client_event_id=None)
+
+
+def test_encoding_of_sessions() -> None:
+    assert encoding_of({"audio": {"input": {"format": {"type": "audio/pcmu"}}}}) == "pcmu"
+    assert encoding_of({"audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}}}}) == "pcm16"
+    assert encoding_of({"input_audio_format": "g711_alaw"}) == "pcma"
