@@ -18,8 +18,8 @@ run: $(STAMP)
 	$(BIN)/relay serve
 
 lint: $(STAMP)
-	$(BIN)/ruff check relay tests bench
-	$(BIN)/ruff format --check relay tests bench
+	$(BIN)/ruff check relay tests bench examples
+	$(BIN)/ruff format --check relay tests bench examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy relay bench

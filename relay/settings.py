@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     # --- listening -------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    tls_cert_file: str | None = None  # serve wss:// directly (else terminate TLS in front)
+    tls_key_file: str | None = None
 
     # --- upstream --------------------------------------------------------------------------
     upstream: UpstreamKind | None = None  # None: openai if a key is set, else azure, else simulator

@@ -34,9 +34,11 @@ class RelayProcess:
     port: int
     token: str = TOKEN
 
+    scheme: str = "ws"
+
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/realtime?model=gpt-realtime"
+        return f"{self.scheme}://127.0.0.1:{self.port}/v1/realtime?model=gpt-realtime"
 
     @property
     def auth(self) -> dict[str, str]:
@@ -70,7 +72,7 @@ async def relay_process(**env: str) -> AsyncIterator[RelayProcess]:
     )
     try:
         await wait_listening(port, proc)
-        yield RelayProcess(proc, port)
+        yield RelayProcess(proc, port, scheme="wss" if "RELAY_TLS_CERT_FILE" in env else "ws")
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)

@@ -1,0 +1,118 @@
+"""The three client examples, run against a live relay: Python SDK, Node SDK, plain browser JS."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from relay.simulator.config import SimulatorConfig
+from relay.simulator.server import start_simulator
+from tests.conftest import RelayFactory, RelayHandle
+from tests.support.relay_process import relay_process
+from tests.support.system import require_binary
+from tests.support.tls import self_signed
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture
+async def relay(start_relay: RelayFactory) -> AsyncIterator[RelayHandle]:
+    runner, port = await start_simulator(SimulatorConfig(speed=50.0, reply_text="Hello from the simulator."))
+    yield await start_relay(upstream="simulator", upstream_url=f"ws://127.0.0.1:{port}/v1/realtime")
+    await runner.cleanup()
+
+
+async def _run(cmd: list[str], env: dict[str, str], cwd: Path) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, env={**os.environ, **env}, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def test_python_sdk_example(relay: RelayHandle) -> None:
+    out = await _run(
+        [sys.executable, str(EXAMPLES / "python_sdk.py")],
+        {"RELAY_URL": f"ws://127.0.0.1:{relay.server.port}/v1", "RELAY_TOKEN": relay.token},
+        EXAMPLES,
+    )
+    assert out.strip() == "Hello from the simulator."
+
+
+async def test_node_sdk_example(tmp_path: Path) -> None:
+    """The npm SDK always opens wss:// (buildRealtimeURL), so the relay serves TLS itself here."""
+    npm = shutil.which("npm")
+    node = shutil.which("node")
+    if npm is None or node is None:
+        pytest.skip("node and npm are not installed on this machine")
+    project = EXAMPLES / "node"
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [npm, "ci", "--no-audit", "--no-fund"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"npm ci refused: {done.stderr.strip()[-300:]}")
+    cert, key = self_signed(tmp_path)
+    runner, sim_port = await start_simulator(
+        SimulatorConfig(speed=50.0, reply_text="Hello from the simulator.")
+    )
+    try:
+        async with relay_process(
+            RELAY_UPSTREAM="simulator",
+            RELAY_UPSTREAM_URL=f"ws://127.0.0.1:{sim_port}/v1/realtime",
+            RELAY_TLS_CERT_FILE=str(cert),
+            RELAY_TLS_KEY_FILE=str(key),
+        ) as relay:
+            out = await _run(
+                [node, "index.mjs"],
+                {
+                    "RELAY_HTTP": f"https://127.0.0.1:{relay.port}/v1",
+                    "RELAY_TOKEN": relay.token,
+                    "NODE_EXTRA_CA_CERTS": str(cert),
+                },
+                project,
+            )
+    finally:
+        await runner.cleanup()
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result == {"status": "completed", "text": "Hello from the simulator."}
+
+
+@pytest.mark.slow
+async def test_plain_browser_example(relay: RelayHandle) -> None:
+    chromium = require_binary("chromium", package="chromium")
+    from playwright.async_api import async_playwright, expect
+
+    app = web.Application()
+    app.router.add_static("/", EXAMPLES / "browser")
+    pages = TestServer(app, host="127.0.0.1")
+    await pages.start_server()
+    try:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=chromium,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
+            )
+            page = await browser.new_page()
+            query = f"?relay=ws://127.0.0.1:{relay.server.port}&token={relay.token}"
+            await page.goto(f"http://127.0.0.1:{pages.port}/index.html{query}")
+            await expect(page.locator("#out")).to_have_text("done: Hello from the simulator.", timeout=20_000)
+            await browser.close()
+    finally:
+        await pages.close()
