@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from aiohttp import hdrs, web
 
+from relay.core.beta_translator import BetaTranslator
 from relay.core.credentials import AuthError, Identity, token_from_request
 from relay.core.errors import error_event, new_id
 from relay.core.models import ModelNotAllowed, resolve_model
@@ -19,6 +20,7 @@ from relay.core.protocol import (
     BETA_HEADER_VALUE,
     BETA_SUBPROTOCOL,
     REALTIME_SUBPROTOCOL,
+    Interface,
 )
 from relay.io.context import CapacityExceeded, RelayContext
 from relay.io.session import RelaySession
@@ -124,6 +126,7 @@ async def realtime_endpoint(request: web.Request) -> web.StreamResponse:
             session_id=session_id,
             identity_key=admission.identity.key,
             model=admission.model,
+            beta=_translator(ctx, admission.beta_client),
         )
         ctx.registry.add(session)
         await session.run()
@@ -133,9 +136,15 @@ async def realtime_endpoint(request: web.Request) -> web.StreamResponse:
 
 
 def _translate_beta(ctx: RelayContext) -> bool:
-    # Beta translation arrives with the beta-clients work; until then beta clients are told
-    # plainly why they cannot connect instead of seeing a confusing upstream close.
-    return False
+    """Beta clients are translated unless the operator chose to refuse them like the API does."""
+    return ctx.settings.beta_clients == "translate" or ctx.upstreams.interface is Interface.BETA
+
+
+def _translator(ctx: RelayContext, beta_client: bool) -> BetaTranslator | None:
+    # An Azure preview upstream still speaks beta: its beta clients pass through untranslated.
+    if not beta_client or ctx.upstreams.interface is Interface.BETA:
+        return None
+    return BetaTranslator(model_map=ctx.settings.beta_model_map)
 
 
 async def _refuse_beta(ws: web.WebSocketResponse) -> None:

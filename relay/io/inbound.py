@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from relay.core.audio import AudioAccount, check_append, encoding_of
+from relay.core.beta_translator import BetaTranslator
 from relay.core.policy import Policy
 from relay.core.protocol import Interface
 from relay.core.validation import Validator, parse_client_frame
@@ -24,9 +25,12 @@ _APPEND = "input_audio_buffer.append"
 class ClientEventChecker:
     """Validation, audio accounting and policy for one session's client events."""
 
-    def __init__(self, settings: Settings, interface: Interface) -> None:
-        self.enabled = settings.validate_events
-        self.validator = Validator(interface)
+    def __init__(
+        self, settings: Settings, interface: Interface, translator: BetaTranslator | None = None
+    ) -> None:
+        self.enabled = settings.validate_events or translator is not None
+        self.translator = translator
+        self.validator = Validator(Interface.BETA if translator is not None else interface)
         self.policy = Policy.from_settings(settings)
         self.account = AudioAccount()
         self.encoding = "pcm16"  # the API's default input format
@@ -39,14 +43,19 @@ class ClientEventChecker:
             return [(data, peeked_type, peeked)]
         event = parse_client_frame(data)
         self.validator.check(event)
+        if self.translator is not None and event["type"] != _APPEND:
+            return [self._one(dumps(ga), ga) for ga in self.translator.client_to_ga(event)]
+        return [self._one(data, event)]
+
+    def _one(self, data: bytes, event: dict[str, Any]) -> tuple[bytes, str, dict[str, Any] | None]:
         event_type = str(event["type"])
         if event_type == _APPEND:
             self.account.appended(check_append(event["audio"], self.encoding, _eid(event)))
-            return [(data, event_type, event)]
+            return (data, event_type, event)
         self._account_for(event_type, event)
         if self.policy.apply(event):
             data = dumps(event)
-        return [(data, event_type, event)]
+        return (data, event_type, event)
 
     def _account_for(self, event_type: str, event: dict[str, Any]) -> None:
         if event_type == "input_audio_buffer.commit":

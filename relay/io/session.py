@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from relay.core.beta_translator import BetaTranslator
 from relay.core.errors import HoldOverflow, InvalidEvent, RelayError, UpstreamError, new_id
 from relay.core.gate import ReadinessGate
 from relay.core.protocol import event_type_label
@@ -47,6 +48,7 @@ class RelaySession:
         session_id: str,
         identity_key: str,
         model: str,
+        beta: BetaTranslator | None = None,
     ) -> None:
         self.ctx = ctx
         self.client = client
@@ -61,7 +63,8 @@ class RelaySession:
             max_bytes=self.settings.hold_max_bytes,
             timeout_s=self.settings.hold_timeout_s,
         )
-        self.checker = ClientEventChecker(ctx.settings, ctx.upstreams.interface)
+        self.beta = beta  # set for a beta client translated to a GA upstream
+        self.checker = ClientEventChecker(ctx.settings, ctx.upstreams.interface, beta)
         self.link: UpstreamLink | None = None
         self.outcome = "client_closed"
         self.started = time.monotonic()
@@ -194,10 +197,21 @@ class RelaySession:
             shown = self.on_server_event(link, event_type, event, data)
             if shown is None:
                 return
+            if shown is not data:
+                event = None  # changed on the way: translate from the bytes actually shown
             data = shown
+        if self.beta is not None:
+            beta = self.beta.server_bytes_to_beta(data, event)
+            if beta is None:
+                await self._after_server_event(event_type)
+                return
+            data = beta
         await self._send_client_frame(data, WSMsgType.TEXT)
         self.metrics.frame(U2C, event_type_label(event_type), len(data))
         self.metrics.added_latency_seconds.labels(U2C).observe(time.perf_counter() - received)
+        await self._after_server_event(event_type)
+
+    async def _after_server_event(self, event_type: str) -> None:
         if event_type in _RELEASING_SERVER_TYPES:
             await self.release_held()
 
@@ -249,6 +263,7 @@ class RelaySession:
             self.log.info("event_rejected", code=exc.code, param=exc.param)
             await self.send_client_event(exc.to_event())
             return
+        self._report_dropped_beta_fields()
         for frame, event_type, event in checked:
             await self.forward_upstream(frame, event_type, event)
             self.metrics.frame(C2U, event_type_label(event_type), len(frame))
@@ -310,7 +325,20 @@ class RelaySession:
         self._client_send_since = 0.0
 
     async def send_client_event(self, event: dict[str, Any]) -> None:
+        if self.beta is not None:
+            translated = self.beta.server_to_beta(event)
+            if translated is None:
+                return
+            event = translated
         await self._send_client_frame(dumps(event), WSMsgType.TEXT)
+
+    def _report_dropped_beta_fields(self) -> None:
+        if self.beta is None or not self.beta.dropped_fields:
+            return
+        for field in self.beta.dropped_fields:
+            self.metrics.beta_dropped_fields_total.labels(field).inc()
+        self.log.warning("beta_fields_dropped", fields=self.beta.dropped_fields)
+        self.beta.dropped_fields = []
 
     # ------------------------------------------------------------------ housekeeping
     async def _housekeeping(self) -> None:
