@@ -53,14 +53,11 @@ def test_every_beta_client_event_is_mapped_or_refused() -> None:
         "conversation.item.retrieve": {"item_id": "i"},
         "response.create": {"response": {"modalities": ["text"]}},
     }
-    for kind in events:
-        event = {"type": kind, **samples.get(kind, {})}
-        try:
-            for ga in translator.client_to_ga(event):
-                Validator(Interface.GA).check(ga)
-        except InvalidEvent as refused:
-            assert kind == "output_audio_buffer.clear", refused
-            assert "WebRTC" in refused.message
+    for kind in sorted(events - {"output_audio_buffer.clear"}):
+        for ga in translator.client_to_ga({"type": kind, **samples[kind]}):
+            Validator(Interface.GA).check(ga)
+    with pytest.raises(InvalidEvent, match="WebRTC"):
+        translator.client_to_ga({"type": "output_audio_buffer.clear"})
 
 
 _values = {
