@@ -1,0 +1,175 @@
+"""Seeded chaos: many concurrent conversations, random upstream failures, frequent rotations.
+
+Each conversation mixes text turns, spoken turns (server VAD on synthetic speech) and tool
+rounds while the simulator drops, closes or errors its upstream at random moments and the
+relay rotates every couple of seconds. Every conversation must finish, with the client-visible
+invariants intact and the final upstream holding the whole conversation in order.
+Bounded for CI; RELAY_CHAOS_SESSIONS / RELAY_CHAOS_SEED run it bigger or differently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import random
+from typing import Any
+
+import numpy as np
+import pytest
+
+from relay.simulator.audio import synthesize
+from relay.simulator.config import SimulatorConfig
+from relay.simulator.server import start_simulator
+from tests.conftest import RelayFactory
+from tests.support.conversation import RecordingClient, text_item
+from tests.support.sim_control import SimControl
+
+SESSIONS = int(os.environ.get("RELAY_CHAOS_SESSIONS", "50"))
+SEED = int(os.environ.get("RELAY_CHAOS_SEED", "20261124"))
+FAULTS = [
+    {"kind": "drop"},
+    {"kind": "close", "code": 1000},
+    {"kind": "close", "code": 1011},
+    {"kind": "close", "code": 1001, "reason": "session_expired"},
+]
+TOOL = {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}
+SPEECH = base64.b64encode(
+    np.zeros(24 * 400, dtype="<i2").tobytes()
+    + synthesize("Tell me something nice.", "pcm16")
+    + np.zeros(24 * 700, dtype="<i2").tobytes()
+).decode()
+
+
+async def _conversation(index: int, relay_url: str, token: str, sim: SimControl, rng: random.Random) -> None:
+    client = await RecordingClient.connect(relay_url, token)
+    await client.wait_for("session.created")
+    await client.send(
+        {
+            "type": "session.update",
+            "session": {"type": "realtime", "tools": [TOOL], "instructions": f"conversation {index}"},
+        }
+    )
+    await client.wait_for("session.updated")
+    for turn in range(4):
+        kind = rng.choice(["text", "text", "speech", "tool"])
+        if rng.random() < 0.5:
+            asyncio.get_running_loop().call_later(rng.uniform(0.0, 0.3), _fault_later(sim, client, rng))
+        start = len(client.events)
+        if kind == "speech":
+            await client.send({"type": "input_audio_buffer.append", "audio": SPEECH})
+        else:
+            text = "what is the get_weather" if kind == "tool" else f"turn {turn} of {index}"
+            await client.send(text_item(text))
+            await client.send({"type": "response.create"})
+        done = await client.wait_for("response.done", after=start, timeout=30)
+        if kind == "tool" and done["response"]["status"] == "completed":
+            call = next((i for i in done["response"]["output"] if i["type"] == "function_call"), None)
+            if call is not None:
+                start = len(client.events)
+                await client.send(
+                    {
+                        "type": "conversation.item.create",
+                        "item": {"type": "function_call_output", "call_id": call["call_id"], "output": "{}"},
+                    }
+                )
+                await client.send({"type": "response.create"})
+                await client.wait_for("response.done", after=start, timeout=30)
+        await asyncio.sleep(rng.uniform(0.05, 0.4))
+    await asyncio.sleep(0.5)
+    client.assert_invariants()
+    final = await sim.open_session(client.relay_session)
+    assert final["config"]["instructions"] == f"conversation {index}"
+    texts = [p.get("text") for i in final["conversation"] for p in i.get("content") or [] if p.get("text")]
+    turns = [t for t in texts if t.startswith("turn ")]
+    assert turns == sorted(turns, key=lambda t: int(t.split()[1])), turns  # order survived every replay
+    await client.close()
+
+
+def _fault_later(sim: SimControl, client: RecordingClient, rng: random.Random) -> Any:
+    fault = dict(rng.choice(FAULTS))
+
+    def fire() -> None:
+        asyncio.ensure_future(_fire(sim, client.relay_session, fault))
+
+    return fire
+
+
+async def _fire(sim: SimControl, relay_session: str, fault: dict[str, Any]) -> None:
+    sessions = [s for s in await sim.sessions(relay_session) if s["open"]]
+    if sessions:
+        try:
+            await sim.fault(sessions[-1]["id"], **fault)
+        except Exception:  # the session closed meanwhile (a rotation won the race): fine
+            pass
+
+
+@pytest.mark.slow
+async def test_chaos(start_relay: RelayFactory) -> None:
+    runner, port = await start_simulator(SimulatorConfig(speed=20.0, reply_text="Sure, here you go."))
+    relay = await start_relay(
+        upstream="simulator",
+        upstream_url=f"ws://127.0.0.1:{port}/v1/realtime",
+        rotate_after_s=2.0,
+        rotate_jitter_s=1.0,
+        rotate_quiet_max_wait_s=2.0,
+        reconnect_base_delay_s=0.05,
+        reconnect_max_delay_s=0.5,
+        max_sessions_per_identity=1000,
+    )
+    sim = SimControl(f"http://127.0.0.1:{port}")
+    rng = random.Random(SEED)
+    try:
+        await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    _conversation(i, relay.ws_url, relay.token, sim, random.Random(rng.random()))
+                    for i in range(SESSIONS)
+                )
+            ),
+            timeout=240,
+        )
+    finally:
+        await runner.cleanup()
+    replaced = sum(
+        relay.metric("relay_upstream_replacements_total", {"cause": c})
+        for c in ("rotation", "1000", "1001", "1006", "1011")
+    )
+    assert replaced >= SESSIONS / 2, replaced
+    print(f"\nchaos: {SESSIONS} conversations, {replaced:.0f} upstream replacements, seed {SEED}")
+
+
+@pytest.mark.slow
+async def test_a_conversation_lives_through_twenty_rotations(start_relay: RelayFactory) -> None:
+    runner, port = await start_simulator(SimulatorConfig(speed=50.0))
+    relay = await start_relay(
+        upstream="simulator",
+        upstream_url=f"ws://127.0.0.1:{port}/v1/realtime",
+        rotate_after_s=1.0,
+        rotate_jitter_s=0.0,
+    )
+    sim = SimControl(f"http://127.0.0.1:{port}")
+    client = await RecordingClient.connect(relay.ws_url, relay.token)
+    await client.wait_for("session.created")
+    await client.send(
+        {
+            "type": "session.update",
+            "session": {"type": "realtime", "instructions": "long life", "output_modalities": ["text"]},
+        }
+    )
+    await client.wait_for("session.updated")
+    for turn in range(21):
+        start = len(client.events)
+        await client.send(text_item(f"turn {turn}"))
+        await client.send({"type": "response.create"})
+        await client.wait_for("response.done", after=start)
+        await asyncio.sleep(1.05)
+    assert relay.metric("relay_upstream_replacements_total", {"cause": "rotation"}) >= 20
+    final = await sim.open_session(client.relay_session)
+    assert final["config"]["instructions"] == "long life"
+    users = [i["content"][0]["text"] for i in final["conversation"] if i.get("role") == "user"]
+    assert users == [f"turn {t}" for t in range(21)]
+    assert len(final["conversation"]) == 42
+    client.assert_invariants()
+    await client.close()
+    await runner.cleanup()
