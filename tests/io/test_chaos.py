@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import random
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 
@@ -51,10 +53,12 @@ async def _conversation(index: int, relay_url: str, token: str, sim: SimControl,
         }
     )
     await client.wait_for("session.updated")
+    faults: list[asyncio.Task[None]] = []
     for turn in range(4):
         kind = rng.choice(["text", "text", "speech", "tool"])
         if rng.random() < 0.5:
-            asyncio.get_running_loop().call_later(rng.uniform(0.0, 0.3), _fault_later(sim, client, rng))
+            delay, fault = rng.uniform(0.0, 0.3), dict(rng.choice(FAULTS))
+            faults.append(asyncio.create_task(_fire(sim, client.relay_session, fault, delay)))
         start = len(client.events)
         if kind == "speech":
             await client.send({"type": "input_audio_buffer.append", "audio": SPEECH})
@@ -76,6 +80,7 @@ async def _conversation(index: int, relay_url: str, token: str, sim: SimControl,
                 await client.send({"type": "response.create"})
                 await client.wait_for("response.done", after=start, timeout=30)
         await asyncio.sleep(rng.uniform(0.05, 0.4))
+    await asyncio.gather(*faults)
     await asyncio.sleep(0.5)
     client.assert_invariants()
     final = await sim.open_session(client.relay_session)
@@ -86,22 +91,13 @@ async def _conversation(index: int, relay_url: str, token: str, sim: SimControl,
     await client.close()
 
 
-def _fault_later(sim: SimControl, client: RecordingClient, rng: random.Random) -> Any:
-    fault = dict(rng.choice(FAULTS))
-
-    def fire() -> None:
-        asyncio.ensure_future(_fire(sim, client.relay_session, fault))
-
-    return fire
-
-
-async def _fire(sim: SimControl, relay_session: str, fault: dict[str, Any]) -> None:
+async def _fire(sim: SimControl, relay_session: str, fault: dict[str, Any], delay: float) -> None:
+    await asyncio.sleep(delay)
     sessions = [s for s in await sim.sessions(relay_session) if s["open"]]
     if sessions:
-        try:
+        # The session may close meanwhile (a rotation won the race): the simulator answers 404.
+        with contextlib.suppress(aiohttp.ClientResponseError):
             await sim.fault(sessions[-1]["id"], **fault)
-        except Exception:  # the session closed meanwhile (a rotation won the race): fine
-            pass
 
 
 @pytest.mark.slow
