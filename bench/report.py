@@ -62,6 +62,7 @@ def sweep_table(results: dict[str, Any]) -> list[str]:
 def write_report(results: dict[str, Any], out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# relay benchmark", "", *latency_table(results), *sweep_table(results)]
+    lines += _beta_and_rotation(results)
     lines += [
         "",
         f"Relay RSS per idle session: {results['rss_per_session'] / 1024:.1f} KiB",
@@ -76,6 +77,29 @@ def write_report(results: dict[str, Any], out: Path) -> str:
     (out / "results.json").write_bytes(orjson.dumps(_serialisable(results), option=orjson.OPT_INDENT_2))
     _chart(results, out / "latency.png")
     return table
+
+
+def _beta_and_rotation(results: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    beta, ga = results.get("beta"), next((p for p in results["paths"] if p.path == "relay"), None)
+    if beta is not None and ga is not None and beta.cpu_s and ga.cpu_s:
+        ratio = (beta.cpu_s / beta.frames) / (ga.cpu_s / ga.frames)
+        lines += [
+            "",
+            f"Beta client through the relay: CPU {beta.cpu_s / beta.frames * 1000:.4f} s / 1000 frames "
+            f"({ratio:.2f}x a GA client), "
+            f"added u2c p99 {_added(beta, results['paths'][0], 'u2c', 99):.3f} ms, "
+            f"lost {beta.lost}",
+        ]
+    rotation = results.get("rotation")
+    if rotation:
+        lines.append(
+            f"Rotation every 1 s under 20 ms audio streams: {rotation['rotations']:.0f} rotations, "
+            f"mean client gap {rotation['mean_gap_ms']:.1f} ms, append latency p99 {rotation['c2u_p99_ms']:.1f} ms (max "
+            f"{rotation['c2u_max_ms']:.1f} ms), server-event p99 {rotation['u2c_p99_ms']:.1f} ms, "
+            f"lost {rotation['lost']:.0f}"
+        )
+    return lines
 
 
 def _serialisable(results: dict[str, Any]) -> dict[str, Any]:
@@ -93,6 +117,8 @@ def _serialisable(results: dict[str, Any]) -> dict[str, Any]:
         "paths": [path(p) for p in results["paths"]],
         "sweep": [{"sessions": c, "direct": path(d), "relay": path(v)} for c, d, v in results["sweep"]],
         "rss_per_session_bytes": results["rss_per_session"],
+        "beta": path(results["beta"]) if results.get("beta") else None,
+        "rotation": results.get("rotation"),
         "validation_us": results["validation"],
         "replay_ms": {str(k): v for k, v in results["replay_ms"].items()},
     }

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import orjson
 import websockets
@@ -91,17 +92,24 @@ def speech_like(ms: int) -> bytes:
 
 
 # ---------------------------------------------------------------------------------- load
-async def voice_session(url: str, clock: Clock, index: int, duration: float) -> None:
+async def voice_session(
+    url: str, clock: Clock, index: int, duration: float, *, beta: bool = False, turns: bool = True
+) -> None:
     """One app: appends every 20 ms; every few seconds commits and asks for a spoken answer."""
     headers = {"Authorization": f"Bearer {TOKEN}"}
+    if beta:
+        headers["OpenAI-Beta"] = "realtime=v1"
     chunk = base64.b64encode(speech_like(APPEND_MS)).decode()
     async with websockets.connect(url, additional_headers=headers, max_size=None) as ws:
         await ws.recv()
-        await ws.send(
-            '{"type":"session.update","session":{"type":"realtime",'
-            '"audio":{"input":{"turn_detection":null}}}}'
-        )
-        reader = asyncio.create_task(_read(ws, clock))
+        if beta:
+            await ws.send('{"type":"session.update","session":{"turn_detection":null}}')
+        else:
+            await ws.send(
+                '{"type":"session.update","session":{"type":"realtime",'
+                '"audio":{"input":{"turn_detection":null}}}}'
+            )
+        reader = asyncio.create_task(_read(ws, clock, beta))
         loop = asyncio.get_running_loop()
         start = loop.time()
         seq = 0
@@ -112,7 +120,7 @@ async def voice_session(url: str, clock: Clock, index: int, duration: float) -> 
             frame = f'{{"type":"input_audio_buffer.append","event_id":"{key}","audio":"{chunk}"}}'
             clock.c2u_sent[key] = time.perf_counter()
             await ws.send(frame)
-            if loop.time() >= next_turn:
+            if turns and loop.time() >= next_turn:
                 await ws.send('{"type":"input_audio_buffer.commit"}')
                 await ws.send('{"type":"response.create"}')
                 next_turn += TURN_EVERY_S
@@ -121,11 +129,12 @@ async def voice_session(url: str, clock: Clock, index: int, duration: float) -> 
         reader.cancel()
 
 
-async def _read(ws: Any, clock: Clock) -> None:
+async def _read(ws: Any, clock: Clock, beta: bool = False) -> None:
+    marker = b'"response.audio.delta"' if beta else b'"response.output_audio.delta"'
     async for message in ws:
         now = time.perf_counter()
         raw = message.encode() if isinstance(message, str) else message
-        if b'"response.output_audio.delta"' in raw[:40]:
+        if marker in raw[:40]:
             key = _event_id(raw)
             if key is not None:
                 clock.u2c_recv[key] = now
@@ -150,7 +159,7 @@ def _pin(core: int) -> list[str]:
     return ["taskset", "-c", str(core)] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
 
 
-async def start_relay(sim_port: int, *, validate: bool = True) -> Proc:
+async def start_relay(sim_port: int, *, validate: bool = True, rotate_after_s: float = 0) -> Proc:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "OPENAI_", "AZURE_"))}
     env.update(
@@ -160,7 +169,9 @@ async def start_relay(sim_port: int, *, validate: bool = True) -> Proc:
         RELAY_UPSTREAM_URL=f"ws://127.0.0.1:{sim_port}/v1/realtime",
         RELAY_LOG_LEVEL="WARNING",
         RELAY_VALIDATE_EVENTS="true" if validate else "false",
-        RELAY_ROTATE_AFTER_S="0",
+        RELAY_ROTATE_AFTER_S=str(rotate_after_s),
+        RELAY_ROTATE_JITTER_S="0",
+        RELAY_ROTATE_QUIET_MAX_WAIT_S="0.5",
         RELAY_MAX_SESSIONS_PER_IDENTITY="5000",
         RELAY_MAX_SESSIONS="5000",
     )
@@ -242,10 +253,16 @@ class PathResult:
 
 
 async def run_path(
-    path: str, url: str, sessions: int, duration: float, clock: Clock, cpu_pid: int | None = None
+    path: str,
+    url: str,
+    sessions: int,
+    duration: float,
+    clock: Clock,
+    cpu_pid: int | None = None,
+    **options: bool,
 ) -> PathResult:
     cpu_before = _cpu(cpu_pid)
-    await asyncio.gather(*(voice_session(url, clock, i, duration) for i in range(sessions)))
+    await asyncio.gather(*(voice_session(url, clock, i, duration, **options) for i in range(sessions)))
     cpu = _cpu(cpu_pid) - cpu_before if cpu_pid else None
     frames = len(clock.c2u_sent) + len(clock.u2c_sent)
     return PathResult(
@@ -258,8 +275,12 @@ def _cpu(pid: int | None) -> float:
         return 0.0
     import psutil
 
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
+    process = psutil.Process(pid)
+    total = 0.0
+    for proc in [process, *process.children(recursive=True)]:  # nginx works in its worker
+        times = proc.cpu_times()
+        total += times.user + times.system
+    return total
 
 
 async def idle_rss_per_session(relay: Proc, count: int) -> float:
@@ -279,6 +300,40 @@ async def idle_rss_per_session(relay: Proc, count: int) -> float:
     for conn in conns + warm:
         await conn.close()
     return float(after - before) / count
+
+
+async def rotation_gap(sim_port: int, clock: Clock, duration: float) -> dict[str, float]:
+    """Audio-streaming sessions on a relay that rotates every second: how long appends wait."""
+    relay = await start_relay(sim_port, rotate_after_s=1.0)
+    try:
+        url = f"ws://127.0.0.1:{relay.port}/v1/realtime?model=gpt-realtime"
+        result = await run_path(
+            "rotation", url, 5, max(4.0, duration / 2), clock, relay.proc.pid, turns=False
+        )
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{relay.port}/metrics") as resp,
+        ):
+            text = await resp.text()
+    finally:
+        relay.stop()
+    count = _metric(text, "relay_client_gap_seconds_count")
+    total = _metric(text, "relay_client_gap_seconds_sum")
+    return {
+        "rotations": count,
+        "mean_gap_ms": total / count * 1000 if count else math.nan,
+        "c2u_p99_ms": result.pct("c2u", 99),
+        "c2u_max_ms": float(result.c2u.max()) if len(result.c2u) else 0.0,
+        "u2c_p99_ms": result.pct("u2c", 99),
+        "lost": float(result.lost),
+    }
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
 
 
 def validation_micro() -> dict[str, float]:
@@ -393,6 +448,18 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 "relay", targets[-1][1], count, args.sweep_duration, current["clock"], relay.proc.pid
             )
             results["sweep"].append((count, direct, via))
+        current["clock"] = Clock()
+        results["beta"] = await run_path(
+            "relay (beta client)",
+            targets[-1][1],
+            args.sessions,
+            args.duration,
+            current["clock"],
+            relay.proc.pid,
+            beta=True,
+        )
+        current["clock"] = Clock()
+        results["rotation"] = await rotation_gap(sim_port, current["clock"], args.duration)
         results["rss_per_session"] = await idle_rss_per_session(relay, args.idle_sessions)
         results["validation"] = validation_micro()
         results["replay_ms"] = replay_micro()
@@ -425,4 +492,5 @@ def run(argv: list[str]) -> int:
     print(table)
     print(f"\nresults written to {out}")
     lost = sum(p.lost for p in results["paths"]) + sum(d.lost + v.lost for _, d, v in results["sweep"])
+    lost += results["beta"].lost + int(results["rotation"]["lost"])
     return 0 if lost == 0 else 1
