@@ -64,6 +64,7 @@ class Simulator:
         self.script = Script()
         self.refuse_until = 0.0
         self.refuse_kind = ""
+        self.new_session_faults: list[Fault] = []  # armed on the next sessions, one each
 
     # ------------------------------------------------------------------ websocket
     async def realtime(self, request: web.Request) -> web.StreamResponse:
@@ -140,6 +141,8 @@ class Simulator:
         session = SimSession(self.config, model, emit, self.script)
         record = Record(session, request.headers.get("X-Relay-Session-Id"), time.time(), ws)
         self._remember(record)
+        if self.new_session_faults:
+            record.faults.arm(self.new_session_faults.pop(0))
         expiry = asyncio.get_running_loop().call_later(
             self.config.session_max_s, lambda: asyncio.ensure_future(self._expire(record))
         )
@@ -244,6 +247,9 @@ class Simulator:
         body = await request.json()
         if body.get("clear"):
             self.refuse_until = 0.0
+        elif "next_sessions" in body:  # e.g. drop the next new session mid-replay
+            fault = Fault.from_json(body["fault"])
+            self.new_session_faults += [fault] * int(body["next_sessions"])
         elif "refuse" in body:
             self.refuse_kind = str(body["refuse"])
             self.refuse_until = time.monotonic() + float(body.get("seconds", 5))

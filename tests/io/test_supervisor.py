@@ -216,3 +216,69 @@ async def test_proactive_rotation_keeps_everything(start_relay: RelayFactory) ->
     client.assert_invariants()
     await client.close()
     await runner.cleanup()
+
+
+async def test_drop_while_a_session_update_is_in_flight(rig: Rig) -> None:
+    client = await rig.client()
+    upstream = await rig.sim.open_session(client.relay_session)
+    await rig.sim.fault(upstream["id"], kind="stall", seconds=5)  # the old upstream stops reading
+    await client.send(
+        {"type": "session.update", "session": {"type": "realtime", "instructions": "in flight"}}
+    )
+    await asyncio.sleep(0.2)
+    await rig.sim.fault(upstream["id"], kind="drop")
+    updated = await client.wait_for("session.updated")
+    assert updated["session"]["instructions"] == "in flight"
+    new = await rig.sim.open_session(client.relay_session)
+    assert new["id"] != upstream["id"]
+    assert new["config"]["instructions"] == "in flight"
+    client.assert_invariants()
+    await client.close()
+
+
+async def test_drop_during_a_replay_restarts_it(rig: Rig) -> None:
+    client = await rig.client()
+    await _turn(client, "before the drops")
+    first = await rig.sim.open_session(client.relay_session)
+    # The next new upstream dies while acknowledging the replay; the one after must succeed.
+    await rig.sim.global_fault(
+        next_sessions=1, fault={"kind": "drop", "after_event": "conversation.item.added"}
+    )
+    await rig.sim.fault(first["id"], kind="drop")
+    done = await _turn(client, "after the drops")
+    assert done["response"]["status"] == "completed"
+    sessions = await rig.sim.sessions(client.relay_session)
+    assert len(sessions) >= 3  # the original, the one dropped mid-replay, the survivor
+    final = await rig.sim.open_session(client.relay_session)
+    assert [t for t in _texts(final) if t in ("before the drops", "after the drops")] == [
+        "before the drops",
+        "after the drops",
+    ]
+    client.assert_invariants()
+    await client.close()
+
+
+async def test_drop_during_a_proactive_rotation(start_relay: RelayFactory) -> None:
+    runner, port = await start_simulator(SimulatorConfig(speed=50.0))
+    relay = await start_relay(
+        upstream="simulator",
+        upstream_url=f"ws://127.0.0.1:{port}/v1/realtime",
+        rotate_after_s=1.0,
+        rotate_jitter_s=0.0,
+        reconnect_base_delay_s=0.05,
+    )
+    sim = SimControl(f"http://127.0.0.1:{port}")
+    client = await RecordingClient.connect(relay.ws_url, relay.token)
+    await client.wait_for("session.created")
+    await _turn(client, "first")
+    # The rotation's new upstream dies mid-replay: the old one keeps serving, a later rotation wins.
+    await sim.global_fault(next_sessions=1, fault={"kind": "drop", "after_event": "session.updated"})
+    await asyncio.sleep(2.5)
+    done = await _turn(client, "second")
+    assert done["response"]["status"] == "completed"
+    final = await sim.open_session(client.relay_session)
+    assert [t for t in _texts(final) if t in ("first", "second")] == ["first", "second"]
+    assert relay.metric("relay_upstream_replacements_total", {"cause": "rotation"}) >= 1
+    client.assert_invariants()
+    await client.close()
+    await runner.cleanup()

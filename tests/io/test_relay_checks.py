@@ -1,0 +1,135 @@
+"""Checks the relay answers itself, before anything reaches the API (F4, F5, F6), and the policy."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+
+import numpy as np
+import orjson
+import psutil
+import websockets
+
+from tests.conftest import RelayFactory
+from tests.support.relay_process import relay_process
+from tests.support.scripted_upstream import ScriptedConnection, ScriptedUpstream, session_created
+
+
+async def _error(ws: websockets.ClientConnection) -> dict[str, object]:
+    while True:
+        event = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+        if event["type"] == "error":
+            return dict(event["error"])
+
+
+async def test_too_early_commit_and_float_audio_are_answered_locally(start_relay: RelayFactory) -> None:
+    async def no_vad(conn: ScriptedConnection, data: bytes) -> None:
+        if b"session.update" in data:
+            await conn.send(
+                {
+                    "type": "session.updated",
+                    "event_id": "e",
+                    "session": {
+                        "type": "realtime",
+                        "audio": {
+                            "input": {"format": {"type": "audio/pcm", "rate": 24000}, "turn_detection": None}
+                        },
+                    },
+                }
+            )
+
+    upstream = await ScriptedUpstream(no_vad).start()
+    relay = await start_relay(upstream="simulator", upstream_url=upstream.url)
+    pcm = base64.b64encode(np.zeros(24 * 50, dtype="<i2").tobytes()).decode()  # 50 ms
+    floats = base64.b64encode((0.3 * np.sin(np.arange(960) / 7)).astype("<f4").tobytes()).decode()
+    async with websockets.connect(relay.ws_url, additional_headers=relay.auth) as ws:
+        await ws.recv()
+        await ws.send(
+            '{"type":"session.update","session":{"type":"realtime","audio":{"input":'
+            '{"turn_detection":null}}}}'
+        )
+        await ws.recv()
+        await ws.send(orjson.dumps({"type": "input_audio_buffer.append", "audio": pcm}).decode())
+        await ws.send('{"type":"input_audio_buffer.commit","event_id":"c1"}')
+        error = await _error(ws)
+        assert error["code"] == "input_audio_buffer_commit_empty"
+        assert error["message"] == (
+            "Error committing input audio buffer: buffer too small. Expected at least "
+            "100ms of audio, but buffer only has 50.00ms of audio."
+        )
+        assert error["event_id"] == "c1"
+        await ws.send(orjson.dumps({"type": "input_audio_buffer.append", "audio": floats}).decode())
+        error = await _error(ws)
+        assert error["code"] == "invalid_audio_format"
+        assert "int16" in str(error["message"])
+        await asyncio.sleep(0.2)
+    sent_types = [orjson.loads(f)["type"] for f in upstream.connections[0].received]
+    assert sent_types == ["session.update", "input_audio_buffer.append"]  # neither reached the API
+    await upstream.close()
+
+
+async def test_policy_forces_and_forbids(start_relay: RelayFactory) -> None:
+    upstream = await ScriptedUpstream().start()
+    relay = await start_relay(
+        upstream="simulator",
+        upstream_url=upstream.url,
+        policy_force_session={"instructions": "Operator instructions."},
+        policy_max_output_tokens=512,
+        policy_allowed_tool_types=["function"],
+    )
+    async with websockets.connect(relay.ws_url, additional_headers=relay.auth) as ws:
+        await ws.recv()
+        await ws.send('{"type":"session.update","session":{"type":"realtime","instructions":"mine"}}')
+        await ws.send('{"type":"response.create"}')
+        await ws.send(
+            '{"type":"session.update","session":{"type":"realtime","tools":'
+            '[{"type":"mcp","server_label":"x","server_url":"https://mcp.example"}]}}'
+        )
+        error = await _error(ws)
+        assert (error["code"], error["param"]) == ("forbidden_parameter", "session.tools[0].type")
+        await asyncio.sleep(0.2)
+    sent = [orjson.loads(f) for f in upstream.connections[0].received]
+    assert sent[0]["session"]["instructions"] == "Operator instructions."
+    assert sent[1]["response"]["max_output_tokens"] == 512
+    assert len(sent) == 2
+    await upstream.close()
+
+
+async def test_a_flooded_hold_applies_backpressure() -> None:
+    async def never_ready(conn: ScriptedConnection, data: bytes) -> None:
+        return None
+
+    upstream = await ScriptedUpstream(never_ready, greet=False).start()
+    frame = orjson.dumps(
+        {
+            "type": "input_audio_buffer.append",
+            "audio": base64.b64encode(np.ones(48_000, dtype="<i2").tobytes()).decode(),
+        }
+    ).decode()
+    async with relay_process(
+        RELAY_UPSTREAM="simulator",
+        RELAY_UPSTREAM_URL=upstream.url,
+        RELAY_HOLD_MAX_BYTES="2097152",
+        RELAY_HOLD_TIMEOUT_S="30",
+    ) as relay:
+        rss = psutil.Process(relay.proc.pid)
+        async with websockets.connect(relay.ws_url, additional_headers=relay.auth, max_size=None) as ws:
+            before = rss.memory_info().rss
+            pushed = 0
+
+            async def push() -> None:
+                nonlocal pushed
+                while pushed < 200 * 1024 * 1024:
+                    await ws.send(frame)
+                    pushed += len(frame)
+
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(push(), timeout=4)
+            grown = rss.memory_info().rss - before
+            assert pushed < 200 * 1024 * 1024  # the client was held back, not buffered
+            assert grown < 64 * 1024 * 1024, f"relay grew by {grown / 2**20:.1f} MiB"
+            # Once the upstream is ready, the held audio flows in order: nothing was dropped.
+            await upstream.connections[0].send(session_created())
+            await ws.recv()
+    await upstream.close()
