@@ -100,7 +100,8 @@ async def voice_session(
     if beta:
         headers["OpenAI-Beta"] = "realtime=v1"
     chunk = base64.b64encode(speech_like(APPEND_MS)).decode()
-    async with websockets.connect(url, additional_headers=headers, max_size=None) as ws:
+    await asyncio.sleep(index * 0.01)  # ramp up: hundreds of simultaneous handshakes would time out
+    async with websockets.connect(url, additional_headers=headers, max_size=None, open_timeout=60) as ws:
         await ws.recv()
         if beta:
             await ws.send('{"type":"session.update","session":{"turn_detection":null}}')
