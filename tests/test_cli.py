@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import aiohttp
@@ -17,25 +14,15 @@ import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
+from tests.support.relay_process import clean_env, free_port, wait_listening
+
 TOKEN = "cli-test-token-abcdefghijklmnop"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "OPENAI_", "AZURE_"))}
-    env.update(extra)
-    return env
 
 
 @pytest.fixture
 def relay_process() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    port = _free_port()
-    env = _env(
+    port = free_port()
+    env = clean_env(
         RELAY_PORT=str(port),
         RELAY_CLIENT_TOKENS=TOKEN,
         RELAY_DRAIN_GRACE_S="1.5",
@@ -48,7 +35,7 @@ def relay_process() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
         stderr=subprocess.PIPE,
     )
     try:
-        _wait_healthy(port, proc)
+        asyncio.run(wait_listening(port, proc))
         yield proc, port
     finally:
         if proc.poll() is None:
@@ -56,23 +43,10 @@ def relay_process() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
         proc.wait(10)
 
 
-def _wait_healthy(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"relay exited: {proc.stderr.read().decode() if proc.stderr else ''}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("relay did not start")
-
-
 def test_refuses_to_start_as_an_open_proxy() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "relay", "serve"],
-        env=_env(RELAY_HOST="0.0.0.0"),
+        env=clean_env(RELAY_HOST="0.0.0.0"),
         capture_output=True,
         timeout=30,
         check=False,

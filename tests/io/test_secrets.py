@@ -8,28 +8,20 @@ scanned for the key and for fragments of it.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 
 import aiohttp
 import orjson
 import websockets
 from websockets.exceptions import ConnectionClosed
 
+from tests.support.relay_process import clean_env, free_port, wait_listening
 from tests.support.scripted_upstream import ScriptedConnection, ScriptedUpstream
 
 PROVIDER_KEY = "sk-proj-SECRETkey0123456789abcdefghijklmnop"
 CLIENT_TOKEN = "client-token-SECRET-9876543210"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def _quote_key(conn: ScriptedConnection, data: bytes) -> None:
@@ -55,9 +47,8 @@ async def _quote_key(conn: ScriptedConnection, data: bytes) -> None:
 
 async def test_provider_key_never_leaks() -> None:
     upstream = await ScriptedUpstream(_quote_key).start()
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "OPENAI_", "AZURE_"))}
-    env.update(
+    port = free_port()
+    env = clean_env(
         OPENAI_API_KEY=PROVIDER_KEY,
         RELAY_UPSTREAM="openai",
         RELAY_UPSTREAM_URL=upstream.url,
@@ -74,14 +65,7 @@ async def test_provider_key_never_leaks() -> None:
     )
     produced: list[bytes] = []
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.1)
+        await wait_listening(port, proc)
         url = f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime"
         headers = {"Authorization": f"Bearer {CLIENT_TOKEN}"}
         async with websockets.connect(url, additional_headers=headers) as ws:
