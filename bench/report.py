@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+SATURATED_MS = 2.0
+
 
 def _fmt(value: float | None, digits: int = 3) -> str:
     return (
@@ -54,8 +56,17 @@ def sweep_table(results: dict[str, Any]) -> list[str]:
             f"| {count} | {_fmt(_added(via, direct, 'c2u', 99))} | "
             f"{_fmt(_added(via, direct, 'u2c', 99))} | {_fmt(cpu, 4)} | {direct.lost + via.lost} |"
         )
-    under = [c for c, d, v in results["sweep"] if max(_added(v, d, "c2u", 99), _added(v, d, "u2c", 99)) < 5]
+    # When the direct path's own median exceeds 2 ms, the load generator (one Python process
+    # sharing a core with the simulator) is the bottleneck and differences are noise, not relay cost.
+    valid = [(c, d, v) for c, d, v in results["sweep"] if d.pct("c2u", 50) < SATURATED_MS]
+    saturated = [c for c, d, _ in results["sweep"] if d.pct("c2u", 50) >= SATURATED_MS]
+    under = [c for c, d, v in valid if max(_added(v, d, "c2u", 99), _added(v, d, "u2c", 99)) < 5]
     lines.append(f"\nLargest count with relay-added p99 < 5 ms: {max(under) if under else 'none'}")
+    if saturated:
+        lines.append(
+            f"Not measurable here: at {', '.join(map(str, saturated))} sessions the load generator itself "
+            f"was saturated (direct-path median >= {SATURATED_MS:g} ms), so those rows compare noise."
+        )
     return lines
 
 
