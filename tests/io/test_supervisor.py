@@ -8,6 +8,7 @@ never changes, and the new upstream holds the same config and conversation as th
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -282,3 +283,44 @@ async def test_drop_during_a_proactive_rotation(start_relay: RelayFactory) -> No
     client.assert_invariants()
     await client.close()
     await runner.cleanup()
+
+
+async def test_drop_mid_append_stream_keeps_the_uncommitted_audio(rig: Rig) -> None:
+    client = await rig.client()
+    await client.send(
+        {
+            "type": "session.update",
+            "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}},
+        }
+    )
+    await client.wait_for("session.updated")
+    chunk = base64.b64encode(bytes(960 * 2)).decode()  # 20 ms of PCM16
+    for _ in range(4):  # 80 ms before the drop ...
+        await client.send({"type": "input_audio_buffer.append", "audio": chunk})
+    await asyncio.sleep(0.2)
+    upstream = await rig.sim.open_session(client.relay_session)
+    await rig.sim.fault(upstream["id"], kind="drop")
+    for _ in range(2):  # ... and 40 ms after: only together are they over the 100 ms minimum
+        await client.send({"type": "input_audio_buffer.append", "audio": chunk})
+    await client.send({"type": "input_audio_buffer.commit"})
+    committed = await client.wait_for("input_audio_buffer.committed")
+    assert committed["item_id"]
+    assert "error" not in client.types()
+    client.assert_invariants()
+    await client.close()
+
+
+async def test_drop_after_commit_before_the_response(rig: Rig) -> None:
+    client = await rig.client()
+    await client.send(text_item("question before the drop"))
+    await client.wait_for("conversation.item.done")
+    upstream = await rig.sim.open_session(client.relay_session)
+    await rig.sim.fault(upstream["id"], kind="drop")
+    start = len(client.events)
+    await client.send({"type": "response.create"})
+    done = await client.wait_for("response.done", after=start)
+    assert done["response"]["status"] == "completed"
+    final = await rig.sim.open_session(client.relay_session)
+    assert "question before the drop" in _texts(final)
+    client.assert_invariants()
+    await client.close()
