@@ -21,7 +21,9 @@ DEFAULT_MODELS = (
 class SimulatorConfig:
     """How the simulated Realtime API behaves. ``speed`` > 1 streams faster than real time."""
 
-    interface: str = "ga"  # "ga" | "azure-ga"
+    # "ga": beta clients get beta_api_shape_disabled, as on api.openai.com today; "beta": clients
+    # sending OpenAI-Beta get the beta shapes; "azure-preview": every session speaks beta.
+    interface: str = "ga"
     api_keys: tuple[str, ...] = ()  # empty: any non-empty key is accepted
     models: tuple[str, ...] = DEFAULT_MODELS
     speed: float = 1.0

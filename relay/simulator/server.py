@@ -71,7 +71,7 @@ class Simulator:
         refused = self._refusal(request)
         if refused is not None:
             return refused
-        protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        protocols = _protocols(request)
         ws = web.WebSocketResponse(
             protocols=("realtime",),
             heartbeat=self.config.ping_interval_s,
@@ -104,8 +104,7 @@ class Simulator:
             return None, "Missing bearer or basic authentication in header", 3000
         if self.config.api_keys and key not in self.config.api_keys:
             return "invalid_api_key", f"Incorrect API key provided: {key[:3]}***{key[-2:]}.", 3000
-        beta = request.headers.get("OpenAI-Beta") == BETA_HEADER_VALUE or BETA_SUBPROTOCOL in protocols
-        if beta:
+        if _wants_beta(request, protocols) and not self._speaks_beta(request):
             return "beta_api_shape_disabled", BETA_DISABLED_MESSAGE, 4000
         model = request.query.get("model") or request.query.get("deployment")
         if not model:
@@ -117,7 +116,8 @@ class Simulator:
                 ),
                 4000,
             )
-        if model not in self.config.models:
+        if model not in self.config.models and not request.path.startswith("/openai/"):
+            # Azure names deployments freely; OpenAI only knows its models.
             return "invalid_model", f'Model "{model}" is not supported in realtime mode.', 4000
         return None
 
@@ -138,7 +138,7 @@ class Simulator:
             if fault is not None:
                 await self._apply(record, fault)
 
-        session = SimSession(self.config, model, emit, self.script)
+        session = SimSession(self.config, model, emit, self.script, beta=self._speaks_beta(request))
         record = Record(session, request.headers.get("X-Relay-Session-Id"), time.time(), ws)
         self._remember(record)
         if self.new_session_faults:
@@ -208,6 +208,12 @@ class Simulator:
         else:
             record.faults.arm_now(fault)
 
+    def _speaks_beta(self, request: web.Request) -> bool:
+        """Beta shapes: the beta interface, or Azure's preview URL (``/openai/realtime``)."""
+        if self.config.interface == "beta":
+            return _wants_beta(request, _protocols(request))
+        return self.config.interface == "azure-preview" or request.path == "/openai/realtime"
+
     # ------------------------------------------------------------------ control API
     async def list_sessions(self, request: web.Request) -> web.Response:
         wanted = request.query.get("relay_session")
@@ -262,6 +268,14 @@ class Simulator:
         if "tool_arguments" in body:
             self.script.arguments = orjson.dumps(body["tool_arguments"]).decode()
         return web.json_response({"ok": True})
+
+
+def _protocols(request: web.Request) -> list[str]:
+    return [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+
+
+def _wants_beta(request: web.Request, protocols: list[str]) -> bool:
+    return request.headers.get("OpenAI-Beta") == BETA_HEADER_VALUE or BETA_SUBPROTOCOL in protocols
 
 
 def _key(request: web.Request, protocols: list[str]) -> str | None:

@@ -13,6 +13,7 @@ import binascii
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from relay.core.beta_translator import BetaTranslator
 from relay.core.errors import InvalidEvent, new_id
 from relay.core.protocol import Interface
 from relay.core.validation import Validator, parse_client_frame
@@ -35,12 +36,17 @@ from relay.simulator.state import (
 from relay.simulator.vad import VadEvent, VoiceActivityDetector
 
 Emit = Callable[[dict[str, Any]], Awaitable[None]]
-_VALIDATOR = Validator(Interface.GA)
+_VALIDATORS = {Interface.GA: Validator(Interface.GA), Interface.BETA: Validator(Interface.BETA)}
 
 
 class SimSession:
-    def __init__(self, config: SimulatorConfig, model: str, emit: Emit, script: Any) -> None:
+    def __init__(
+        self, config: SimulatorConfig, model: str, emit: Emit, script: Any, *, beta: bool = False
+    ) -> None:
         self.config = config
+        # The beta interface is served by speaking GA inside and converting at the edge with the
+        # protocol's own mapping table (beta shapes in, beta names out), as the API did.
+        self.beta = BetaTranslator() if beta else None
         self.session = default_session(model, config.session_max_s)
         self.id: str = self.session["id"]
         self.conversation = Conversation()
@@ -58,17 +64,30 @@ class SimSession:
         self._reset_vad()
 
     async def emit(self, event: dict[str, Any]) -> None:
-        await self.emit_raw({"type": event["type"], "event_id": new_id("event_"), **event})
+        full = {"type": event["type"], "event_id": new_id("event_"), **event}
+        if self.beta is not None:
+            translated = self.beta.server_to_beta(full)
+            if translated is None:
+                return
+            full = translated
+        await self.emit_raw(full)
 
     # ------------------------------------------------------------------ dispatch
     async def handle_frame(self, raw: str | bytes) -> None:
         try:
             event = parse_client_frame(raw)
             self.received.append(str(event.get("type")))
-            _VALIDATOR.check(event)
-            await self._dispatch(event)
+            if self.beta is None:
+                _VALIDATORS[Interface.GA].check(event)
+                await self._dispatch(event)
+                return
+            _VALIDATORS[Interface.BETA].check(event)
+            for ga_event in self.beta.client_to_ga(event):
+                await self._dispatch(ga_event)
         except InvalidEvent as exc:
-            await self.emit_raw(exc.to_event())
+            error = exc.to_event()
+            beta_error = self.beta.server_to_beta(error) if self.beta is not None else None
+            await self.emit_raw(beta_error or error)
 
     async def _dispatch(self, event: dict[str, Any]) -> None:
         handler = getattr(self, "_on_" + event["type"].replace(".", "_"), None)

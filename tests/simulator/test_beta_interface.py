@@ -1,0 +1,71 @@
+"""The simulator's beta interface (and Azure's preview URL), for apps and relays still on beta."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+import websockets
+from openai import AsyncOpenAI
+from pydantic import TypeAdapter
+
+from relay.simulator.config import SimulatorConfig
+from relay.simulator.server import start_simulator
+from tests.conftest import RelayFactory
+
+
+async def test_sdk_beta_client_against_the_beta_interface() -> None:
+    from openai.types.beta.realtime import RealtimeServerEvent
+
+    adapter: TypeAdapter[Any] = TypeAdapter(RealtimeServerEvent)
+    runner, port = await start_simulator(SimulatorConfig(interface="beta", speed=50.0, reply_text="Hi!"))
+    client = AsyncOpenAI(api_key="k", websocket_base_url=f"ws://127.0.0.1:{port}/v1")
+    seen: list[str] = []
+    async with client.beta.realtime.connect(model="gpt-4o-realtime-preview") as conn:
+        await conn.session.update(session={"modalities": ["text"], "input_audio_format": "g711_ulaw"})
+        await conn.conversation.item.create(
+            item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Hello"}]}
+        )
+        await conn.response.create()
+        async for event in conn:
+            adapter.validate_python(event.model_dump(exclude_unset=True))
+            seen.append(event.type)
+            if event.type == "session.updated":
+                assert event.session.input_audio_format == "g711_ulaw"  # type: ignore[union-attr]
+            if event.type == "response.done":
+                break
+    await runner.cleanup()
+    assert {
+        "session.created",
+        "conversation.item.created",
+        "response.text.delta",
+        "response.text.done",
+    } <= set(seen)
+    assert not any(t.startswith(("response.output_text", "response.output_audio")) for t in seen)
+
+
+async def test_relay_passes_beta_clients_through_to_an_azure_preview_upstream(
+    start_relay: RelayFactory,
+) -> None:
+    runner, port = await start_simulator(
+        SimulatorConfig(interface="azure-preview", speed=50.0, reply_text="Hi!")
+    )
+    relay = await start_relay(
+        upstream="azure",
+        upstream_url=f"ws://127.0.0.1:{port}/openai/realtime",
+        azure_openai_api_key="azure-key",
+        azure_api_version="2025-04-01-preview",
+        azure_openai_deployment="my-deployment",
+    )
+    headers = {**relay.auth, "OpenAI-Beta": "realtime=v1"}
+    async with websockets.connect(relay.ws_url, additional_headers=headers) as ws:
+        created = orjson.loads(await ws.recv())
+        assert created["session"]["object"] == "realtime.session"
+        await ws.send('{"type":"session.update","session":{"modalities":["text"],"bogus":1}}')
+        error = orjson.loads(await ws.recv())
+        assert (error["error"]["code"], error["error"]["param"]) == ("unknown_parameter", "session.bogus")
+        await ws.send('{"type":"session.update","session":{"modalities":["text"]}}')
+        assert orjson.loads(await ws.recv())["type"] == "session.updated"
+    await runner.cleanup()
+    pytest.importorskip("openai")
