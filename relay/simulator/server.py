@@ -193,7 +193,7 @@ class Simulator:
         elif fault.kind == "close":
             reason = fault.reason or ""
             if fault.code == 1001 and "expired" in reason:
-                minutes = fault.minutes or 60
+                minutes = 60 if fault.minutes is None else fault.minutes
                 reason = f"Your session hit the maximum duration of {minutes} minutes."
                 await ws.send_json(error_event("session_expired", reason))
             await ws.close(code=fault.code or 1000, message=reason.encode()[:120])

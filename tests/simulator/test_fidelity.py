@@ -14,6 +14,8 @@ import websockets
 from pydantic import TypeAdapter
 
 from relay.simulator.audio import synthesize
+from relay.simulator.config import SimulatorConfig
+from relay.simulator.server import start_simulator
 from tests.simulator.conftest import SimClient
 from tests.support.recordings import load, recording_files, require_recordings
 
@@ -206,6 +208,52 @@ async def test_catalogue_errors(
     error = (await sim.until("error"))[-1]["error"]
     assert (error["code"], error["param"], error["event_id"]) == (code, param, "evt_cat")
     assert error["message"].startswith(message)
+
+
+async def test_transport_level_errors(sim: SimClient) -> None:
+    await sim.ws.send("{not json")
+    error = (await sim.until("error"))[-1]["error"]
+    assert error["code"] == "invalid_json"
+    assert error["message"].startswith("Invalid event: failed to parse JSON value.")
+    await sim.ws.send(b"\x00binary")
+    error = (await sim.until("error"))[-1]["error"]
+    assert (error["code"], error["message"]) == (
+        "invalid_event",
+        "Expected a text WebSocket message; binary frames are not supported.",
+    )
+    await sim.ws.send('{"event_id": "e9"}')
+    error = (await sim.until("error"))[-1]["error"]
+    assert (error["code"], error["message"], error["event_id"]) == (
+        "invalid_event",
+        "The 'type' field is missing.",
+        "e9",
+    )
+    await sim.send(
+        {
+            "type": "session.update",
+            "session": {
+                "type": "realtime",
+                "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}},
+            },
+        }
+    )
+    error = (await sim.until("error"))[-1]["error"]
+    assert (error["code"], error["param"]) == ("integer_below_min_value", "session.audio.input.format.rate")
+    assert "Expected a value >= 24000" in error["message"]
+
+
+async def test_session_expiry_like_the_api() -> None:
+    runner, port = await start_simulator(SimulatorConfig(session_max_s=0.5))
+    url = f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime"
+    async with websockets.connect(url, additional_headers={"Authorization": "Bearer k"}) as ws:
+        await ws.recv()
+        error = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+        with pytest.raises(websockets.ConnectionClosed):
+            await ws.recv()
+    assert error["error"]["code"] == "session_expired"
+    assert error["error"]["message"] == "Your session hit the maximum duration of 0 minutes."
+    assert ws.close_code == 1001
+    await runner.cleanup()
 
 
 async def test_stateful_errors(sim: SimClient) -> None:
