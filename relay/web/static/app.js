@@ -84,8 +84,8 @@ function connect(token, model) {
   audio = audio || new AudioContext();
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   // Browsers cannot set headers on a WebSocket: the relay token travels as a subprotocol.
-  ws = new WebSocket(`${scheme}://${location.host}/v1/realtime?model=${encodeURIComponent(model)}`,
-    ["realtime", `openai-insecure-api-key.${token}`]);
+  const protocols = token ? ["realtime", `openai-insecure-api-key.${token}`] : ["realtime"];
+  ws = new WebSocket(`${scheme}://${location.host}/v1/realtime?model=${encodeURIComponent(model)}`, protocols);
   testid("connection").textContent = "connecting";
   ws.onopen = () => {
     testid("connection").textContent = "connected";
