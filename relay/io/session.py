@@ -208,7 +208,7 @@ class RelaySession:
             data = beta
         await self._send_client_frame(data, WSMsgType.TEXT)
         self.metrics.frame(U2C, event_type_label(event_type), len(data))
-        self.metrics.added_latency_seconds.labels(U2C).observe(time.perf_counter() - received)
+        self.metrics.latency_upstream_to_client.observe(time.perf_counter() - received)
         await self._after_server_event(event_type)
 
     async def _after_server_event(self, event_type: str) -> None:
@@ -267,7 +267,7 @@ class RelaySession:
         for frame, event_type, event in checked:
             await self.forward_upstream(frame, event_type, event)
             self.metrics.frame(C2U, event_type_label(event_type), len(frame))
-        self.metrics.added_latency_seconds.labels(C2U).observe(time.perf_counter() - received)
+        self.metrics.latency_client_to_upstream.observe(time.perf_counter() - received)
 
     async def forward_upstream(self, data: bytes, event_type: str, event: dict[str, Any] | None) -> None:
         """Send now, or hold until the upstream is ready (order is always kept)."""

@@ -130,6 +130,9 @@ class RelayMetrics:
         self.build_info = Info("relay_build", "Relay version.", registry=r)
         self.build_info.info({"version": __version__})
         self._frame_children: dict[tuple[str, str], tuple[Counter, Counter]] = {}
+        # Per-frame observations use pre-resolved children: labels() costs a lock and a dict lookup.
+        self.latency_client_to_upstream = self.added_latency_seconds.labels("client_to_upstream")
+        self.latency_upstream_to_client = self.added_latency_seconds.labels("upstream_to_client")
 
     def frame(self, direction: str, event_type: str, nbytes: int) -> None:
         """Count one forwarded frame. Runs per frame, so the labelled children are cached."""
