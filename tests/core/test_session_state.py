@@ -1,0 +1,165 @@
+"""Session state and replay planning, without sockets, on the real recorded sessions."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from relay.core.backoff import classify_close, delays
+from relay.core.protocol import Interface
+from relay.core.replay import EchoFilter, plan_replay
+from relay.core.session import SessionState, interrupted_response_done
+from relay.core.validation import Validator
+from tests.support.recordings import load, recording_files
+
+GA = Validator(Interface.GA)
+
+
+def _feed(path: Any) -> tuple[SessionState, list[dict[str, Any]]]:
+    state = SessionState()
+    received = []
+    for frame in load(path):
+        if frame["direction"] == "sent":
+            state.on_client_event(copy.deepcopy(frame["data"]))
+        else:
+            state.on_server_event(copy.deepcopy(frame["data"]))
+            received.append(frame["data"])
+    return state, received
+
+
+@pytest.mark.parametrize("path", recording_files(), ids=lambda p: p.stem)
+def test_mirror_follows_a_recorded_session(path: Any) -> None:
+    state, received = _feed(path)
+    added = [e["item"]["id"] for e in received if e["type"] == "conversation.item.added"]
+    assert [i["id"] for i in state.items] == list(dict.fromkeys(added))
+    last_config = [e["session"] for e in received if e["type"] in ("session.created", "session.updated")][-1]
+    assert state.config == {k: v for k, v in last_config.items() if k not in ("id", "object", "expires_at")}
+    assert state.is_quiet()
+    assert not state.pending_creates
+    assert not state.pending_updates
+    for item in state.items:  # content as it was when done (transcripts, function arguments)
+        done = [
+            e["item"]
+            for e in received
+            if e["type"] == "conversation.item.done" and e["item"]["id"] == item["id"]
+        ]
+        if done and done[-1].get("type") == "function_call":
+            assert item["arguments"] == done[-1]["arguments"]
+
+
+@pytest.mark.parametrize("path", recording_files(), ids=lambda p: p.stem)
+def test_replay_plan_is_valid_and_rebuilds_the_conversation(path: Any) -> None:
+    state, _ = _feed(path)
+    plan = plan_replay(state)
+    assert plan.events[0]["type"] == "session.update"
+    assert plan.events[0]["session"]["type"] == "realtime"
+    for event in plan.events:
+        GA.check(event)  # everything replayed is something the API accepts
+    # Apply the plan to a fresh mirror the way the API echoes item creates.
+    fresh = SessionState()
+    previous = None
+    for event in plan.events[1:]:
+        item = event["item"]
+        fresh.on_server_event({"type": "conversation.item.added", "previous_item_id": previous, "item": item})
+        previous = item["id"]
+    assert [i["id"] for i in fresh.items] == [i["id"] for i in state.items]
+    assert [i.get("call_id") for i in fresh.items] == [i.get("call_id") for i in state.items]
+    echo = EchoFilter(plan)
+    assert echo.suppress({"type": "session.updated", "session": {}})
+    for item_id in plan.item_ids:
+        assert echo.suppress({"type": "conversation.item.added", "item": {"id": item_id}})
+        assert echo.suppress({"type": "conversation.item.done", "item": {"id": item_id}})
+    assert echo.done
+    assert not echo.suppress({"type": "rate_limits.updated"})
+
+
+def _items(count: int) -> SessionState:
+    state = SessionState()
+    for i in range(count):
+        kind = ["message", "function_call", "function_call_output"][i % 3]
+        item: dict[str, Any] = {"id": f"item_{i}", "type": kind}
+        if kind == "message":
+            item.update(role="assistant", content=[{"type": "output_audio", "transcript": "words " * 20}])
+        elif kind == "function_call":
+            item.update(call_id=f"call_{i}", name="f", arguments="{}")
+        else:
+            item.update(call_id=f"call_{i - 1}", output="ok")
+        state.on_server_event({"type": "conversation.item.added", "item": item})
+    return state
+
+
+def test_budget_trims_oldest_first_and_never_orphans_an_output() -> None:
+    state = _items(10)
+    plan = plan_replay(state, max_items=5, max_tokens=10**6)
+    kept = [e["item"]["id"] for e in plan.events[1:]]
+    assert kept == ["item_6", "item_7", "item_8", "item_9"]  # item_5 (an output) lost its call
+    assert (plan.replayed, plan.trimmed) == (4, 6)
+    assert plan.events[1].get("previous_item_id") is None
+    assert plan.events[2]["previous_item_id"] == "item_6"
+    assistant = next(e["item"] for e in plan.events[1:] if e["item"]["type"] == "message")
+    assert assistant["content"] == [{"type": "output_text", "text": "words " * 20}]
+
+
+def test_interrupted_response_gets_one_terminal_done() -> None:
+    state = SessionState()
+    state.on_client_event({"type": "response.create"})
+    assert state.response_active
+    assert not state.is_quiet()
+    state.on_server_event(
+        {
+            "type": "response.created",
+            "response": {
+                "id": "resp_1",
+                "conversation_id": "conv_1",
+                "output_modalities": ["audio"],
+                "status": "in_progress",
+            },
+        }
+    )
+    item = {"id": "item_a", "type": "message", "role": "assistant", "status": "in_progress", "content": []}
+    state.on_server_event({"type": "response.output_item.added", "response_id": "resp_1", "item": item})
+    state.on_server_event({"type": "conversation.item.added", "item": item})
+    for word in ("Hello", " there"):
+        state.on_server_event(
+            {"type": "response.output_audio_transcript.delta", "item_id": "item_a", "delta": word}
+        )
+    done = interrupted_response_done(state, "upstream_replaced")
+    assert done is not None
+    assert done["response"]["status"] == "incomplete"
+    assert done["response"]["status_details"] == {"type": "incomplete", "reason": "upstream_replaced"}
+    assert done["response"]["output"][0]["content"] == [{"type": "output_audio", "transcript": "Hello there"}]
+    assert state.find("item_a")["content"][0]["transcript"] == "Hello there"  # type: ignore[index]
+    assert interrupted_response_done(state, "upstream_replaced") is None  # exactly one
+    assert state.is_quiet()
+
+
+def test_unacknowledged_client_events_are_re_sent() -> None:
+    state = SessionState()
+    update = {"type": "session.update", "session": {"type": "realtime", "instructions": "x"}}
+    create = {
+        "type": "conversation.item.create",
+        "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]},
+    }
+    state.on_client_event(update)
+    state.on_client_event(create)
+    state.on_client_event({"type": "input_audio_buffer.append", "audio": "AAAA"})
+    plan = plan_replay(state)
+    assert plan.resend == [update, create]
+    assert plan.events[-1] == {"type": "input_audio_buffer.append", "audio": "AAAA"}
+    state.on_server_event({"type": "input_audio_buffer.committed", "item_id": "item_x"})
+    assert plan_replay(state).events[-1]["type"] == "session.update"
+
+
+def test_backoff_and_close_classification() -> None:
+    import random
+
+    waits = list(delays(0.1, 2.0, 8, random.Random(1)))
+    assert len(waits) == 8
+    assert all(0 <= w <= min(2.0, 0.1 * 2**i) for i, w in enumerate(waits))
+    assert classify_close(3000, None) == ("error", True)
+    assert classify_close(4000, "invalid_model") == ("error", True)
+    assert classify_close(1001, "session_expired") == ("1001", False)
+    assert classify_close(None, None) == ("1006", False)
+    assert classify_close(1011, None) == ("1011", False)
