@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
@@ -108,7 +109,7 @@ async def readyz(request: web.Request) -> web.Response:
     ctx = request.app.get(RELAY_CONTEXT)
     if ctx is None or ctx.draining:
         return web.json_response({"status": "draining"}, status=503)
-    if ctx.upstream_unreachable_since is not None:
+    if ctx.upstream_unreachable(time.monotonic()):
         return web.json_response({"status": "upstream_unreachable"}, status=503)
     return web.json_response({"status": "ready", "sessions": len(ctx.registry.sessions)})
 

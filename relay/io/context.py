@@ -74,4 +74,9 @@ class RelayContext:
     authenticator: Authenticator
     registry: SessionRegistry
     draining: bool = False
-    upstream_unreachable_since: float | None = None
+    # Readiness fails for a short while after the upstream was found unreachable. It must expire
+    # on its own: a replica taken out of rotation gets no new sessions to prove it healthy again.
+    upstream_unreachable_until: float = 0.0
+
+    def upstream_unreachable(self, now: float) -> bool:
+        return now < self.upstream_unreachable_until

@@ -29,6 +29,7 @@ from relay.io.supervisor import Supervisor
 from relay.observability.logging import get_logger
 
 C2U = "client_to_upstream"
+UNREACHABLE_READINESS_S = 10.0  # /readyz answers 503 this long after a failed upstream connect
 U2C = "upstream_to_client"
 _BINARY_MESSAGE = "Expected a text WebSocket message; binary frames are not supported."
 
@@ -159,10 +160,10 @@ class RelaySession:
         except UpstreamError as exc:
             self.metrics.upstream_connects_total.labels(provider, exc.code or "error").inc()
             self.log.warning("upstream_connect_failed", code=exc.code, status=exc.status)
-            if exc.code == "upstream_unreachable" and self.ctx.upstream_unreachable_since is None:
-                self.ctx.upstream_unreachable_since = time.monotonic()  # /readyz reports it
+            if exc.code == "upstream_unreachable":
+                self.ctx.upstream_unreachable_until = time.monotonic() + UNREACHABLE_READINESS_S
             raise
-        self.ctx.upstream_unreachable_since = None
+        self.ctx.upstream_unreachable_until = 0.0
         self.metrics.upstream_connects_total.labels(provider, "ok").inc()
         link = UpstreamLink(ws, target, time.monotonic())
         link.set_write_buffer_limits(self.settings.send_high_water_bytes, self.settings.send_low_water_bytes)

@@ -155,3 +155,19 @@ async def test_one_failing_session_leaves_others_untouched(start_relay: RelayFac
         await asyncio.sleep(0.2)
     assert upstream.connections[0].received == [b'{"type":"input_audio_buffer.clear"}']
     await upstream.close()
+
+
+async def test_readiness_reports_an_unreachable_upstream_for_a_while(start_relay: RelayFactory) -> None:
+    import aiohttp
+
+    from relay.io.handler import RELAY_CONTEXT
+
+    relay = await start_relay(upstream="simulator", upstream_url=f"ws://127.0.0.1:{_free_port()}/v1/realtime")
+    await _first_event_and_close(relay.ws_url, relay.auth)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(relay.http_url + "/readyz") as resp:
+            assert resp.status == 503
+            assert (await resp.json())["status"] == "upstream_unreachable"
+        relay.app[RELAY_CONTEXT].upstream_unreachable_until = 0.0  # as if the window had passed
+        async with http.get(relay.http_url + "/readyz") as resp:
+            assert resp.status == 200
