@@ -181,3 +181,7 @@ def new_function_call_item(name: str) -> dict[str, Any]:
         "call_id": new_id("call_", 16),
         "arguments": "",
     }
+
+
+def public_item(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if not k.startswith("_")}

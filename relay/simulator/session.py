@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from relay.core.beta_translator import BetaTranslator
@@ -19,27 +18,20 @@ from relay.core.protocol import Interface
 from relay.core.validation import Validator, parse_client_frame
 from relay.simulator.audio import bytes_per_ms
 from relay.simulator.config import SimulatorConfig
-from relay.simulator.responses import (
-    ResponsePlan,
-    ResponseStreamer,
-    new_function_call_item,
-    new_message_item,
-    usage,
-)
+from relay.simulator.responding import Responding
+from relay.simulator.responses import Emit, ResponseStreamer, public_item
 from relay.simulator.state import (
     Conversation,
     apply_session_update,
     default_session,
     input_encoding,
-    output_encoding,
 )
 from relay.simulator.vad import VadEvent, VoiceActivityDetector
 
-Emit = Callable[[dict[str, Any]], Awaitable[None]]
 _VALIDATORS = {Interface.GA: Validator(Interface.GA), Interface.BETA: Validator(Interface.BETA)}
 
 
-class SimSession:
+class SimSession(Responding):
     def __init__(
         self, config: SimulatorConfig, model: str, emit: Emit, script: Any, *, beta: bool = False
     ) -> None:
@@ -93,9 +85,6 @@ class SimSession:
         handler = getattr(self, "_on_" + event["type"].replace(".", "_"), None)
         if handler is not None:
             await handler(event)
-
-    def _fail(self, event: dict[str, Any], code: str, message: str, param: str | None = None) -> InvalidEvent:
-        return InvalidEvent(code, message, param, event.get("event_id"))
 
     # ------------------------------------------------------------------ session
     async def start(self) -> None:
@@ -332,195 +321,10 @@ class SimSession:
             }
         )
 
-    # ------------------------------------------------------------------ responses
-    async def _on_response_create(self, event: dict[str, Any]) -> None:
-        params = event.get("response") or {}
-        out_of_band = params.get("conversation") == "none"
-        if self.active is not None and not out_of_band:
-            raise self._fail(
-                event,
-                "conversation_already_has_active_response",
-                "Conversation already has an active response in progress: "
-                f"{self.active.get_name()}. Wait until the response is finished "
-                "before creating a new one.",
-            )
-        await self.start_response(params)
-
-    async def _on_response_cancel(self, event: dict[str, Any]) -> None:
-        if self.active is None:
-            raise self._fail(
-                event, "response_cancel_not_active", "Cancellation failed: no active response found"
-            )
-        await self.cancel_active("client_cancelled")
-
-    async def start_response(self, params: dict[str, Any]) -> None:
-        plan = self._plan(params)
-        task = asyncio.create_task(self._run_response(plan), name=plan.response_id)
-        if plan.in_conversation:
-            self.active = task
-        await asyncio.sleep(0)  # let response.created go out before the next client event
-
-    async def cancel_active(self, reason: str) -> None:
-        task, streamer = self.active, self.active_streamer
-        if task is None:
-            return
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        if streamer is not None:
-            plan = streamer.plan
-            plan.status, plan.status_details = "cancelled", {"type": "cancelled", "reason": reason}
-            await self._finish(plan)
-
-    def _plan(self, params: dict[str, Any]) -> ResponsePlan:
-        session = self.session
-        audio_out = (params.get("audio") or {}).get("output") or {}
-        fmt = audio_out.get("format") or session["audio"]["output"]["format"]
-        plan = ResponsePlan(
-            response_id=new_id("resp_"),
-            modalities=params.get("output_modalities") or session["output_modalities"],
-            voice=audio_out.get("voice") or session["audio"]["output"]["voice"],
-            audio_format=fmt,
-            encoding=output_encoding({"audio": {"output": {"format": fmt}}}),
-            text=self.script.next_reply() or self.config.reply_text or self._default_reply(),
-            metadata=params.get("metadata"),
-            max_output_tokens=params.get("max_output_tokens", session["max_output_tokens"]),
-            in_conversation=params.get("conversation") != "none",
-        )
-        plan.function_call = self._function_call(params)
-        return plan
-
-    def _default_reply(self) -> str:
-        for item in reversed(self.conversation.items):
-            if item.get("role") == "user":
-                part = (item.get("content") or [{}])[0]
-                said = part.get("text") or part.get("transcript")
-                return f"You said: {said}." if said else "I heard you."
-        return "Hello! How can I help?"
-
-    def _function_call(self, params: dict[str, Any]) -> tuple[str, str] | None:
-        tools = params.get("tools", self.session["tools"]) or []
-        names = [t["name"] for t in tools if t.get("type") == "function"]
-        choice = params.get("tool_choice", self.session["tool_choice"])
-        if not names or choice == "none":
-            return None
-        last = self.conversation.items[-1] if self.conversation.items else {}
-        if last.get("type") == "function_call_output":
-            return None
-        forced = (
-            choice.get("name") if isinstance(choice, dict) else names[0] if choice == "required" else None
-        )
-        said = " ".join(str(p.get("text") or p.get("transcript") or "") for p in last.get("content") or [])
-        name = forced or next((n for n in names if _mentions(said, n)), None)
-        return (name, self.script.tool_arguments()) if name else None
-
-    async def _run_response(self, plan: ResponsePlan) -> None:
-        streamer = ResponseStreamer(
-            plan, self.emit, speed=self.config.speed, chunk_ms=self.config.audio_chunk_ms
-        )
-        if plan.in_conversation:
-            self.active_streamer = streamer
-        await self.emit({"type": "response.created", "response": plan.shell()})
-        try:
-            await self._stream(plan, streamer)
-        except asyncio.CancelledError:
-            self._record_partial(streamer)
-            raise
-        await self._finish(plan)
-
-    async def _stream(self, plan: ResponsePlan, streamer: ResponseStreamer) -> None:
-        if plan.function_call is not None:
-            item = new_function_call_item(plan.function_call[0])
-        else:
-            item = new_message_item()
-            plan.text = self._limit(plan)
-        streamer.item = item
-        await self.emit(
-            {
-                "type": "response.output_item.added",
-                "response_id": plan.response_id,
-                "output_index": 0,
-                "item": dict(item),
-            }
-        )
-        if plan.in_conversation:
-            before = self.conversation.insert(item, None)
-            await self.emit(
-                {"type": "conversation.item.added", "previous_item_id": before, "item": dict(item)}
-            )
-        if plan.function_call is not None:
-            await streamer.stream_function_call(item)
-        else:
-            await streamer.stream_message(item)
-            item["_audio_ms"] = streamer.spoken_ms
-            self.assistant_audio |= "audio" in plan.modalities
-        self._complete_item(plan, item)
-
-    def _limit(self, plan: ResponsePlan) -> str:
-        cap = plan.max_output_tokens
-        pieces = plan.text.split(" ")
-        if isinstance(cap, int) and cap < len(pieces) * 2:
-            plan.status_details = {"type": "incomplete", "reason": "max_output_tokens"}
-            return " ".join(pieces[: max(1, cap // 2)])
-        return plan.text
-
-    def _complete_item(self, plan: ResponsePlan, item: dict[str, Any]) -> None:
-        item["status"] = "incomplete" if plan.status_details else "completed"
-        plan.output.append(_public(item))
-
-    def _record_partial(self, streamer: ResponseStreamer) -> None:
-        item = streamer.item
-        if item is None:
-            return
-        item["status"] = "incomplete"
-        if item.get("type") == "message":
-            audio = "audio" in streamer.plan.modalities
-            kind, key = ("output_audio", "transcript") if audio else ("output_text", "text")
-            item["content"] = [{"type": kind, key: streamer.streamed_text}]
-            item["_audio_ms"] = streamer.spoken_ms
-        streamer.plan.output.append(_public(item))
-
-    async def _finish(self, plan: ResponsePlan) -> None:
-        for item in plan.output:
-            if plan.in_conversation and self.conversation.find(item["id"]) is not None:
-                await self.emit({"type": "conversation.item.done", "previous_item_id": None, "item": item})
-            await self.emit(
-                {
-                    "type": "response.output_item.done",
-                    "response_id": plan.response_id,
-                    "output_index": 0,
-                    "item": item,
-                }
-            )
-        if plan.status == "in_progress":
-            plan.status = "incomplete" if plan.status_details else "completed"
-        done = plan.shell()
-        done["usage"] = usage(plan, 10 + 5 * len(self.conversation.items))
-        if plan.in_conversation:
-            self.active = None
-            self.active_streamer = None
-        await self.emit({"type": "response.done", "response": done})
-        await self.emit(
-            {
-                "type": "rate_limits.updated",
-                "rate_limits": [{"name": "tokens", "limit": 40000, "remaining": 39000, "reset_seconds": 1.5}],
-            }
-        )
-
     def snapshot(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "config": self.session,
-            "conversation": [_public(i) for i in self.conversation.items],
+            "conversation": [public_item(i) for i in self.conversation.items],
             "received_types": list(self.received),
         }
-
-
-def _mentions(text: str, tool_name: str) -> bool:
-    """The configured trigger: the user names the tool, or a distinctive word of its name."""
-    lowered = text.lower()
-    words = [w for w in tool_name.lower().split("_") if len(w) > 3 and w not in ("tool", "call")]
-    return tool_name.lower() in lowered or any(w in lowered for w in words)
-
-
-def _public(item: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in item.items() if not k.startswith("_")}
