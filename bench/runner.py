@@ -16,12 +16,6 @@ import argparse
 import asyncio
 import base64
 import math
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -30,13 +24,14 @@ from typing import Any
 
 import aiohttp
 import numpy as np
-import orjson
 import websockets
 
+from bench.audio import speech_like
+from bench.micro import replay_micro, validation_micro
+from bench.servers import TOKEN, Proc, start_nginx, start_relay
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
 
-TOKEN = "bench-token-0123456789abcdef"
 APPEND_MS = 20
 TURN_EVERY_S = 3.0
 
@@ -77,18 +72,6 @@ def _event_id(frame: bytes) -> str | None:
     start += 12
     end = frame.find(b'"', start)
     return frame[start:end].decode()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def speech_like(ms: int) -> bytes:
-    t = np.arange(ms * 24) / 24000
-    signal_ = 0.2 * np.sin(2 * np.pi * 180 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
-    return (signal_ * 32767).astype("<i2").tobytes()
 
 
 # ---------------------------------------------------------------------------------- load
@@ -155,102 +138,6 @@ async def _read(ws: Any, clock: Clock, beta: bool = False) -> None:
 
 
 # ---------------------------------------------------------------------------------- servers
-@dataclass
-class Proc:
-    proc: subprocess.Popen[bytes]
-    port: int
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
-def _pin(core: int) -> list[str]:
-    return ["taskset", "-c", str(core)] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
-
-
-async def start_relay(sim_port: int, *, validate: bool = True, rotate_after_s: float = 0) -> Proc:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "OPENAI_", "AZURE_"))}
-    env.update(
-        RELAY_PORT=str(port),
-        RELAY_CLIENT_TOKENS=TOKEN,
-        RELAY_UPSTREAM="simulator",
-        RELAY_UPSTREAM_URL=f"ws://127.0.0.1:{sim_port}/v1/realtime",
-        RELAY_LOG_LEVEL="WARNING",
-        RELAY_VALIDATE_EVENTS="true" if validate else "false",
-        RELAY_ROTATE_AFTER_S=str(rotate_after_s),
-        RELAY_ROTATE_JITTER_S="0",
-        RELAY_ROTATE_QUIET_MAX_WAIT_S="0.5",
-        RELAY_MAX_SESSIONS_PER_IDENTITY="5000",
-        RELAY_MAX_SESSIONS="5000",
-    )
-    cmd = [*_pin(0), sys.executable, "-m", "relay", "serve"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    await _wait_port(port, proc)
-    return Proc(proc, port)
-
-
-def nginx_binary() -> str | None:
-    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
-
-
-async def start_nginx(sim_port: int, workdir: Path) -> Proc | None:
-    binary = nginx_binary()
-    if binary is None:
-        return None
-    port = free_port()
-    (workdir / "logs").mkdir(parents=True, exist_ok=True)
-    conf = workdir / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(port=port, upstream=sim_port, dir=workdir))
-    cmd = [*_pin(0), binary, "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    await _wait_port(port, proc)
-    return Proc(proc, port)
-
-
-NGINX_CONF = """
-worker_processes 1;
-pid {dir}/nginx.pid;
-error_log {dir}/logs/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi; uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
-  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{
-      proxy_pass http://127.0.0.1:{upstream};
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade $http_upgrade;
-      proxy_set_header Connection $connection_upgrade;
-      proxy_read_timeout 3600s;
-      proxy_buffering off;
-    }}
-  }}
-}}
-"""
-
-
-async def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(300):
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise RuntimeError("server did not start")
-
-
-# ---------------------------------------------------------------------------------- runs
 @dataclass
 class PathResult:
     path: str
@@ -357,81 +244,6 @@ def _metric(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     return 0.0
-
-
-def validation_micro() -> dict[str, float]:
-    """Median microseconds to validate a 20 ms append and a large session.update."""
-    from relay.core.audio import check_append
-    from relay.core.validation import Validator, parse_client_frame
-
-    append = orjson.dumps(
-        {"type": "input_audio_buffer.append", "audio": base64.b64encode(speech_like(20)).decode()}
-    )
-    update = orjson.dumps(
-        {
-            "type": "session.update",
-            "session": {
-                "type": "realtime",
-                "instructions": "x" * 4000,
-                "output_modalities": ["audio"],
-                "audio": {
-                    "input": {
-                        "format": {"type": "audio/pcm", "rate": 24000},
-                        "turn_detection": {"type": "server_vad", "threshold": 0.5},
-                        "transcription": {"model": "whisper-1"},
-                    },
-                    "output": {"voice": "marin", "speed": 1.0},
-                },
-                "tools": [
-                    {
-                        "type": "function",
-                        "name": f"tool_{i}",
-                        "description": "d" * 100,
-                        "parameters": {"type": "object", "properties": {"a": {"type": "string"}}},
-                    }
-                    for i in range(20)
-                ],
-            },
-        }
-    )
-    validator = Validator()
-
-    def one(frame: bytes) -> float:
-        samples = []
-        for _ in range(2000):
-            start = time.perf_counter()
-            event = parse_client_frame(frame)
-            validator.check(event)
-            if event["type"] == "input_audio_buffer.append":
-                check_append(event["audio"], "pcm16", None)
-            samples.append(time.perf_counter() - start)
-        return float(np.median(samples) * 1e6)
-
-    return {"append_20ms_us": one(append), "session_update_large_us": one(update)}
-
-
-def replay_micro() -> dict[int, float]:
-    """Milliseconds to plan a replay of 10 / 100 / 500 items (the planning, not the network)."""
-    from relay.core.replay import plan_replay
-    from relay.core.session import SessionState
-
-    results = {}
-    for count in (10, 100, 500):
-        state = SessionState()
-        state.on_server_event({"type": "session.created", "session": {"type": "realtime", "id": "s"}})
-        for i in range(count):
-            item = {
-                "id": f"item_{i}",
-                "type": "message",
-                "role": "user" if i % 2 else "assistant",
-                "content": [{"type": "input_text", "text": "hello " * 10}],
-            }
-            state.on_server_event({"type": "conversation.item.added", "item": item})
-        start = time.perf_counter()
-        for _ in range(20):
-            plan_replay(state, max_items=1000, max_tokens=10**9)
-        results[count] = (time.perf_counter() - start) / 20 * 1000
-    return results
 
 
 async def benchmark(args: argparse.Namespace) -> dict[str, Any]:

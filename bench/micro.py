@@ -1,0 +1,86 @@
+"""Micro-measurements: validation per event, replay planning versus conversation length."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import numpy as np
+import orjson
+
+from bench.audio import speech_like
+
+
+def validation_micro() -> dict[str, float]:
+    """Median microseconds to validate a 20 ms append and a large session.update."""
+    from relay.core.audio import check_append
+    from relay.core.validation import Validator, parse_client_frame
+
+    append = orjson.dumps(
+        {"type": "input_audio_buffer.append", "audio": base64.b64encode(speech_like(20)).decode()}
+    )
+    update = orjson.dumps(
+        {
+            "type": "session.update",
+            "session": {
+                "type": "realtime",
+                "instructions": "x" * 4000,
+                "output_modalities": ["audio"],
+                "audio": {
+                    "input": {
+                        "format": {"type": "audio/pcm", "rate": 24000},
+                        "turn_detection": {"type": "server_vad", "threshold": 0.5},
+                        "transcription": {"model": "whisper-1"},
+                    },
+                    "output": {"voice": "marin", "speed": 1.0},
+                },
+                "tools": [
+                    {
+                        "type": "function",
+                        "name": f"tool_{i}",
+                        "description": "d" * 100,
+                        "parameters": {"type": "object", "properties": {"a": {"type": "string"}}},
+                    }
+                    for i in range(20)
+                ],
+            },
+        }
+    )
+    validator = Validator()
+
+    def one(frame: bytes) -> float:
+        samples = []
+        for _ in range(2000):
+            start = time.perf_counter()
+            event = parse_client_frame(frame)
+            validator.check(event)
+            if event["type"] == "input_audio_buffer.append":
+                check_append(event["audio"], "pcm16", None)
+            samples.append(time.perf_counter() - start)
+        return float(np.median(samples) * 1e6)
+
+    return {"append_20ms_us": one(append), "session_update_large_us": one(update)}
+
+
+def replay_micro() -> dict[int, float]:
+    """Milliseconds to plan a replay of 10 / 100 / 500 items (the planning, not the network)."""
+    from relay.core.replay import plan_replay
+    from relay.core.session import SessionState
+
+    results = {}
+    for count in (10, 100, 500):
+        state = SessionState()
+        state.on_server_event({"type": "session.created", "session": {"type": "realtime", "id": "s"}})
+        for i in range(count):
+            item = {
+                "id": f"item_{i}",
+                "type": "message",
+                "role": "user" if i % 2 else "assistant",
+                "content": [{"type": "input_text", "text": "hello " * 10}],
+            }
+            state.on_server_event({"type": "conversation.item.added", "item": item})
+        start = time.perf_counter()
+        for _ in range(20):
+            plan_replay(state, max_items=1000, max_tokens=10**9)
+        results[count] = (time.perf_counter() - start) / 20 * 1000
+    return results

@@ -1,0 +1,119 @@
+"""The processes the benchmark measures: the relay and nginx, pinned to their own core."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+TOKEN = "bench-token-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    proc: subprocess.Popen[bytes]
+    port: int
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _pin(core: int) -> list[str]:
+    return ["taskset", "-c", str(core)] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
+
+
+async def start_relay(sim_port: int, *, validate: bool = True, rotate_after_s: float = 0) -> Proc:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "OPENAI_", "AZURE_"))}
+    env.update(
+        RELAY_PORT=str(port),
+        RELAY_CLIENT_TOKENS=TOKEN,
+        RELAY_UPSTREAM="simulator",
+        RELAY_UPSTREAM_URL=f"ws://127.0.0.1:{sim_port}/v1/realtime",
+        RELAY_LOG_LEVEL="WARNING",
+        RELAY_VALIDATE_EVENTS="true" if validate else "false",
+        RELAY_ROTATE_AFTER_S=str(rotate_after_s),
+        RELAY_ROTATE_JITTER_S="0",
+        RELAY_ROTATE_QUIET_MAX_WAIT_S="0.5",
+        RELAY_MAX_SESSIONS_PER_IDENTITY="5000",
+        RELAY_MAX_SESSIONS="5000",
+    )
+    cmd = [*_pin(0), sys.executable, "-m", "relay", "serve"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    await _wait_port(port, proc)
+    return Proc(proc, port)
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+
+
+async def start_nginx(sim_port: int, workdir: Path) -> Proc | None:
+    binary = nginx_binary()
+    if binary is None:
+        return None
+    port = free_port()
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    conf = workdir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(port=port, upstream=sim_port, dir=workdir))
+    cmd = [*_pin(0), binary, "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    await _wait_port(port, proc)
+    return Proc(proc, port)
+
+
+NGINX_CONF = """
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi; uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://127.0.0.1:{upstream};
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_read_timeout 3600s;
+      proxy_buffering off;
+    }}
+  }}
+}}
+"""
+
+
+async def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
+    for _ in range(300):
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise RuntimeError("server did not start")
+
+
+# ---------------------------------------------------------------------------------- runs
