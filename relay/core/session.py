@@ -49,6 +49,12 @@ class SessionState:
             or self.pending_updates
         )
 
+    def at_response_boundary(self) -> bool:
+        """No response, speech or unacknowledged event in flight (uncommitted audio allowed)."""
+        return not (
+            self.response_active or self.speech_in_progress or self.pending_creates or self.pending_updates
+        )
+
     def find(self, item_id: str) -> dict[str, Any] | None:
         return next((item for item in self.items if item.get("id") == item_id), None)
 

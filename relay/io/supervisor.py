@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -35,6 +36,14 @@ REPLAY_TIMEOUT_S = 15.0
 _QUIET_AFTER_CLIENT_EVENT_S = 0.25  # an event still in flight to the old upstream is not quiet
 
 
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """A finished replay: server frames to show after the switch, client events to re-send."""
+
+    server_frames: list[bytes]
+    resend: list[dict[str, Any]]
+
+
 class ReplayFailed(Exception):
     """The new upstream dropped or rejected the replay; the attempt is retried."""
 
@@ -52,7 +61,6 @@ class Supervisor:
         self.replacements = 0
         self._rng = random.Random()
         self._last_client_event = 0.0
-        self._resend: list[dict[str, Any]] = []
         self.rotate_at = self._next_rotation(time.monotonic())
 
     # ------------------------------------------------------------------ feeding the state
@@ -85,29 +93,39 @@ class Supervisor:
             return False
         waited = now - self.rotate_at
         quiet = self.state.is_quiet() and now - self._last_client_event > _QUIET_AFTER_CLIENT_EVENT_S
-        # After waiting too long for a quiet point, settle for a response boundary.
-        return quiet or (waited > self.settings.rotate_quiet_max_wait_s and not self.state.response_active)
+        # After waiting too long for a quiet point, settle for a response boundary (audio may be
+        # uncommitted: it is replayed; nothing else may be in flight).
+        return quiet or (waited > self.settings.rotate_quiet_max_wait_s and self.state.at_response_boundary())
 
     async def rotate(self) -> None:
         """Make-before-break: replay onto a new upstream, then switch traffic to it."""
         session = self.session
+        old = session.link
         self.rotating = True
         started = time.monotonic()
         session.gate.session_ready = False  # hold client events until the switch
         try:
-            new, pending = await self._open_and_replay(attempts=3)
+            new, replayed = await self._open_and_replay(attempts=3)
         except UpstreamError as exc:
             session.log.warning("rotation_failed", reason=exc.message)
-            session.gate.session_ready = True
-            await session.release_held()
-            self.rotate_at = self._next_rotation(time.monotonic())
+            await self._resume_after_failed_rotation(old)
             return
         finally:
             self.rotating = False
-        old = session.link
-        await self._switch(new, pending, cause="rotation", started=started)
-        if old is not None:
-            await old.close(1000)
+        if old is None or session.link is not old or old.ws.closed:
+            # The old upstream dropped meanwhile and recovery replaced it (or is doing so): this
+            # replay was planned from an older state, so it must not win.
+            session.log.info("rotation_abandoned", reason="upstream replaced during the rotation")
+            await new.close(1000)
+            return
+        await self._switch(new, replayed, cause="rotation", started=started)
+        await old.close(1000)
+
+    async def _resume_after_failed_rotation(self, old: UpstreamLink | None) -> None:
+        self.rotate_at = self._next_rotation(time.monotonic())
+        if old is not None and self.session.link is old and not old.ws.closed:
+            self.session.gate.session_ready = True
+            await self.session.release_held()
 
     # ------------------------------------------------------------------ reactive recovery
     async def recover(self, dead: UpstreamLink) -> None:
@@ -123,12 +141,12 @@ class Supervisor:
         done = interrupted_response_done(self.state, "upstream_replaced")
         if done is not None:
             await session.send_client_event(done)
-        new, pending = await self._open_and_replay(attempts=self.settings.reconnect_max_attempts)
-        await self._switch(new, pending, cause=cause, started=started)
+        new, replayed = await self._open_and_replay(attempts=self.settings.reconnect_max_attempts)
+        await self._switch(new, replayed, cause=cause, started=started)
         if not_started and self.settings.rerequest_pending_response:
             await session.forward_upstream(b'{"type":"response.create"}', "response.create", None)
 
-    async def _open_and_replay(self, attempts: int) -> tuple[UpstreamLink, list[bytes]]:
+    async def _open_and_replay(self, attempts: int) -> tuple[UpstreamLink, Replayed]:
         """Connect and replay, retrying with backoff; drops during a replay restart it."""
         last: UpstreamError | None = None
         base, cap = self.settings.reconnect_base_delay_s, self.settings.reconnect_max_delay_s
@@ -154,7 +172,7 @@ class Supervisor:
             code="upstream_retries_exhausted",
         )
 
-    async def _replay(self, link: UpstreamLink) -> list[bytes]:
+    async def _replay(self, link: UpstreamLink) -> Replayed:
         """Replay the session onto ``link``; returns server frames to show after the switch."""
         started = time.monotonic()
         created = await self._receive_event(link, until="session.created")
@@ -166,12 +184,10 @@ class Supervisor:
             user_audio=self.settings.replay_user_audio,
         )
         echo = EchoFilter(plan)
-        self._resend = plan.resend
-        self.state.pending_updates.clear()  # re-sent after the switch, and tracked again then
-        self.state.pending_creates.clear()
         for event in plan.events:
             await link.send(dumps(event))
         pending = await self._await_acknowledgement(link, echo)
+        replayed = Replayed(pending, plan.resend)
         metrics = self.session.metrics
         metrics.replay_duration_seconds.observe(time.monotonic() - started)
         metrics.replay_items_total.labels("replayed").inc(plan.replayed)
@@ -183,7 +199,7 @@ class Supervisor:
             trimmed=plan.trimmed,
             duration_s=round(time.monotonic() - started, 4),
         )
-        return pending
+        return replayed
 
     async def _await_acknowledgement(self, link: UpstreamLink, echo: EchoFilter) -> list[bytes]:
         pending: list[bytes] = []
@@ -218,18 +234,20 @@ class Supervisor:
         return data
 
     # ------------------------------------------------------------------ switching
-    async def _switch(self, new: UpstreamLink, pending: list[bytes], *, cause: str, started: float) -> None:
+    async def _switch(self, new: UpstreamLink, replayed: Replayed, *, cause: str, started: float) -> None:
         """Make ``new`` the current upstream and let held client events flow to it, in order."""
         session = self.session
         session.link = new
         self.replacements += 1
         session.metrics.upstream_replacements_total.labels(cause).inc()
         session.gate.on_server_event("session.created")
-        for data in pending:
+        for data in replayed.server_frames:
             await session.on_upstream_text(new, data)
-        for event in self._resend:  # client events the old upstream never answered, first
+        # Client events the old upstream never answered go first; re-sending tracks them again.
+        self.state.pending_updates.clear()
+        self.state.pending_creates.clear()
+        for event in replayed.resend:
             await session.send_now(new, dumps(event), str(event["type"]), event)
-        self._resend = []
         await session.release_held()
         session.metrics.client_gap_seconds.observe(time.monotonic() - started)
         self.rotate_at = self._next_rotation(time.monotonic())
