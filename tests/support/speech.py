@@ -1,8 +1,19 @@
-"""Real speech for tests: espeak-ng renders text, resampled to 24 kHz PCM16 (cached per text)."""
+"""Real speech for tests: espeak-ng voices, the truth of where speech is, and background noise.
+
+``speech_pcm16`` renders text with espeak-ng (Debian package ``espeak-ng``; the test is skipped
+with the reason when it cannot be installed) and resamples it to the rate asked for. Results are
+cached per text and rate in the temp directory, so a test run calls espeak-ng once per phrase.
+
+``speech_segments`` measures where speech really is from a clean waveform, sample by sample, with
+no framing or levels shared with the detectors under test. ``with_noise`` adds reproducible
+background noise at a chosen signal-to-noise ratio.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import io
+import os
 import subprocess
 import tempfile
 import wave
@@ -13,30 +24,108 @@ import numpy as np
 from tests.support.system import require_binary
 
 _CACHE = Path(tempfile.gettempdir()) / "relay-test-speech"
+ESPEAK_RATE = 22050
 
 
 def speech_pcm16(text: str, rate: int = 24000) -> bytes:
     """``text`` spoken by espeak-ng as mono 16-bit PCM at ``rate`` (skips if espeak-ng is missing)."""
-    binary = require_binary("espeak-ng", package="espeak-ng")
-    _CACHE.mkdir(exist_ok=True)
-    key = hashlib.sha256(f"{text}|{rate}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{text}|{rate}".encode()).hexdigest()[:20]
     cached = _CACHE / f"{key}.pcm"
     if cached.exists():
         return cached.read_bytes()
-    wav = _CACHE / f"{key}.wav"
-    subprocess.run([binary, "-w", str(wav), text], check=True, capture_output=True, timeout=60)
-    with wave.open(str(wav)) as source:
-        source_rate = source.getframerate()
-        samples = np.frombuffer(source.readframes(source.getnframes()), "<i2").astype(np.float64)
-    positions = np.arange(int(len(samples) * rate / source_rate)) * source_rate / rate
-    resampled = np.interp(positions, np.arange(len(samples)), samples).astype("<i2").tobytes()
-    cached.write_bytes(resampled)
-    return resampled
+    pcm = resample(_espeak(text), ESPEAK_RATE, rate)
+    _CACHE.mkdir(exist_ok=True)
+    partial = cached.with_suffix(f".{os.getpid()}.part")
+    partial.write_bytes(pcm)
+    partial.replace(cached)  # atomic: parallel test workers never read half a file
+    return pcm
 
 
-def write_wav(path: Path, pcm16: bytes, rate: int = 24000) -> None:
+def _espeak(text: str) -> bytes:
+    """espeak-ng's own output: 16-bit mono PCM at its native rate (22050 Hz)."""
+    binary = require_binary("espeak-ng", package="espeak-ng")
+    done = subprocess.run([binary, "--stdout", text], check=True, capture_output=True, timeout=60)
+    with wave.open(io.BytesIO(_fix_wav_lengths(done.stdout))) as source:
+        if source.getframerate() != ESPEAK_RATE or source.getsampwidth() != 2:
+            raise RuntimeError(f"unexpected espeak-ng output: {source.getparams()}")
+        return source.readframes(source.getnframes())
+
+
+def _fix_wav_lengths(data: bytes) -> bytes:
+    """Patch the RIFF and data chunk sizes, which a streaming writer cannot know in advance."""
+    fixed = bytearray(data)
+    fixed[4:8] = (len(data) - 8).to_bytes(4, "little")
+    at = fixed.find(b"data", 12)
+    if at >= 0:
+        fixed[at + 4 : at + 8] = (len(data) - at - 8).to_bytes(4, "little")
+    return bytes(fixed)
+
+
+def resample(pcm16: bytes, source_rate: int, rate: int) -> bytes:
+    """Band-limited resampling through the spectrum (exact for a finite clip, no aliasing)."""
+    samples = np.frombuffer(pcm16, "<i2").astype(np.float64)
+    if source_rate == rate or samples.size == 0:
+        return pcm16
+    count = round(samples.size * rate / source_rate)
+    spectrum = np.fft.rfft(samples)
+    kept = min(spectrum.size, count // 2 + 1)
+    result = np.fft.irfft(spectrum[:kept], count) * (count / samples.size)
+    return np.clip(np.round(result), -32768, 32767).astype("<i2").tobytes()
+
+
+def write_wav(path: Path | str, pcm16: bytes, rate: int = 24000) -> None:
+    """Save mono 16-bit PCM as a WAV file (to listen to what a test fed a detector)."""
     with wave.open(str(path), "wb") as target:
         target.setnchannels(1)
         target.setsampwidth(2)
         target.setframerate(rate)
         target.writeframes(pcm16)
+
+
+def speech_segments(
+    pcm16: bytes, rate: int = 24000, *, min_gap_ms: float = 200, floor_db: float = -40
+) -> list[tuple[float, float]]:
+    """Where speech is in a *clean* recording: (start_ms, end_ms) spans, measured per sample.
+
+    A sample is speech when its magnitude is within ``floor_db`` of the loudest sample; spans of
+    such samples closer than ``min_gap_ms`` are one utterance (pauses inside words and phrases).
+    """
+    samples = np.abs(np.frombuffer(pcm16, "<i2").astype(np.float64))
+    if samples.size == 0 or samples.max() == 0:
+        return []
+    active = np.nonzero(samples >= samples.max() * 10 ** (floor_db / 20))[0]
+    breaks = np.nonzero(np.diff(active) > min_gap_ms * rate / 1000)[0]
+    starts = np.concatenate(([active[0]], active[breaks + 1]))
+    ends = np.concatenate((active[breaks], [active[-1]])) + 1
+    return [(float(s) * 1000 / rate, float(e) * 1000 / rate) for s, e in zip(starts, ends, strict=True)]
+
+
+def with_noise(pcm16: bytes, rate: int, snr_db: float, *, seed: int = 0) -> bytes:
+    """``pcm16`` plus room-like noise ``snr_db`` below the level of its speech.
+
+    The noise is pink (equal energy per octave, like ventilation and traffic) and its level
+    drifts by a few dB, so a detector cannot simply learn one constant. The speech level is the
+    RMS over the speech spans only, as SNR is usually stated.
+    """
+    clean = np.frombuffer(pcm16, "<i2").astype(np.float64)
+    noise = _pink_noise(clean.size, rate, np.random.default_rng(seed))
+    speech_rms = _speech_rms(clean, pcm16, rate)
+    noise *= speech_rms * 10 ** (-snr_db / 20) / np.sqrt(np.mean(noise**2))
+    return np.clip(np.round(clean + noise), -32768, 32767).astype("<i2").tobytes()
+
+
+def _pink_noise(count: int, rate: int, rng: np.random.Generator) -> np.ndarray:
+    spectrum = np.fft.rfft(rng.standard_normal(count))
+    frequencies = np.fft.rfftfreq(count, 1 / rate)
+    spectrum /= np.sqrt(np.maximum(frequencies, 20.0))  # 1/f power, flat below 20 Hz
+    noise = np.fft.irfft(spectrum, count)
+    seconds = np.arange(count) / rate
+    drift_db = 3 * np.sin(2 * np.pi * 0.3 * seconds + rng.uniform(0, 2 * np.pi))
+    return np.asarray(noise * 10 ** (drift_db / 20))
+
+
+def _speech_rms(clean: np.ndarray, pcm16: bytes, rate: int) -> float:
+    spans = speech_segments(pcm16, rate)
+    parts = [clean[int(s * rate / 1000) : int(e * rate / 1000)] for s, e in spans]
+    voiced = np.concatenate(parts) if parts else clean
+    return float(np.sqrt(np.mean(voiced**2))) or 1.0

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv (once) and install the project with its test and bench extras into it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PY:-python3}"
+VENV="${VENV:-.venv}"
+STAMP="$VENV/.installed"
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+  "$PY" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q -e '.[test,bench]'
+  touch "$STAMP"
+fi
