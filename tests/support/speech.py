@@ -48,7 +48,8 @@ def _espeak(text: str) -> bytes:
     with wave.open(io.BytesIO(_fix_wav_lengths(done.stdout))) as source:
         if source.getframerate() != ESPEAK_RATE or source.getsampwidth() != 2:
             raise RuntimeError(f"unexpected espeak-ng output: {source.getparams()}")
-        return source.readframes(source.getnframes())
+        frames: bytes = source.readframes(source.getnframes())
+    return frames
 
 
 def _fix_wav_lengths(data: bytes) -> bytes:
@@ -111,7 +112,8 @@ def with_noise(pcm16: bytes, rate: int, snr_db: float, *, seed: int = 0) -> byte
     noise = _pink_noise(clean.size, rate, np.random.default_rng(seed))
     speech_rms = _speech_rms(clean, pcm16, rate)
     noise *= speech_rms * 10 ** (-snr_db / 20) / np.sqrt(np.mean(noise**2))
-    return np.clip(np.round(clean + noise), -32768, 32767).astype("<i2").tobytes()
+    noisy: bytes = np.clip(np.round(clean + noise), -32768, 32767).astype("<i2").tobytes()
+    return noisy
 
 
 def _pink_noise(count: int, rate: int, rng: np.random.Generator) -> np.ndarray:
