@@ -14,9 +14,15 @@ FATAL_ERROR_CODES = frozenset(
 
 
 def delays(base: float, cap: float, attempts: int, rng: random.Random) -> Iterator[float]:
-    """Exponential backoff with full jitter: uniform(0, min(cap, base * 2**n))."""
+    """Exponential backoff with equal jitter: half of min(cap, base * 2**n) fixed, half random.
+
+    Full jitter can draw near-zero waits several times in a row and spend the whole retry budget
+    inside one short outage; keeping half of each step guarantees the budget spans at least half
+    the exponential schedule, while the random half still spreads reconnect storms.
+    """
     for attempt in range(attempts):
-        yield rng.uniform(0, min(cap, base * (2**attempt)))
+        step = min(cap, base * (2**attempt))
+        yield step / 2 + rng.uniform(0, step / 2)
 
 
 def classify_close(code: int | None, last_error_code: str | None) -> tuple[str, bool]:
