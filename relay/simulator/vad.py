@@ -30,12 +30,12 @@ such stretch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-import numpy.typing as npt
 
 from relay.simulator.audio import bytes_per_ms, rate_of, to_pcm16
 
@@ -47,6 +47,7 @@ BAND_HZ = (150.0, 8000.0)
 SILENCE_FLOOR_DBFS = -110.0  # the level of digital silence (keeps logs finite)
 SEMANTIC_SILENCE_MS = {"high": 400, "medium": 800, "auto": 800, "low": 1600}
 SEMANTIC_MAX_WAIT_MS = {"high": 2000, "medium": 4000, "auto": 4000, "low": 8000}  # the API's, for reference
+_SILENCE_ENERGY = 10 ** (SILENCE_FLOOR_DBFS / 10)
 _FLOOR_FALL = 0.3  # per frame, towards a quieter level
 _FLOOR_RISE = 0.01  # per frame between turns: ~1 s to learn a louder room
 _FLOOR_RISE_IN_SPEECH = 0.001  # per frame during speech: ~10 s
@@ -84,7 +85,7 @@ class _BandLevels:
         # Parseval: the band's share of the frame's mean square, in units of full scale.
         self._scale = 2.0 / (self.frame_samples**2 * 32768.0**2)
         self._pending = b""
-        self._recent = np.zeros(0)  # the last frames' energies, for smoothing across appends
+        self._recent: list[float] = []  # the last frames' energies: smoothing spans appends
 
     def push(self, audio: bytes) -> list[float]:
         data = self._pending + audio
@@ -94,19 +95,16 @@ class _BandLevels:
             return []
         frames = to_pcm16(data[:usable], self.encoding).reshape(-1, self.frame_samples)
         spectrum = np.fft.rfft(frames, axis=1)[:, self._band]
-        energies = np.sum(spectrum.real**2 + spectrum.imag**2, axis=1) * self._scale
-        return self._smoothed_db(energies)
+        energies = np.einsum("ij,ij->i", spectrum.real, spectrum.real)
+        energies += np.einsum("ij,ij->i", spectrum.imag, spectrum.imag)
+        return [self._smoothed_db(energy * self._scale) for energy in energies.tolist()]
 
-    def _smoothed_db(self, energies: npt.NDArray[np.float64]) -> list[float]:
-        history = np.concatenate((self._recent, energies))
-        self._recent = history[-(SMOOTH_FRAMES - 1) :]
-        sums = np.cumsum(np.concatenate(([0.0], history)))
-        counts = np.minimum(np.arange(1, history.size + 1), SMOOTH_FRAMES)
-        starts = np.maximum(np.arange(1, history.size + 1) - SMOOTH_FRAMES, 0)
-        means = (sums[1:] - sums[starts]) / counts
-        levels = 10 * np.log10(np.maximum(means[-energies.size :], 10 ** (SILENCE_FLOOR_DBFS / 10)))
-        result: list[float] = levels.tolist()
-        return result
+    def _smoothed_db(self, energy: float) -> float:
+        recent = self._recent
+        recent.append(energy)
+        if len(recent) > SMOOTH_FRAMES:
+            del recent[0]
+        return 10 * math.log10(max(sum(recent) / len(recent), _SILENCE_ENERGY))
 
 
 @dataclass(slots=True)
@@ -186,11 +184,8 @@ class VoiceActivityDetector:
         return VadEvent("speech_stopped", end, end)
 
     def _learn_floor(self, floor: float, level: float) -> None:
-        if level < floor:
-            rate = _FLOOR_FALL
-        else:
-            rate = _FLOOR_RISE_IN_SPEECH if self._turn.speaking else _FLOOR_RISE
-        self.noise_floor_db = floor + (level - floor) * rate
+        rising = _FLOOR_RISE_IN_SPEECH if self._turn.speaking else _FLOOR_RISE
+        self.noise_floor_db = floor + (level - floor) * (_FLOOR_FALL if level < floor else rising)
 
 
 def _number(value: Any, default: float) -> float:
