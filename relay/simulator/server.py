@@ -32,6 +32,13 @@ class Script:
     replies: deque[str] = field(default_factory=deque)
     transcripts: deque[str] = field(default_factory=deque)
     arguments: str = "{}"
+    transcription_failures: int = 0  # the next N transcriptions fail
+
+    def transcription_fails(self) -> bool:
+        if self.transcription_failures <= 0:
+            return False
+        self.transcription_failures -= 1
+        return True
 
     def next_reply(self) -> str | None:
         return self.replies.popleft() if self.replies else None
@@ -265,6 +272,7 @@ class Simulator:
         body = await request.json()
         self.script.replies.extend(body.get("replies") or [])
         self.script.transcripts.extend(body.get("transcripts") or [])
+        self.script.transcription_failures += int(body.get("transcription_failures", 0))
         if "tool_arguments" in body:
             self.script.arguments = orjson.dumps(body["tool_arguments"]).decode()
         return web.json_response({"ok": True})

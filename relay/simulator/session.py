@@ -223,6 +223,22 @@ class SimSession(Responding):
             await self._transcribe(item)
 
     async def _transcribe(self, item: dict[str, Any]) -> None:
+        if self.script.transcription_fails():
+            error = {
+                "type": "transcription_error",
+                "code": "audio_unintelligible",
+                "message": "The audio could not be transcribed.",
+                "param": None,
+            }
+            await self.emit(
+                {
+                    "type": "conversation.item.input_audio_transcription.failed",
+                    "item_id": item["id"],
+                    "content_index": 0,
+                    "error": error,
+                }
+            )
+            return
         text = self.script.next_transcript() or self.config.transcript_text or "Hello there."
         for piece in text.split(" "):
             await self.emit(
