@@ -5,8 +5,8 @@ with the reason when it cannot be installed) and resamples it to the rate asked 
 cached per text and rate in the temp directory, so a test run calls espeak-ng once per phrase.
 
 ``speech_segments`` measures where speech really is from a clean waveform, sample by sample, with
-no framing or levels shared with the detectors under test. ``with_noise`` adds reproducible
-background noise at a chosen signal-to-noise ratio.
+no framing or levels shared with the detectors under test. ``room_noise`` and ``with_noise``
+make reproducible background noise, alone or at a chosen signal-to-noise ratio.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import os
 import subprocess
 import tempfile
 import wave
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,17 @@ def _fix_wav_lengths(data: bytes) -> bytes:
     return bytes(fixed)
 
 
+def speech_track(texts: Sequence[str], rate: int = 24000, *, gap_ms: int = 800, lead_ms: int = 1000) -> bytes:
+    """Several utterances as one clip: ``lead_ms`` of silence, then each text and ``gap_ms`` after it."""
+    silence = np.zeros(rate * lead_ms // 1000, dtype="<i2")
+    gap = np.zeros(rate * gap_ms // 1000, dtype="<i2")
+    parts = [silence]
+    for text in texts:
+        parts += [np.frombuffer(speech_pcm16(text, rate), "<i2"), gap]
+    track: bytes = np.concatenate(parts).astype("<i2").tobytes()
+    return track
+
+
 def resample(pcm16: bytes, source_rate: int, rate: int) -> bytes:
     """Band-limited resampling through the spectrum (exact for a finite clip, no aliasing)."""
     samples = np.frombuffer(pcm16, "<i2").astype(np.float64)
@@ -102,28 +114,32 @@ def speech_segments(
 
 
 def with_noise(pcm16: bytes, rate: int, snr_db: float, *, seed: int = 0) -> bytes:
-    """``pcm16`` plus room-like noise ``snr_db`` below the level of its speech.
+    """``pcm16`` plus room noise (see ``room_noise``) ``snr_db`` below the level of its speech.
 
-    The noise is pink (equal energy per octave, like ventilation and traffic) and its level
-    drifts by a few dB, so a detector cannot simply learn one constant. The speech level is the
-    RMS over the speech spans only, as SNR is usually stated.
+    The speech level is the RMS over the speech spans only, as SNR is usually stated.
     """
     clean = np.frombuffer(pcm16, "<i2").astype(np.float64)
-    noise = _pink_noise(clean.size, rate, np.random.default_rng(seed))
-    speech_rms = _speech_rms(clean, pcm16, rate)
-    noise *= speech_rms * 10 ** (-snr_db / 20) / np.sqrt(np.mean(noise**2))
-    noisy: bytes = np.clip(np.round(clean + noise), -32768, 32767).astype("<i2").tobytes()
+    speech_dbfs = 20 * np.log10(_speech_rms(clean, pcm16, rate) / 32768)
+    noise = np.frombuffer(room_noise(clean.size, rate, speech_dbfs - snr_db, seed=seed), "<i2")
+    noisy: bytes = np.clip(clean + noise, -32768, 32767).astype("<i2").tobytes()
     return noisy
 
 
-def _pink_noise(count: int, rate: int, rng: np.random.Generator) -> np.ndarray:
+def room_noise(count: int, rate: int, rms_dbfs: float, *, seed: int = 0) -> bytes:
+    """``count`` samples of reproducible room-like noise at ``rms_dbfs``.
+
+    The noise is pink (equal energy per octave, like ventilation and traffic) and its level
+    drifts by +-3 dB, so a detector cannot simply learn one constant.
+    """
+    rng = np.random.default_rng(seed)
     spectrum = np.fft.rfft(rng.standard_normal(count))
-    frequencies = np.fft.rfftfreq(count, 1 / rate)
-    spectrum /= np.sqrt(np.maximum(frequencies, 20.0))  # 1/f power, flat below 20 Hz
+    spectrum /= np.sqrt(np.maximum(np.fft.rfftfreq(count, 1 / rate), 20.0))  # 1/f power
     noise = np.fft.irfft(spectrum, count)
-    seconds = np.arange(count) / rate
-    drift_db = 3 * np.sin(2 * np.pi * 0.3 * seconds + rng.uniform(0, 2 * np.pi))
-    return np.asarray(noise * 10 ** (drift_db / 20))
+    drift_db = 3 * np.sin(2 * np.pi * 0.3 * np.arange(count) / rate + rng.uniform(0, 2 * np.pi))
+    noise *= 10 ** (drift_db / 20)
+    noise *= 32768 * 10 ** (rms_dbfs / 20) / np.sqrt(np.mean(noise**2))
+    samples: bytes = np.clip(np.round(noise), -32768, 32767).astype("<i2").tobytes()
+    return samples
 
 
 def _speech_rms(clean: np.ndarray, pcm16: bytes, rate: int) -> float:
