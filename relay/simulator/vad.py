@@ -163,7 +163,8 @@ class VoiceActivityDetector:
         turn, now = self._turn, self.position_ms
         turn.loud_run = turn.loud_run + 1 if level >= bar else 0
         if turn.loud_run >= ONSET_FRAMES:
-            onset = now - (turn.loud_run + SMOOTH_FRAMES // 2) * FRAME_MS
+            # The smoothed level lags a frame; a turn cannot begin before the last commit/clear.
+            onset = max(turn.idle_since_ms, now - (turn.loud_run + SMOOTH_FRAMES // 2) * FRAME_MS)
             self._turn = _Turn(speaking=True, last_loud_ms=now)
             start = max(0, onset - self.prefix_ms)
             return VadEvent("speech_started", start, start)
