@@ -61,6 +61,11 @@ class ReadinessGate:
         self._held.append(HeldFrame(data, event_type, now))
         self.held_bytes += len(data)
 
+    def requeue(self, data: bytes, event_type: str, held_at: float) -> None:
+        """Put back at the head a frame that could not be sent: it stays first in line."""
+        self._held.appendleft(HeldFrame(data, event_type, held_at))
+        self.held_bytes += len(data)
+
     def has_room(self) -> bool:
         return len(self._held) < self.max_events and self.held_bytes < self.max_bytes
 

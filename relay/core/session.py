@@ -33,6 +33,7 @@ class SessionState:
         self.partial_text = ""
         self.response_requested = False
         self.speech_in_progress = False
+        self._vad_turn_ended = False
 
     # ------------------------------------------------------------------ queries
     @property
@@ -170,12 +171,25 @@ class SessionState:
             self.retained_audio[item_id] = self.uncommitted_audio
         self._drop_uncommitted()
         self.speech_in_progress = False
+        vad_turn, self._vad_turn_ended = self._vad_turn_ended, False
+        if vad_turn and self._turn_detection_creates_responses():
+            # The server starts a response for this turn by itself; until response.created
+            # arrives it is owed, and a replacement upstream must be asked for it again.
+            self.response_requested = True
+
+    def _turn_detection_creates_responses(self) -> bool:
+        audio = self.config.get("audio")
+        audio_input = audio.get("input") if isinstance(audio, dict) else None
+        detection = audio_input.get("turn_detection") if isinstance(audio_input, dict) else None
+        return isinstance(detection, dict) and detection.get("create_response", True) is not False
 
     def _cleared(self, event: Event) -> None:
         self._drop_uncommitted()
 
     def _speech(self, event: Event) -> None:
         self.speech_in_progress = event.get("type") == "input_audio_buffer.speech_started"
+        # A turn the server detected (not a client's manual commit) gets its response from the server.
+        self._vad_turn_ended = not self.speech_in_progress
 
     def _attach_audio(self, item: dict[str, Any]) -> None:
         content = item.get("content") or []
@@ -277,6 +291,7 @@ _SERVER_HANDLERS = {
     "input_audio_buffer.cleared": SessionState._cleared,
     "input_audio_buffer.speech_started": SessionState._speech,
     "input_audio_buffer.speech_stopped": SessionState._speech,
+    "input_audio_buffer.timeout_triggered": SessionState._speech,
     "response.created": SessionState._response_created,
     "response.output_item.added": SessionState._output_item_added,
     "response.output_audio_transcript.delta": SessionState._text_delta,

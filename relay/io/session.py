@@ -118,6 +118,8 @@ class RelaySession:
     async def _task_failed(self, exc: BaseException | None) -> None:
         if isinstance(exc, RelayError):
             await self._fail(exc)
+        elif isinstance(exc, ConnectionResetError):
+            self.outcome = "client_closed"  # the client went away while the relay was writing to it
         elif isinstance(exc, ClientGone):
             self.outcome = "client_stuck"
             _abort(self.client)  # a peer that stopped reading cannot take a close frame either
@@ -275,7 +277,9 @@ class RelaySession:
         if self.gate.must_hold(event_type) or self.link is None:
             await self._hold(data, event_type)
             return
-        await self._send_upstream(self.link, data)
+        if not await self._send_upstream(self.link, data):
+            self.gate.requeue(data, event_type, time.monotonic())  # kept for the next upstream
+            return
         self.gate.sent(event, event_type)
         self.supervisor.on_client_event(event, data)
 
@@ -283,7 +287,9 @@ class RelaySession:
         self, link: UpstreamLink, data: bytes, event_type: str, event: dict[str, Any] | None
     ) -> None:
         """Send ahead of anything held (for events that were sent before the held ones)."""
-        await self._send_upstream(link, data)
+        if not await self._send_upstream(link, data):
+            self.gate.requeue(data, event_type, time.monotonic())
+            return
         self.gate.sent(event, event_type)
         self.supervisor.on_client_event(event, data)
 
@@ -300,7 +306,9 @@ class RelaySession:
         """Send every held frame the gate now allows, in order."""
         link = self.link
         while link is not None and (frame := self.gate.releasable()) is not None:
-            await self._send_upstream(link, frame.data)
+            if not await self._send_upstream(link, frame.data):
+                self.gate.requeue(frame.data, frame.event_type, frame.held_at)
+                break
             event = _loads(frame.data)
             self.gate.sent(event, frame.event_type)
             self.supervisor.on_client_event(event, frame.data)
@@ -313,12 +321,23 @@ class RelaySession:
         self.metrics.held_bytes.set(self.gate.held_bytes)
 
     # ------------------------------------------------------------------ sending
-    async def _send_upstream(self, link: UpstreamLink, data: bytes) -> None:
+    async def _send_upstream(self, link: UpstreamLink, data: bytes) -> bool:
+        """Send one frame; False when the upstream is already closing (the frame was not sent).
+
+        The upstream reader sees the close and the supervisor replaces the upstream; the caller
+        puts the frame back at the head of the hold so it goes to the replacement, in order.
+        """
         # A timestamp, not asyncio.timeout(): this runs per frame, and the housekeeping task
         # already wakes regularly to notice a send that has been stuck too long.
         self._upstream_send_since = time.monotonic()
-        await link.send(data)
-        self._upstream_send_since = 0.0
+        try:
+            await link.send(data)
+        except ConnectionResetError:
+            self.gate.upstream_lost()
+            return False
+        finally:
+            self._upstream_send_since = 0.0
+        return True
 
     async def _send_client_frame(self, data: bytes, kind: WSMsgType) -> None:
         self._client_send_since = time.monotonic()

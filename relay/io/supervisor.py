@@ -184,8 +184,11 @@ class Supervisor:
             user_audio=self.settings.replay_user_audio,
         )
         echo = EchoFilter(plan)
-        for event in plan.events:
-            await link.send(dumps(event))
+        try:
+            for event in plan.events:
+                await link.send(dumps(event))
+        except ConnectionResetError:
+            raise ReplayFailed("the new upstream closed while the replay was being sent") from None
         pending = await self._await_acknowledgement(link, echo)
         replayed = Replayed(pending, plan.resend)
         metrics = self.session.metrics

@@ -163,3 +163,17 @@ def test_backoff_and_close_classification() -> None:
     assert classify_close(1001, "session_expired") == ("1001", False)
     assert classify_close(None, None) == ("1006", False)
     assert classify_close(1011, None) == ("1011", False)
+
+
+def test_a_server_detected_turn_owes_a_response_until_it_starts() -> None:
+    state = SessionState()
+    state.on_server_event({"type": "session.created", "session": {"type": "realtime", "audio": {
+        "input": {"turn_detection": {"type": "server_vad", "create_response": True}}}}})
+    state.on_server_event({"type": "input_audio_buffer.committed", "item_id": "item_manual"})
+    assert not state.response_requested  # a client's manual commit starts no response by itself
+    state.on_server_event({"type": "input_audio_buffer.speech_started", "item_id": "item_1"})
+    state.on_server_event({"type": "input_audio_buffer.speech_stopped", "item_id": "item_1"})
+    state.on_server_event({"type": "input_audio_buffer.committed", "item_id": "item_1"})
+    assert state.response_requested  # owed: a replacement upstream must be asked for it
+    state.on_server_event({"type": "response.created", "response": {"id": "r", "conversation_id": "c"}})
+    assert not state.response_requested
