@@ -167,8 +167,15 @@ def test_backoff_and_close_classification() -> None:
 
 def test_a_server_detected_turn_owes_a_response_until_it_starts() -> None:
     state = SessionState()
-    state.on_server_event({"type": "session.created", "session": {"type": "realtime", "audio": {
-        "input": {"turn_detection": {"type": "server_vad", "create_response": True}}}}})
+    state.on_server_event(
+        {
+            "type": "session.created",
+            "session": {
+                "type": "realtime",
+                "audio": {"input": {"turn_detection": {"type": "server_vad", "create_response": True}}},
+            },
+        }
+    )
     state.on_server_event({"type": "input_audio_buffer.committed", "item_id": "item_manual"})
     assert not state.response_requested  # a client's manual commit starts no response by itself
     state.on_server_event({"type": "input_audio_buffer.speech_started", "item_id": "item_1"})
