@@ -28,8 +28,10 @@ class Responding:
     config: SimulatorConfig
     session: dict[str, Any]
     conversation: Conversation
+    conversation_id: str
     script: Any
     active: asyncio.Task[None] | None
+    streaming: set[asyncio.Task[None]]
     active_streamer: ResponseStreamer | None
     assistant_audio: bool
     emit: Emit
@@ -61,9 +63,18 @@ class Responding:
     async def start_response(self, params: dict[str, Any]) -> None:
         plan = self._plan(params)
         task = asyncio.create_task(self._run_response(plan), name=plan.response_id)
+        self.streaming.add(task)  # owned here: close() cancels what is still streaming
+        task.add_done_callback(self.streaming.discard)
         if plan.in_conversation:
             self.active = task
         await asyncio.sleep(0)  # let response.created go out before the next client event
+
+    async def close(self) -> None:
+        """Stop every response still streaming (the socket is gone)."""
+        tasks = list(self.streaming)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def cancel_active(self, reason: str) -> None:
         task, streamer = self.active, self.active_streamer
@@ -78,6 +89,8 @@ class Responding:
 
     def _plan(self, params: dict[str, Any]) -> ResponsePlan:
         session = self.session
+        # ``input`` replaces the conversation as this response's context (reference §2.6).
+        context = params.get("input", self.conversation.items)
         audio_out = (params.get("audio") or {}).get("output") or {}
         fmt = audio_out.get("format") or session["audio"]["output"]["format"]
         plan = ResponsePlan(
@@ -86,29 +99,22 @@ class Responding:
             voice=audio_out.get("voice") or session["audio"]["output"]["voice"],
             audio_format=fmt,
             encoding=output_encoding({"audio": {"output": {"format": fmt}}}),
-            text=self.script.next_reply() or self.config.reply_text or self._default_reply(),
+            text=self.script.next_reply() or self.config.reply_text or _default_reply(context),
             metadata=params.get("metadata"),
             max_output_tokens=params.get("max_output_tokens", session["max_output_tokens"]),
             in_conversation=params.get("conversation") != "none",
+            conversation_id=self.conversation_id,
         )
-        plan.function_call = self._function_call(params)
+        plan.function_call = self._function_call(params, context)
         return plan
 
-    def _default_reply(self) -> str:
-        for item in reversed(self.conversation.items):
-            if item.get("role") == "user":
-                part = (item.get("content") or [{}])[0]
-                said = part.get("text") or part.get("transcript")
-                return f"You said: {said}." if said else "I heard you."
-        return "Hello! How can I help?"
-
-    def _function_call(self, params: dict[str, Any]) -> tuple[str, str] | None:
+    def _function_call(self, params: dict[str, Any], context: list[Any]) -> tuple[str, str] | None:
         tools = params.get("tools", self.session["tools"]) or []
         names = [t["name"] for t in tools if t.get("type") == "function"]
         choice = params.get("tool_choice", self.session["tool_choice"])
         if not names or choice == "none":
             return None
-        last = self.conversation.items[-1] if self.conversation.items else {}
+        last = context[-1] if context else {}
         if last.get("type") == "function_call_output":
             return None
         forced = (
@@ -168,6 +174,15 @@ class Responding:
             return " ".join(pieces[: max(1, cap // 2)])
         return plan.text
 
+    def _previous_for_done(self, item_id: str) -> str | None:
+        """``previous_item_id`` of a response item's ``conversation.item.done``.
+
+        All eight response items in the recordings follow one rule: the id of the item before
+        it, except null when that item is the conversation's first (the live API's quirk).
+        """
+        position = self.conversation.index_of(item_id)
+        return self.conversation.items[position - 1]["id"] if position > 1 else None
+
     def _complete_item(self, plan: ResponsePlan, item: dict[str, Any]) -> None:
         item["status"] = "incomplete" if plan.status_details else "completed"
         plan.output.append(public_item(item))
@@ -187,7 +202,10 @@ class Responding:
     async def _finish(self, plan: ResponsePlan) -> None:
         for item in plan.output:
             if plan.in_conversation and self.conversation.find(item["id"]) is not None:
-                await self.emit({"type": "conversation.item.done", "previous_item_id": None, "item": item})
+                previous = self._previous_for_done(item["id"])
+                await self.emit(
+                    {"type": "conversation.item.done", "previous_item_id": previous, "item": item}
+                )
             await self.emit(
                 {
                     "type": "response.output_item.done",
@@ -210,6 +228,16 @@ class Responding:
                 "rate_limits": [{"name": "tokens", "limit": 40000, "remaining": 39000, "reset_seconds": 1.5}],
             }
         )
+
+
+def _default_reply(context: list[Any]) -> str:
+    """Deterministic: echo the user's last words, so tests can tell turns apart."""
+    for item in reversed(context):
+        if isinstance(item, dict) and item.get("role") == "user":
+            part = (item.get("content") or [{}])[0]
+            said = part.get("text") or part.get("transcript")
+            return f"You said: {said}." if said else "I heard you."
+    return "Hello! How can I help?"
 
 
 def _mentions(text: str, tool_name: str) -> bool:

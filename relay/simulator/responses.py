@@ -45,6 +45,7 @@ class ResponsePlan:
     metadata: dict[str, Any] | None
     max_output_tokens: Any
     in_conversation: bool
+    conversation_id: str | None = None  # the session's default conversation
     function_call: tuple[str, str] | None = None  # (name, arguments)
     output: list[dict[str, Any]] = field(default_factory=list)
     status: str = "in_progress"
@@ -57,7 +58,7 @@ class ResponsePlan:
             "status": self.status,
             "status_details": self.status_details,
             "output": self.output,
-            "conversation_id": "conv_simulated" if self.in_conversation else None,
+            "conversation_id": self.conversation_id if self.in_conversation else None,
             "output_modalities": self.modalities,
             "max_output_tokens": self.max_output_tokens,
             "audio": {"output": {"format": self.audio_format, "voice": self.voice}},

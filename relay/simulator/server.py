@@ -23,6 +23,10 @@ from relay.simulator.faults import Fault, FaultBoard
 from relay.simulator.session import SimSession
 
 _TOKEN_PREFIX = "openai-insecure-api-key."
+# The inspection API keeps the first frames of each session, each cut short: enough for tests
+# to check what arrived and in which order without holding hours of audio in memory.
+_KEPT_FRAMES = 5000
+_KEPT_FRAME_CHARS = 2000
 
 
 @dataclass
@@ -145,23 +149,23 @@ class Simulator:
             if fault is not None:
                 await self._apply(record, fault)
 
-        session = SimSession(self.config, model, emit, self.script, beta=self._speaks_beta(request))
+        beta, azure = self._speaks_beta(request), request.path.startswith("/openai/")
+        session = SimSession(self.config, model, emit, self.script, beta=beta, azure=azure)
         record = Record(session, request.headers.get("X-Relay-Session-Id"), time.time(), ws)
         self._remember(record)
         if self.new_session_faults:
             record.faults.arm(self.new_session_faults.pop(0))
-        expiry = asyncio.get_running_loop().call_later(
-            self.config.session_max_s, lambda: asyncio.ensure_future(self._expire(record))
-        )
+        expiry = asyncio.create_task(self._expire(record))
         try:
             await session.start()
             await self._read(record)
         finally:
             expiry.cancel()
-            if session.active is not None:
-                session.active.cancel()
+            await asyncio.gather(expiry, return_exceptions=True)
+            await session.close()
             record.open = False
-            record.close_code = ws.close_code
+            if record.close_code is None:
+                record.close_code = ws.close_code
 
     async def _read(self, record: Record) -> None:
         async for msg in record.ws:
@@ -169,8 +173,8 @@ class Simulator:
             if msg.type is WSMsgType.TEXT:
                 if self.config.probe is not None:
                     self.config.probe("recv", msg.data.encode())
-                if len(record.raw) < 5000:
-                    record.raw.append(msg.data[:2000])
+                if len(record.raw) < _KEPT_FRAMES:
+                    record.raw.append(msg.data[:_KEPT_FRAME_CHARS])
                 await record.session.handle_frame(msg.data)
             elif msg.type is WSMsgType.BINARY:
                 await record.ws.send_json(
@@ -181,12 +185,17 @@ class Simulator:
                 )
 
     def _remember(self, record: Record) -> None:
+        """Keep the record; forget the oldest closed ones beyond the cap (open ones stay)."""
         self.records[record.session.id] = record
-        if len(self.records) > self.config.max_sessions_kept:
-            oldest = next(k for k, r in self.records.items() if not r.open)
-            del self.records[oldest]
+        excess = len(self.records) - self.config.max_sessions_kept
+        if excess > 0:
+            closed = [k for k, r in self.records.items() if not r.open][:excess]
+            for key in closed:
+                del self.records[key]
 
     async def _expire(self, record: Record) -> None:
+        """The duration cap: ``session_expired`` then close 1001, as the live API (§1.3)."""
+        await asyncio.sleep(self.config.session_max_s)
         minutes = round(self.config.session_max_s / 60)
         await self._apply(record, Fault("close", code=1001, reason="session_expired", minutes=minutes))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import sys
 from typing import Any
 
 from relay.core.beta_translator import BetaTranslator
@@ -28,35 +29,50 @@ from relay.simulator.state import (
 )
 from relay.simulator.vad import VadEvent, VoiceActivityDetector
 
+_KEPT_TYPES = 200_000
+# Azure's GA endpoint repeats a content part under a second key (recordings: azure-*.yaml).
+_AZURE_PART_EVENTS = frozenset({"response.content_part.added", "response.content_part.done"})
 _VALIDATORS = {Interface.GA: Validator(Interface.GA), Interface.BETA: Validator(Interface.BETA)}
 
 
 class SimSession(Responding):
     def __init__(
-        self, config: SimulatorConfig, model: str, emit: Emit, script: Any, *, beta: bool = False
+        self,
+        config: SimulatorConfig,
+        model: str,
+        emit: Emit,
+        script: Any,
+        *,
+        beta: bool = False,
+        azure: bool = False,
     ) -> None:
         self.config = config
+        self.azure = azure
         # The beta interface is served by speaking GA inside and converting at the edge with the
         # protocol's own mapping table (beta shapes in, beta names out), as the API did.
         self.beta = BetaTranslator() if beta else None
         self.session = default_session(model, config.session_max_s)
         self.id: str = self.session["id"]
         self.conversation = Conversation()
+        self.conversation_id = new_id("conv_")
         self.emit_raw = emit
         self.script = script
         self.buffer = bytearray()
         self.buffer_start_ms = 0
         self.vad: VoiceActivityDetector | None = None
         self.active: asyncio.Task[None] | None = None
+        self.streaming: set[asyncio.Task[None]] = set()
         self.active_streamer: ResponseStreamer | None = None
         self.assistant_audio = False
         self.tracing_enabled = False
-        self.received: list[str] = []
+        self.received: list[str] = []  # event types, interned: cheap even for hours of appends
         self.pending_user_item: str | None = None
         self._reset_vad()
 
     async def emit(self, event: dict[str, Any]) -> None:
         full = {"type": event["type"], "event_id": new_id("event_"), **event}
+        if self.azure and full["type"] in _AZURE_PART_EVENTS:
+            full["content"] = full["part"]
         if self.beta is not None:
             translated = self.beta.server_to_beta(full)
             if translated is None:
@@ -68,7 +84,8 @@ class SimSession(Responding):
     async def handle_frame(self, raw: str | bytes) -> None:
         try:
             event = parse_client_frame(raw)
-            self.received.append(str(event.get("type")))
+            if len(self.received) < _KEPT_TYPES:
+                self.received.append(sys.intern(str(event["type"])))
             if self.beta is None:
                 _VALIDATORS[Interface.GA].check(event)
                 await self._dispatch(event)
@@ -283,7 +300,8 @@ class SimSession(Responding):
                 event, "invalid_value", f"Item with id '{item['id']}' already exists.", "item.id"
             )
         item.setdefault("id", new_id("item_"))
-        item.setdefault("status", "completed")
+        if item.get("type") != "function_call_output":  # the API echoes outputs without a status
+            item.setdefault("status", "completed")
         item.pop("object", None)
         await self._add_item(item, previous)
 

@@ -88,14 +88,22 @@ def apply_session_update(current: dict[str, Any], update: dict[str, Any]) -> dic
         same_type = previous.get("type") == detection.get("type", previous.get("type"))
         base = merge(defaults, previous) if same_type else dict(defaults)
         result["audio"]["input"]["turn_detection"] = merge(base, detection)
+    transcription = _input_setting(result, "transcription")
+    if isinstance(transcription, dict):  # the echo spells out the unset options (recordings)
+        transcription.setdefault("language", None)
+        transcription.setdefault("prompt", None)
     assert isinstance(result, dict)
     return result
 
 
 def _turn_detection(session: dict[str, Any]) -> Any:
+    return _input_setting(session, "turn_detection")
+
+
+def _input_setting(session: dict[str, Any], key: str) -> Any:
     audio = session.get("audio")
     audio_input = audio.get("input") if isinstance(audio, dict) else None
-    return audio_input.get("turn_detection") if isinstance(audio_input, dict) else None
+    return audio_input.get(key) if isinstance(audio_input, dict) else None
 
 
 def input_encoding(session: dict[str, Any]) -> str:

@@ -32,7 +32,7 @@ async def test_sdk_beta_client_against_the_beta_interface() -> None:
             adapter.validate_python(event.model_dump(exclude_unset=True))
             seen.append(event.type)
             if event.type == "session.updated":
-                assert event.session.input_audio_format == "g711_ulaw"  # type: ignore[union-attr]
+                assert event.session.input_audio_format == "g711_ulaw"
             if event.type == "response.done":
                 break
     await runner.cleanup()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from itertools import groupby
 from typing import Any
 
 import numpy as np
@@ -17,73 +16,6 @@ from relay.simulator.audio import synthesize
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
 from tests.simulator.conftest import SimClient
-from tests.support.recordings import load, recording_files, require_recordings
-
-_ASYNC_TYPES = ("conversation.item.input_audio_transcription.", "rate_limits.updated")
-
-
-def _shape(types: list[str]) -> list[str]:
-    """Event types with runs of deltas folded and asynchronous transcription set aside.
-
-    Delta counts depend on the text and audio; input transcription events arrive
-    interleaved with the response at the server's pace (reference §3.2), so order is
-    compared for everything else.
-    """
-    kept = [t for t in types if not t.startswith(_ASYNC_TYPES)]
-    return [t for t, _ in groupby(kept)]
-
-
-def _delta_types(types: list[str]) -> list[str]:
-    return [t for t in _shape(types) if not t.endswith(".delta")]
-
-
-async def _replay(port: int, sent: list[dict[str, Any]], last: str) -> list[str]:
-    url = f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime"
-    async with websockets.connect(url, additional_headers={"Authorization": "Bearer k"}, max_size=None) as ws:
-        client = SimClient(ws)
-        await client.until("session.created")
-        requested = 0
-        for event in sent:
-            if requested and event["type"] != "input_audio_buffer.append":
-                await _until_count(client, "response.done", requested)  # as the app waited
-            await client.send(event)
-            requested += event["type"] == "response.create"
-            if event["type"] == "session.update":
-                await client.until("session.updated")
-        await _until_count(client, "response.done", len(last) + 1)
-        await asyncio.sleep(0.1)
-        return ["session.created"] + [e["type"] for e in client.events]
-
-
-@pytest.mark.parametrize("path", recording_files("openai-"), ids=lambda p: p.stem)
-async def test_recorded_sessions_replay_to_the_same_event_sequence(sim_port: int, path: Any) -> None:
-    require_recordings()
-    frames = load(path)
-    sent = [f["data"] for f in frames if f["direction"] == "sent"]
-    recorded = [f["data"]["type"] for f in frames if f["direction"] == "received"]
-    if any(e["type"] == "input_audio_buffer.append" for e in sent):
-        sent = _with_real_speech(sent)
-    responses = recorded.count("response.done")
-    got = await _replay(sim_port, sent, "x" * (responses - 1))
-    assert _delta_types(got) == _delta_types(recorded)
-
-
-async def _until_count(client: SimClient, event_type: str, count: int) -> None:
-    while sum(1 for e in client.events if e["type"] == event_type) < count:
-        await client.until(event_type, timeout=15)
-
-
-def _with_real_speech(sent: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The recordings' appends are zero-filled stubs; speak instead, so VAD has a turn to find."""
-    silence = np.zeros(24 * 600, dtype="<i2").tobytes()
-    speech = synthesize("Hello, my name is Marcelo.", "pcm16")
-    audio = silence + speech + silence * 2
-    appends = [
-        {"type": "input_audio_buffer.append", "audio": base64.b64encode(audio[i : i + 4800]).decode()}
-        for i in range(0, len(audio), 4800)
-    ]
-    others = [e for e in sent if e["type"] != "input_audio_buffer.append"]
-    return others + appends
 
 
 async def _scenario_events(sim: SimClient) -> list[dict[str, Any]]:
