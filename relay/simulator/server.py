@@ -103,9 +103,11 @@ class Simulator:
         if time.monotonic() >= self.refuse_until:
             return None
         if self.refuse_kind == "connect":
+            # Reset the TCP connection before any HTTP answer, as a host that is down would;
+            # the response returned is never written (aiohttp drops writes to a closed socket).
             if request.transport is not None:
                 request.transport.abort()
-            raise ConnectionResetError("refusing connections")
+            return web.Response(status=503)
         status = int(self.refuse_kind) if self.refuse_kind.isdigit() else 503
         return web.json_response({"error": {"message": "simulated refusal"}}, status=status)
 
@@ -139,10 +141,13 @@ class Simulator:
         async def emit(event: dict[str, Any]) -> None:
             assert record is not None
             await record.faults.before_send()
-            if ws.closed:
+            if ws.closed or record.close_code is not None:
                 return
             frame = orjson.dumps(event)
-            await ws.send_str(frame.decode())
+            try:
+                await ws.send_str(frame.decode())
+            except ConnectionResetError:  # the peer is gone; the reader sees it and ends
+                return
             if probe is not None:
                 probe("send", frame)
             fault = record.faults.after_sent(event["type"])
@@ -258,7 +263,7 @@ class Simulator:
         record = self.records.get(request.match_info["id"])
         if record is None or not record.open:
             raise web.HTTPNotFound(text="no such open session")
-        fault = Fault.from_json(await request.json())
+        fault = _fault(await _json_body(request))
         if fault.after_event:
             record.faults.arm(fault)
         else:
@@ -266,11 +271,12 @@ class Simulator:
         return web.json_response({"ok": True})
 
     async def global_fault(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = await _json_body(request)
         if body.get("clear"):
             self.refuse_until = 0.0
+            self.new_session_faults.clear()
         elif "next_sessions" in body:  # e.g. drop the next new session mid-replay
-            fault = Fault.from_json(body["fault"])
+            fault = _fault(body.get("fault"))
             self.new_session_faults += [fault] * int(body["next_sessions"])
         elif "refuse" in body:
             self.refuse_kind = str(body["refuse"])
@@ -278,13 +284,30 @@ class Simulator:
         return web.json_response({"ok": True})
 
     async def set_script(self, request: web.Request) -> web.Response:
-        body = await request.json()
+        body = await _json_body(request)
         self.script.replies.extend(body.get("replies") or [])
         self.script.transcripts.extend(body.get("transcripts") or [])
         self.script.transcription_failures += int(body.get("transcription_failures", 0))
         if "tool_arguments" in body:
             self.script.arguments = orjson.dumps(body["tool_arguments"]).decode()
         return web.json_response({"ok": True})
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text="expected a JSON object") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="expected a JSON object")
+    return body
+
+
+def _fault(body: Any) -> Fault:
+    try:
+        return Fault.from_json(body)
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise web.HTTPBadRequest(text=f"bad fault: {exc}") from None
 
 
 def _protocols(request: web.Request) -> list[str]:
