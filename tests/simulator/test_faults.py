@@ -169,7 +169,7 @@ async def test_refusing_connections_resets_them_without_an_http_answer(
 
 async def test_refusal_ends_by_itself(control: SimControl, connect: Any) -> None:
     await control.global_fault(refuse="503", seconds=0.3)
-    statuses = []
+    statuses: list[int] = []
     async with asyncio.timeout(10):
         while not statuses or statuses[-1] != 101:
             statuses.append(await _handshake_status(connect))
