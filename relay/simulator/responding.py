@@ -6,9 +6,10 @@ Split from ``session.py`` as a mixin: it works on the session's config, conversa
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
-from relay.core.errors import InvalidEvent, new_id
+from relay.core.errors import InvalidEvent, error_event, new_id
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.responses import (
     Emit,
@@ -20,6 +21,14 @@ from relay.simulator.responses import (
     usage,
 )
 from relay.simulator.state import Conversation, output_encoding
+
+_log = logging.getLogger(__name__)
+SERVER_ERROR_MESSAGE = "The server had an error while processing your request. Sorry about that!"
+
+
+def server_error_event() -> dict[str, Any]:
+    """The live API's transient failure (reference §4): non-fatal, code null."""
+    return error_event(None, SERVER_ERROR_MESSAGE, error_type="server_error")
 
 
 class Responding:
@@ -136,6 +145,11 @@ class Responding:
         except asyncio.CancelledError:
             self._record_partial(streamer)
             raise
+        except Exception:  # task root: a simulator bug fails this response, not the session
+            _log.exception("simulated response %s failed", plan.response_id)
+            await self.emit(server_error_event())
+            plan.status = "failed"
+            plan.status_details = {"type": "failed", "error": {"type": "server_error", "code": None}}
         await self._finish(plan)
 
     async def _stream(self, plan: ResponsePlan, streamer: ResponseStreamer) -> None:

@@ -8,6 +8,7 @@ session's effective config and conversation and inject faults at exact points.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -20,7 +21,10 @@ from relay.core.errors import error_event
 from relay.core.protocol import BETA_DISABLED_MESSAGE, BETA_HEADER_VALUE, BETA_SUBPROTOCOL
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.faults import Fault, FaultBoard
+from relay.simulator.responding import server_error_event
 from relay.simulator.session import SimSession
+
+_log = logging.getLogger(__name__)
 
 _TOKEN_PREFIX = "openai-insecure-api-key."
 # The inspection API keeps the first frames of each session, each cut short: enough for tests
@@ -180,7 +184,7 @@ class Simulator:
                     self.config.probe("recv", msg.data.encode())
                 if len(record.raw) < _KEPT_FRAMES:
                     record.raw.append(msg.data[:_KEPT_FRAME_CHARS])
-                await record.session.handle_frame(msg.data)
+                await self._handle(record, msg.data)
             elif msg.type is WSMsgType.BINARY:
                 await record.ws.send_json(
                     error_event(
@@ -188,6 +192,15 @@ class Simulator:
                         "Expected a text WebSocket message; binary frames are not supported.",
                     )
                 )
+
+    async def _handle(self, record: Record, frame: str) -> None:
+        """One client frame. The reader is a task root: a simulator bug answers ``server_error``
+        for that event, as the live API does, and the session goes on."""
+        try:
+            await record.session.handle_frame(frame)
+        except Exception:
+            _log.exception("simulated session %s failed on a client frame", record.session.id)
+            await record.ws.send_json(server_error_event())
 
     def _remember(self, record: Record) -> None:
         """Keep the record; forget the oldest closed ones beyond the cap (open ones stay)."""
@@ -219,13 +232,7 @@ class Simulator:
                 await ws.send_json(error_event("session_expired", reason))
             await ws.close(code=fault.code or 1000, message=reason.encode()[:120])
         elif fault.kind == "server_error":
-            await ws.send_json(
-                error_event(
-                    None,
-                    "The server had an error while processing your request. Sorry about that!",
-                    error_type="server_error",
-                )
-            )
+            await ws.send_json(server_error_event())
         else:
             record.faults.arm_now(fault)
 
