@@ -166,39 +166,30 @@ class SimSession(Responding):
     async def _on_vad(self, vad: VadEvent) -> None:
         detection = self.session["audio"]["input"]["turn_detection"] or {}
         if vad.kind == "speech_started":
-            self.pending_user_item = new_id("item_")
-            await self.emit(
-                {
-                    "type": "input_audio_buffer.speech_started",
-                    "audio_start_ms": vad.audio_start_ms,
-                    "item_id": self.pending_user_item,
-                }
-            )
-            if self.active is not None and detection.get("interrupt_response", True):
-                await self.cancel_active("turn_detected")
-        elif vad.kind == "speech_stopped":
-            await self.emit(
-                {
-                    "type": "input_audio_buffer.speech_stopped",
-                    "audio_end_ms": vad.audio_end_ms,
-                    "item_id": self.pending_user_item,
-                }
-            )
-            await self._commit(self.pending_user_item)
-            if detection.get("create_response", True):
-                await self.start_response({})
+            await self._speech_started(vad, detection)
+            return
+        if vad.kind == "speech_stopped":
+            item_id = self.pending_user_item or new_id("item_")
+            stopped = {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": vad.audio_end_ms}
+            await self.emit({**stopped, "item_id": item_id})
         else:
             item_id = new_id("item_")
+            timeout = {"type": "input_audio_buffer.timeout_triggered", "item_id": item_id}
             await self.emit(
-                {
-                    "type": "input_audio_buffer.timeout_triggered",
-                    "audio_start_ms": vad.audio_start_ms,
-                    "audio_end_ms": vad.audio_end_ms,
-                    "item_id": item_id,
-                }
+                {**timeout, "audio_start_ms": vad.audio_start_ms, "audio_end_ms": vad.audio_end_ms}
             )
-            await self._commit(item_id, allow_empty=True)
+        await self._commit(item_id)
+        # One response at a time writes to the conversation (reference §2.6): a turn that ends
+        # while one is still running (interrupt_response false) does not start a second.
+        if detection.get("create_response", True) and self.active is None:
             await self.start_response({})
+
+    async def _speech_started(self, vad: VadEvent, detection: dict[str, Any]) -> None:
+        self.pending_user_item = new_id("item_")
+        started = {"type": "input_audio_buffer.speech_started", "audio_start_ms": vad.audio_start_ms}
+        await self.emit({**started, "item_id": self.pending_user_item})
+        if self.active is not None and detection.get("interrupt_response", True):
+            await self.cancel_active("turn_detected")
 
     def buffered_ms(self) -> float:
         return len(self.buffer) / bytes_per_ms(input_encoding(self.session))
@@ -213,7 +204,7 @@ class SimSession(Responding):
             )
         await self._commit(None)
 
-    async def _commit(self, item_id: str | None, allow_empty: bool = False) -> None:
+    async def _commit(self, item_id: str | None) -> None:
         item_id = item_id or new_id("item_")
         previous = self.conversation.last_id
         audio = bytes(self.buffer)

@@ -68,8 +68,14 @@ def default_session(model: str, session_max_s: float) -> dict[str, Any]:
 
 
 def merge(base: Any, patch: Any) -> Any:
-    """Patch ``base`` with ``patch``: objects merge key by key, anything else replaces."""
+    """Patch ``base`` with ``patch``: objects merge key by key, anything else replaces.
+
+    An object of another ``type`` replaces whole: the API's tagged unions (audio formats, tool
+    choices, turn detection) share no fields across types, e.g. ``audio/pcmu`` has no ``rate``.
+    """
     if not isinstance(base, dict) or not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    if "type" in patch and base.get("type") != patch["type"]:
         return copy.deepcopy(patch)
     merged = dict(base)
     for key, value in patch.items():

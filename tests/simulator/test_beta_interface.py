@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import orjson
@@ -10,9 +11,11 @@ import websockets
 from openai import AsyncOpenAI
 from pydantic import TypeAdapter
 
+from relay.simulator.audio import synthesize
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
 from tests.conftest import RelayFactory
+from tests.simulator.conftest import AUTH, SimClient, ws_url
 
 
 async def test_sdk_beta_client_against_the_beta_interface() -> None:
@@ -69,3 +72,56 @@ async def test_relay_passes_beta_clients_through_to_an_azure_preview_upstream(
         assert orjson.loads(await ws.recv())["type"] == "session.updated"
     await runner.cleanup()
     pytest.importorskip("openai")
+
+
+async def test_beta_scenario_speaks_beta_names_and_shapes() -> None:
+    """Speech with server VAD, a tool round and a text answer, every event checked as beta."""
+    runner, port = await start_simulator(SimulatorConfig(interface="beta", speed=100.0, reply_text="Hi!"))
+    headers = {**AUTH, "OpenAI-Beta": "realtime=v1"}
+    tool = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+    speech = synthesize("What is the weather like?", "pcm16")
+    silence = bytes(48 * 800)
+    try:
+        async with websockets.connect(
+            ws_url(port, "/v1/realtime?model=gpt-4o-realtime-preview"),
+            additional_headers=headers,
+            max_size=None,
+        ) as ws:
+            client = SimClient(ws, beta=True)
+            await client.until("session.created")
+            session = {"tools": [tool], "input_audio_transcription": {"model": "whisper-1"}}
+            await client.send({"type": "session.update", "session": session})
+            await client.until("session.updated")
+            audio = base64.b64encode(silence + speech + silence).decode()
+            await client.send({"type": "input_audio_buffer.append", "audio": audio})
+            await client.until("response.done")
+            await client.send(
+                {
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "get_weather in Rome"}],
+                    },
+                }
+            )
+            await client.send({"type": "response.create", "response": {"modalities": ["text"]}})
+            await client.until_count("response.done", 2)
+    finally:
+        await runner.cleanup()
+    kinds = {e["type"] for e in client.events}
+    assert {
+        "input_audio_buffer.speech_started",
+        "input_audio_buffer.committed",
+        "conversation.item.created",
+        "response.audio.delta",
+        "response.audio_transcript.delta",
+        "response.function_call_arguments.done",
+    } <= kinds
+    ga_only = (
+        "response.output_text",
+        "response.output_audio",
+        "conversation.item.added",
+        "conversation.item.done",
+    )
+    assert not [k for k in kinds if k.startswith(ga_only)]
