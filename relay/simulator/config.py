@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_MODELS = (
     "gpt-realtime",
@@ -33,6 +34,9 @@ class SimulatorConfig:
     transcript_text: str | None = None
     audio_chunk_ms: int = 100
     max_sessions_kept: int = 2000  # closed sessions stay inspectable up to this many
+    # Faults armed on every new session from the start, in the control API's JSON form, e.g.
+    # {"kind": "drop", "after_event": "response.output_audio.delta", "count": 5}.
+    session_faults: tuple[Mapping[str, Any], ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
     # Benchmark hook: called with ("recv" | "send", frame) for every frame, on the event loop.
     probe: Callable[[str, bytes], None] | None = None

@@ -162,6 +162,8 @@ class Simulator:
         session = SimSession(self.config, model, emit, self.script, beta=beta, azure=azure)
         record = Record(session, request.headers.get("X-Relay-Session-Id"), time.time(), ws)
         self._remember(record)
+        for configured in self.config.session_faults:
+            record.faults.arm(Fault.from_json(dict(configured)))
         if self.new_session_faults:
             record.faults.arm(self.new_session_faults.pop(0))
         expiry = asyncio.create_task(self._expire(record))

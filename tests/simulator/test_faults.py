@@ -197,3 +197,23 @@ async def test_faults_armed_for_the_next_sessions(control: SimControl, connect: 
         assert '"session.created"' in await ws.recv()
         await ws.send('{"type": "input_audio_buffer.clear"}')
         assert '"input_audio_buffer.cleared"' in await ws.recv()
+
+
+async def test_faults_configured_at_start_hit_every_session() -> None:
+    from relay.simulator.config import SimulatorConfig
+    from relay.simulator.server import start_simulator
+
+    fault = {"kind": "close", "code": 1011, "after_event": "session.updated", "count": 1}
+    runner, port = await start_simulator(SimulatorConfig(session_faults=(fault,)))
+    try:
+        for _ in range(2):
+            async with websockets.connect(ws_url(port), additional_headers=AUTH) as ws:
+                client = SimClient(ws)
+                await client.until("session.created")
+                await client.send(
+                    {"type": "session.update", "session": {"type": "realtime", "instructions": "x"}}
+                )
+                got, code, _ = await _closed(client)
+                assert ([e["type"] for e in got], code) == (["session.updated"], 1011)
+    finally:
+        await runner.cleanup()
