@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import math
 import sys
 from typing import Any
 
@@ -20,7 +21,7 @@ from relay.core.validation import Validator, parse_client_frame
 from relay.simulator.audio import bytes_per_ms
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.responding import Responding
-from relay.simulator.responses import Emit, ResponseStreamer, public_item
+from relay.simulator.responses import Emit, ResponseStreamer, obfuscation, public_item, words
 from relay.simulator.state import (
     Conversation,
     apply_session_update,
@@ -228,9 +229,9 @@ class SimSession(Responding):
         await self._add_item(item, None, audio=audio)
         transcription = self.session["audio"]["input"].get("transcription")
         if transcription:
-            await self._transcribe(item)
+            await self._transcribe(item, len(audio) / bytes_per_ms(input_encoding(self.session)))
 
-    async def _transcribe(self, item: dict[str, Any]) -> None:
+    async def _transcribe(self, item: dict[str, Any], audio_ms: float) -> None:
         if self.script.transcription_fails():
             error = {
                 "type": "transcription_error",
@@ -248,16 +249,10 @@ class SimSession(Responding):
             )
             return
         text = self.script.next_transcript() or self.config.transcript_text or "Hello there."
-        for piece in text.split(" "):
-            await self.emit(
-                {
-                    "type": "conversation.item.input_audio_transcription.delta",
-                    "item_id": item["id"],
-                    "content_index": 0,
-                    "delta": piece + " ",
-                    "obfuscation": "x" * 6,
-                }
-            )
+        ids = {"item_id": item["id"], "content_index": 0}
+        for piece in words(text):  # " Hello", ",": the live transcriber's pieces (recordings)
+            delta = {"type": "conversation.item.input_audio_transcription.delta", **ids, "delta": piece}
+            await self.emit({**delta, "obfuscation": obfuscation()})
         item["content"][0]["transcript"] = text
         await self.emit(
             {
@@ -265,7 +260,7 @@ class SimSession(Responding):
                 "item_id": item["id"],
                 "content_index": 0,
                 "transcript": text,
-                "usage": {"type": "duration", "seconds": 1},
+                "usage": {"type": "duration", "seconds": math.ceil(audio_ms / 1000)},
             }
         )
 

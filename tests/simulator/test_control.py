@@ -99,8 +99,10 @@ async def test_scripted_replies_and_transcripts_are_used_in_order(
     await sim.until("session.updated")
     await sim.send({"type": "input_audio_buffer.append", "audio": "AAAA" * 1600})  # 100 ms
     await sim.send({"type": "input_audio_buffer.commit"})
-    completed = (await sim.until("conversation.item.input_audio_transcription.completed"))[-1]
-    assert completed["transcript"] == "scripted words"
+    events = await sim.until("conversation.item.input_audio_transcription.completed")
+    deltas = [e["delta"] for e in events if e["type"].endswith("transcription.delta")]
+    assert "".join(deltas) == events[-1]["transcript"] == "scripted words"
+    assert events[-1]["usage"] == {"type": "duration", "seconds": 1}  # 100 ms, whole seconds
 
 
 async def test_default_reply_echoes_the_user(sim_port: int, control: SimControl) -> None:
