@@ -8,16 +8,19 @@ that client code written for the API handles it unchanged.
 
 from __future__ import annotations
 
-import secrets
+import random
 from dataclasses import dataclass
 from typing import Any
 
 _ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+# Ids name events and items; they are not secrets, so a seeded PRNG (one call per id) is enough
+# and ~10x cheaper than drawing each character from the OS's CSPRNG on every server event.
+_ids = random.Random()
 
 
 def new_id(prefix: str, length: int = 21) -> str:
     """An id shaped like the API's (``event_`` / ``item_`` / ``sess_`` + 21 characters)."""
-    return prefix + "".join(secrets.choice(_ID_ALPHABET) for _ in range(length))
+    return prefix + "".join(_ids.choices(_ID_ALPHABET, k=length))
 
 
 def error_event(

@@ -12,6 +12,7 @@ CPython's ``audioop`` also uses): μ-law on 14-bit and A-law on 13-bit linear sa
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -34,6 +35,7 @@ def rate_of(encoding: str) -> int:
     return PCM_RATE if encoding == "pcm16" else G711_RATE
 
 
+@lru_cache(maxsize=128)  # deterministic; a busy simulator speaks the same reply many times
 def synthesize(text: str, encoding: Encoding, speed_ms_per_char: int = 60) -> bytes:
     """Speech-like audio for ``text``: ``speed_ms_per_char`` per character, at least 200 ms."""
     rate = rate_of(encoding)

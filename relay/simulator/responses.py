@@ -133,7 +133,7 @@ class ResponseStreamer:
         await self.emit({"type": "response.output_text.done", **ids, "text": self.streamed_text})
 
     async def _stream_audio(self, ids: dict[str, Any]) -> None:
-        audio = synthesize(self.plan.text, self.plan.encoding)  # type: ignore[arg-type]
+        audio = synthesize(self.plan.text, self.plan.encoding)
         pieces = words(self.plan.text)
         audio_chunks = list(chunks(audio, self.plan.encoding, self.chunk_ms))
         per_chunk = max(1, -(-len(pieces) // max(1, len(audio_chunks))))
