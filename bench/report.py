@@ -108,7 +108,8 @@ def _beta_and_rotation(results: dict[str, Any]) -> list[str]:
             f"Rotation every 1 s under 20 ms audio streams: {rotation['rotations']:.0f} rotations, "
             f"mean client gap {rotation['mean_gap_ms']:.1f} ms, "
             f"append latency p99 {rotation['c2u_p99_ms']:.1f} ms (max "
-            f"{rotation['c2u_max_ms']:.1f} ms), server-event p99 {rotation['u2c_p99_ms']:.1f} ms, "
+            f"{rotation['c2u_max_ms']:.1f} ms), audio delta latency p99 {rotation['u2c_p99_ms']:.1f} ms "
+            f"(max {rotation.get('u2c_max_ms', math.nan):.1f} ms), "
             f"lost {rotation['lost']:.0f}"
         )
     return lines

@@ -16,9 +16,10 @@ import argparse
 import asyncio
 import base64
 import math
+import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import numpy as np
 import websockets
 
 from bench.audio import speech_like
+from bench.load import Schedule, Stamps, VoiceApp, drive, open_app
 from bench.micro import replay_micro, validation_micro
 from bench.servers import TOKEN, Proc, start_nginx, start_relay
 from relay.simulator.config import SimulatorConfig
@@ -36,81 +38,49 @@ APPEND_MS = 20
 TURN_EVERY_S = 3.0
 
 
-@dataclass
-class Clock:
-    """Send/receive stamps of every frame, keyed by a per-frame id, for one path."""
-
-    c2u_sent: dict[str, float] = field(default_factory=dict)
-    c2u_recv: dict[str, float] = field(default_factory=dict)
-    u2c_sent: dict[str, float] = field(default_factory=dict)
-    u2c_recv: dict[str, float] = field(default_factory=dict)
-
-    def probe(self, kind: str, frame: bytes) -> None:
-        now = time.perf_counter()
-        key = _event_id(frame)
-        if key is None:
-            return
-        if kind == "recv" and key.startswith("b"):
-            self.c2u_recv[key] = now
-        elif kind == "send" and b'"response.output_audio.delta"' in frame[:40]:
-            self.u2c_sent[key] = now
-
-    def latencies(self, direction: str) -> np.ndarray:
-        sent, recv = (self.c2u_sent, self.c2u_recv) if direction == "c2u" else (self.u2c_sent, self.u2c_recv)
-        return np.array([recv[k] - sent[k] for k in sent if k in recv]) * 1000
-
-    def lost(self) -> int:
-        missing_up = sum(1 for k in self.c2u_sent if k not in self.c2u_recv)
-        missing_down = sum(1 for k in self.u2c_sent if k not in self.u2c_recv)
-        return missing_up + missing_down
-
-
-def _event_id(frame: bytes) -> str | None:
-    start = frame.find(b'"event_id":"')
-    if start < 0:
-        return None
-    start += 12
-    end = frame.find(b'"', start)
-    return frame[start:end].decode()
+Clock = Stamps  # one path's stamps: the simulator's probe and the generator write into it
 
 
 # ---------------------------------------------------------------------------------- load
-async def voice_session(
-    url: str, clock: Clock, index: int, duration: float, *, beta: bool = False, turns: bool = True
+async def voice_sessions(
+    url: str, clock: Clock, count: int, duration: float, *, beta: bool = False, turns: bool = True
 ) -> None:
-    """One app: appends every 20 ms; every few seconds commits and asks for a spoken answer."""
+    """``count`` apps: each appends every 20 ms; every few seconds commits and asks for an answer."""
     headers = {"Authorization": f"Bearer {TOKEN}"}
     if beta:
         headers["OpenAI-Beta"] = "realtime=v1"
+        update = b'{"type":"session.update","session":{"turn_detection":null}}'
+    else:
+        update = (
+            b'{"type":"session.update","session":{"type":"realtime",'
+            b'"audio":{"input":{"turn_detection":null}}}}'
+        )
+    marker = b'"response.audio.delta"' if beta else b'"response.output_audio.delta"'
+    apps = await asyncio.gather(*(_open(url, clock, headers, marker, i) for i in range(count)))
+    for app in apps:
+        app.send(update)
     chunk = base64.b64encode(speech_like(APPEND_MS)).decode()
-    await asyncio.sleep(index * 0.01)  # ramp up: hundreds of simultaneous handshakes would time out
-    async with websockets.connect(url, additional_headers=headers, max_size=None, open_timeout=60) as ws:
-        await ws.recv()
-        if beta:
-            await ws.send('{"type":"session.update","session":{"turn_detection":null}}')
-        else:
-            await ws.send(
-                '{"type":"session.update","session":{"type":"realtime",'
-                '"audio":{"input":{"turn_detection":null}}}}'
-            )
-        reader = asyncio.create_task(_read(ws, clock, beta))
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        seq = 0
-        next_turn = start + TURN_EVERY_S * (1 + index % 3) / 2
-        while loop.time() - start < duration:
-            seq += 1
-            key = f"b{index}x{seq}"
-            frame = f'{{"type":"input_audio_buffer.append","event_id":"{key}","audio":"{chunk}"}}'
-            clock.c2u_sent[key] = time.perf_counter()
-            await ws.send(frame)
-            if turns and loop.time() >= next_turn:
-                await ws.send('{"type":"input_audio_buffer.commit"}')
-                await ws.send('{"type":"response.create"}')
-                next_turn += TURN_EVERY_S
-            await asyncio.sleep(max(0.0, start + seq * APPEND_MS / 1000 - loop.time()))
-        await _settle(clock)  # let frames in flight and the last responses arrive
-        reader.cancel()
+
+    def append(index: int, seq: int) -> tuple[str, bytes]:
+        key = f"b{index}x{seq}"
+        return key, f'{{"type":"input_audio_buffer.append","event_id":"{key}","audio":"{chunk}"}}'.encode()
+
+    loop = asyncio.get_running_loop()
+    begin = loop.time() + 0.1
+    # Apps are not synchronised: spread their 20 ms ticks evenly over the period.
+    starts = [begin + APPEND_MS / 1000 * i / count for i in range(count)]
+    schedule = Schedule(APPEND_MS / 1000, TURN_EVERY_S, duration, turns)
+    turn = (b'{"type":"input_audio_buffer.commit"}', b'{"type":"response.create"}')
+    await drive(apps, starts, schedule, append, clock, turn)
+    await _settle(clock)  # let frames in flight and the last responses arrive
+    for app in apps:
+        app.close()
+    await asyncio.wait([asyncio.ensure_future(app.closed) for app in apps], timeout=10)
+
+
+async def _open(url: str, clock: Clock, headers: dict[str, str], marker: bytes, index: int) -> VoiceApp:
+    await asyncio.sleep(index * 0.005)  # ramp up: hundreds of simultaneous handshakes would time out
+    return await open_app(url, clock, headers, marker)
 
 
 async def _settle(clock: Clock, quiet_s: float = 1.0, limit_s: float = 15.0) -> None:
@@ -119,22 +89,11 @@ async def _settle(clock: Clock, quiet_s: float = 1.0, limit_s: float = 15.0) -> 
     deadline = loop.time() + limit_s
     last = -1
     while loop.time() < deadline:
-        moved = len(clock.c2u_recv) + len(clock.u2c_recv) + len(clock.u2c_sent)
+        moved = clock.moved()
         if moved == last:
             return
         last = moved
         await asyncio.sleep(quiet_s)
-
-
-async def _read(ws: Any, clock: Clock, beta: bool = False) -> None:
-    marker = b'"response.audio.delta"' if beta else b'"response.output_audio.delta"'
-    async for message in ws:
-        now = time.perf_counter()
-        raw = message.encode() if isinstance(message, str) else message
-        if marker in raw[:40]:
-            key = _event_id(raw)
-            if key is not None:
-                clock.u2c_recv[key] = now
 
 
 # ---------------------------------------------------------------------------------- servers
@@ -163,7 +122,7 @@ async def run_path(
     **options: bool,
 ) -> PathResult:
     cpu_before = _cpu(cpu_pid)
-    await asyncio.gather(*(voice_session(url, clock, i, duration, **options) for i in range(sessions)))
+    await voice_sessions(url, clock, sessions, duration, **options)
     cpu = _cpu(cpu_pid) - cpu_before if cpu_pid else None
     frames = len(clock.c2u_sent) + len(clock.u2c_sent)
     return PathResult(
@@ -217,9 +176,7 @@ async def rotation_gap(sim_port: int, clock: Clock, duration: float) -> dict[str
     relay = await start_relay(sim_port, rotate_after_s=1.0)
     try:
         url = f"ws://127.0.0.1:{relay.port}/v1/realtime?model=gpt-realtime"
-        result = await run_path(
-            "rotation", url, 5, max(4.0, duration / 2), clock, relay.proc.pid, turns=False
-        )
+        result = await run_path("rotation", url, 5, max(6.0, duration / 2), clock, relay.proc.pid)
         async with (
             aiohttp.ClientSession() as http,
             http.get(f"http://127.0.0.1:{relay.port}/metrics") as resp,
@@ -235,6 +192,7 @@ async def rotation_gap(sim_port: int, clock: Clock, duration: float) -> dict[str
         "c2u_p99_ms": result.pct("c2u", 99),
         "c2u_max_ms": float(result.c2u.max()) if len(result.c2u) else 0.0,
         "u2c_p99_ms": result.pct("u2c", 99),
+        "u2c_max_ms": float(result.u2c.max()) if len(result.u2c) else math.nan,
         "lost": float(result.lost),
     }
 
@@ -321,6 +279,8 @@ def run(argv: list[str]) -> int:
         args.sessions, args.duration, args.sweep, args.idle_sessions = 10, 5.0, [], 50
     from bench.report import write_report
 
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {1})  # generator and simulator on core 1; the proxies get core 0
     try:  # the load generator and simulator share a core: give them the faster event loop
         import uvloop
 

@@ -1,0 +1,265 @@
+"""The load generator: many voice apps driven from one event loop, framed by hand.
+
+The generator shares a core with the simulator and must cost far less than what it measures. A
+general WebSocket client spends tens of microseconds per message on locks, futures and a task
+wake-up per send; at 200 sessions x 50 appends/s that alone saturates a core and turns the
+baseline into generator noise. So each app is an ``asyncio.Protocol`` that writes complete,
+masked frames straight to its transport (RFC 6455 client framing, a random mask key per
+connection, masking in C), and one scheduler sends every session's appends on time from a heap
+instead of one timer per session. What the servers see is an ordinary browser-like client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import heapq
+import os
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+from urllib.parse import urlsplit
+
+import numpy as np
+import numpy.typing as npt
+from websockets.speedups import apply_mask
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_OP_TEXT, _OP_CLOSE, _OP_PING = 0x1, 0x8, 0x9
+_CONTINUATION, _OP_PONG = 0x0, 0xA
+
+
+def client_frame(payload: bytes, opcode: int = _OP_TEXT, key: bytes | None = None) -> bytes:
+    """One final, masked client frame (RFC 6455 section 5.2)."""
+    key = key or os.urandom(4)
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", 0x80 | opcode, 0x80 | size)
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, size)
+    return header + key + apply_mask(payload, key)
+
+
+@dataclass
+class Stamps:
+    """Send/receive stamps of every frame, keyed by its event id, for one path."""
+
+    c2u_sent: dict[str, float] = field(default_factory=dict)
+    c2u_recv: dict[str, float] = field(default_factory=dict)
+    u2c_sent: dict[str, float] = field(default_factory=dict)
+    u2c_recv: dict[str, float] = field(default_factory=dict)
+
+    def probe(self, kind: str, frame: bytes) -> None:
+        """The simulator's hook: when a client frame arrived, when an audio delta left."""
+        now = time.perf_counter()
+        key = event_id(frame)
+        if key is None:
+            return
+        if kind == "recv" and key.startswith("b"):
+            self.c2u_recv[key] = now
+        elif kind == "send" and b'"response.output_audio.delta"' in frame[:40]:
+            self.u2c_sent[key] = now
+
+    def latencies(self, direction: str) -> npt.NDArray[np.float64]:
+        sent, recv = (self.c2u_sent, self.c2u_recv) if direction == "c2u" else (self.u2c_sent, self.u2c_recv)
+        return np.array([recv[k] - sent[k] for k in sent if k in recv], dtype=np.float64) * 1000
+
+    def lost(self) -> int:
+        missing_up = sum(1 for k in self.c2u_sent if k not in self.c2u_recv)
+        missing_down = sum(1 for k in self.u2c_sent if k not in self.u2c_recv)
+        return missing_up + missing_down
+
+    def moved(self) -> int:
+        return len(self.c2u_recv) + len(self.u2c_recv) + len(self.u2c_sent)
+
+
+def event_id(frame: bytes) -> str | None:
+    start = frame.find(b'"event_id":"')
+    if start < 0:
+        return None
+    start += 12
+    return frame[start : frame.find(b'"', start)].decode()
+
+
+class VoiceApp(asyncio.Protocol):
+    """One app's socket: handshake, then frames parsed as they arrive; audio deltas stamped."""
+
+    def __init__(self, stamps: Stamps, delta_marker: bytes) -> None:
+        self.stamps = stamps
+        self.marker = delta_marker
+        self.key = os.urandom(4)
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.message = bytearray()
+        self.upgraded = False
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.handshake = b""
+        self.accept = b""
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport.write(self.handshake)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.upgraded and not self._upgrade():
+            return
+        self._frames()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(exc or ConnectionError("closed during the handshake"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # ------------------------------------------------------------------ sending
+    def send(self, text: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(client_frame(text, key=self.key))
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(client_frame(struct.pack("!H", 1000), _OP_CLOSE, self.key))
+
+    # ------------------------------------------------------------------ receiving
+    def _upgrade(self) -> bool:
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        head = bytes(self.buffer[:end]).decode("latin-1")
+        del self.buffer[: end + 4]
+        status = head.split("\r\n", 1)[0]
+        if " 101 " not in status + " " or self.accept.decode() not in head:
+            self.opened.set_exception(ConnectionError(f"upgrade refused: {status}"))
+            assert self.transport is not None
+            self.transport.close()
+            return False
+        self.upgraded = True
+        return True
+
+    def _frames(self) -> None:
+        # Walk the buffer by offset and trim it once: a backlog of hundreds of frames read in
+        # one go must cost linear time, not a memmove per frame.
+        buffer, start, end = self.buffer, 0, len(self.buffer)
+        while end - start >= 2:
+            first, second = buffer[start], buffer[start + 1]
+            size, header = second & 0x7F, 2
+            if size == 126:
+                if end - start < 4:
+                    break
+                size, header = struct.unpack_from("!H", buffer, start + 2)[0], 4
+            elif size == 127:
+                if end - start < 10:
+                    break
+                size, header = struct.unpack_from("!Q", buffer, start + 2)[0], 10
+            if end - start < header + size:
+                break
+            payload = bytes(buffer[start + header : start + header + size])
+            start += header + size
+            self._frame(first & 0x0F, bool(first & 0x80), payload)
+        del buffer[:start]
+
+    def _frame(self, opcode: int, final: bool, payload: bytes) -> None:
+        if opcode == _OP_PING:
+            assert self.transport is not None
+            self.transport.write(client_frame(payload, _OP_PONG, self.key))
+            return
+        if opcode == _OP_CLOSE:
+            assert self.transport is not None
+            self.transport.close()
+            return
+        if opcode == _OP_PONG:
+            return
+        if opcode != _CONTINUATION or self.message:
+            self.message += payload
+        if final:
+            message, self.message = bytes(self.message), bytearray()
+            self._message(message)
+
+    def _message(self, message: bytes) -> None:
+        if not self.opened.done():
+            self.opened.set_result(None)  # the first server event is session.created
+            return
+        if self.marker in message[:40]:
+            key = event_id(message)
+            if key is not None:
+                self.stamps.u2c_recv[key] = time.perf_counter()
+
+
+async def open_app(url: str, stamps: Stamps, headers: dict[str, str], delta_marker: bytes) -> VoiceApp:
+    """Connect, upgrade, and wait for ``session.created``."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    loop = asyncio.get_running_loop()
+    app = VoiceApp(stamps, delta_marker)
+    nonce = base64.b64encode(os.urandom(16))
+    app.accept = base64.b64encode(hashlib.sha1(nonce + _GUID).digest())
+    lines = [
+        f"GET {target} HTTP/1.1",
+        f"Host: {host}:{port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {nonce.decode()}",
+        "Sec-WebSocket-Version: 13",
+        *(f"{name}: {value}" for name, value in headers.items()),
+    ]
+    app.handshake = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    await loop.create_connection(lambda: app, host, port)
+    await asyncio.wait_for(asyncio.shield(app.opened), 60)
+    return app
+
+
+@dataclass
+class Schedule:
+    """What each app sends and when: an append every ``append_s``, a turn every ``turn_every_s``."""
+
+    append_s: float
+    turn_every_s: float
+    duration: float
+    turns: bool = True
+
+
+async def drive(
+    apps: list[VoiceApp],
+    starts: list[float],
+    schedule: Schedule,
+    append: Callable[[int, int], tuple[str, bytes]],
+    stamps: Stamps,
+    turn_frames: tuple[bytes, ...],
+) -> None:
+    """Send every app's appends on time from one heap; ``append(index, seq)`` builds the frame."""
+    loop = asyncio.get_running_loop()
+    heap = [(start, index) for index, start in enumerate(starts)]  # (when due, app)
+    heapq.heapify(heap)
+    seqs = [0] * len(apps)
+    # Users do not take turns in step: first turns spread evenly over one period, so answers
+    # start at a steady rate instead of in bursts that would measure the burst, not the path.
+    count = len(apps)
+    next_turn = [start + schedule.turn_every_s * (0.5 + i / count) for i, start in enumerate(starts)]
+    while heap:
+        # Event-loop timers tick in whole milliseconds (libuv): send whatever falls due within the
+        # next one, else a sub-millisecond sleep returns at once and the scheduler spins.
+        now = loop.time() + 0.001
+        while heap and heap[0][0] <= now:
+            when, index = heapq.heappop(heap)
+            if when - starts[index] >= schedule.duration:
+                continue
+            seqs[index] += 1
+            key, frame = append(index, seqs[index])
+            stamps.c2u_sent[key] = time.perf_counter()
+            apps[index].send(frame)
+            if schedule.turns and when >= next_turn[index]:
+                for extra in turn_frames:
+                    apps[index].send(extra)
+                next_turn[index] += schedule.turn_every_s
+            heapq.heappush(heap, (starts[index] + seqs[index] * schedule.append_s, index))
+        if heap:
+            await asyncio.sleep(max(0.001, heap[0][0] - loop.time()))
