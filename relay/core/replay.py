@@ -60,6 +60,8 @@ def replayable(item: dict[str, Any], user_audio: str) -> dict[str, Any]:
     if kind == "message":
         role = item.get("role")
         content = [_content(part, role, user_audio) for part in item.get("content") or []]
+        if item.get("_truncated_ms") is not None:
+            content = [_heard_only(part, item) for part in content]
         return {**base, "role": role, "content": [c for c in content if c is not None] or [_empty(role)]}
     if kind == "function_call":
         return {
@@ -86,6 +88,29 @@ def _content(part: dict[str, Any], role: Any, user_audio: str) -> dict[str, Any]
     if kind in ("input_text", "input_image"):
         return {k: v for k, v in part.items() if v is not None}
     return None
+
+
+_WORDS_PER_SECOND = 2.5  # speech rate assumed when the item's audio length is unknown
+
+
+def _heard_only(part: dict[str, Any] | None, item: dict[str, Any]) -> dict[str, Any] | None:
+    """What the user heard of a truncated assistant message.
+
+    On ``conversation.item.truncate`` the API drops the transcript and keeps the audio up to
+    ``audio_end_ms``, so the model remembers only what was played. A replay cannot send assistant
+    audio; it sends the transcript cut at the same point (by the share of the item's audio that
+    was played), or the model would believe it said what the user never heard.
+    """
+    if part is None or part.get("type") != "output_text":
+        return part
+    end_ms = float(item["_truncated_ms"] or 0)
+    words = str(part.get("text") or "").split()
+    total_ms = item.get("_audio_ms")
+    if isinstance(total_ms, (int, float)) and total_ms > 0:
+        keep = round(len(words) * min(1.0, end_ms / total_ms))
+    else:
+        keep = int(end_ms / 1000 * _WORDS_PER_SECOND)
+    return {"type": "output_text", "text": " ".join(words[:keep])}
 
 
 def _empty(role: Any) -> dict[str, Any]:

@@ -31,6 +31,7 @@ class SessionState:
         self.active_response: dict[str, Any] | None = None  # response.created's response
         self.partial: dict[str, Any] | None = None  # the output item being streamed
         self.partial_text = ""
+        self.partial_audio_bytes = 0  # of the item being streamed, from its deltas' sizes
         self.response_requested = False
         self.speech_in_progress = False
         self._vad_turn_ended = False
@@ -208,6 +209,13 @@ class SessionState:
         if self.active_response is not None and event.get("response_id") == self.active_response["id"]:
             self.partial = copy.deepcopy(event.get("item"))
             self.partial_text = ""
+            self.partial_audio_bytes = 0
+
+    def on_audio_delta(self, base64_chars: int) -> None:
+        """An audio delta of the item being streamed, by size only (deltas are never parsed):
+        how long the item's audio is tells, after a truncation, how much of it was heard."""
+        if self.partial is not None:
+            self.partial_audio_bytes += base64_chars * 3 // 4
 
     def _text_delta(self, event: Event) -> None:
         if self.partial is not None and event.get("item_id") == self.partial.get("id"):
@@ -221,10 +229,23 @@ class SessionState:
 
     def _output_item_done(self, event: Event) -> None:
         item = event.get("item")
-        if isinstance(item, dict) and self.find(str(item.get("id"))) is not None:
+        stored = self.find(str(item.get("id"))) if isinstance(item, dict) else None
+        if stored is not None:
             self._item_done(event)
         if self.partial is not None and isinstance(item, dict) and item.get("id") == self.partial.get("id"):
+            if stored is not None and self.partial_audio_bytes:
+                stored["_audio_ms"] = self.partial_audio_bytes / self._output_bytes_per_ms()
             self.partial = None
+
+    def _output_bytes_per_ms(self) -> int:
+        """PCM16 at 24 kHz is 48 bytes a millisecond; G.711 (8 kHz, a byte a sample) is 8."""
+        response = self.active_response or {}
+        for source in (response, self.config):
+            output = (source.get("audio") or {}).get("output") or {}
+            fmt = output.get("format")
+            if isinstance(fmt, dict) and fmt.get("type"):
+                return 8 if fmt["type"] in ("audio/pcmu", "audio/pcma") else 48
+        return 48
 
     def _response_done(self, event: Event) -> None:
         response = event.get("response")

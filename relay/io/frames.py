@@ -39,5 +39,15 @@ def event_type_of(data: bytes) -> tuple[str, dict[str, Any] | None]:
     return (event_type if isinstance(event_type, str) else "invalid"), event
 
 
+def delta_chars(data: bytes) -> int:
+    """The length of an audio delta's base64 payload, found without parsing the frame."""
+    start = data.find(b'"delta":"')
+    if start < 0:
+        return 0
+    start += 9
+    end = data.find(b'"', start)
+    return end - start if end > start else 0
+
+
 def dumps(event: dict[str, Any]) -> bytes:
     return orjson.dumps(event)

@@ -22,7 +22,7 @@ from relay.core.gate import ReadinessGate
 from relay.core.protocol import event_type_label
 from relay.io import upstream as upstream_mod
 from relay.io.context import RelayContext
-from relay.io.frames import dumps, event_type_of, peek_type
+from relay.io.frames import delta_chars, dumps, event_type_of, peek_type
 from relay.io.inbound import ClientEventChecker
 from relay.io.link import UpstreamLink
 from relay.io.supervisor import Supervisor
@@ -203,6 +203,8 @@ class RelaySession:
             if shown is not data:
                 event = None  # changed on the way: translate from the bytes actually shown
             data = shown
+        else:
+            self.supervisor.state.on_audio_delta(delta_chars(data))
         if self.beta is not None:
             beta = self.beta.server_bytes_to_beta(data, event)
             if beta is None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 from typing import Any
 
+import orjson
 import pytest
 
 from relay.core.backoff import classify_close, delays
@@ -184,3 +186,67 @@ def test_a_server_detected_turn_owes_a_response_until_it_starts() -> None:
     assert state.response_requested  # owed: a replacement upstream must be asked for it
     state.on_server_event({"type": "response.created", "response": {"id": "r", "conversation_id": "c"}})
     assert not state.response_requested
+
+
+def _spoken_answer(state: SessionState, transcript: str, audio_ms: int, fmt: str, per_ms: int) -> str:
+    """One assistant audio answer in the GA event shapes; deltas are seen by size only."""
+    session = {"type": "realtime", "id": "sess_1", "audio": {"output": {"format": {"type": fmt}}}}
+    state.on_server_event({"type": "session.created", "session": session})
+    response = {"id": "resp_1", "conversation_id": "conv_1", "output_modalities": ["audio"]}
+    state.on_server_event({"type": "response.created", "response": response})
+    item = {"id": "item_a", "type": "message", "role": "assistant", "status": "in_progress", "content": []}
+    state.on_server_event(
+        {"type": "response.output_item.added", "response_id": "resp_1", "output_index": 0, "item": item}
+    )
+    state.on_server_event({"type": "conversation.item.added", "previous_item_id": None, "item": item})
+    for _ in range(audio_ms // 100):
+        state.on_audio_delta(len(base64.b64encode(bytes(per_ms * 100))))
+    done = {**item, "status": "completed", "content": [{"type": "output_audio", "transcript": transcript}]}
+    state.on_server_event(
+        {"type": "response.output_item.done", "response_id": "resp_1", "output_index": 0, "item": done}
+    )
+    state.on_server_event({"type": "conversation.item.done", "previous_item_id": None, "item": done})
+    state.on_server_event({"type": "response.done", "response": {"id": "resp_1", "status": "completed"}})
+    return "item_a"
+
+
+def _replayed_text(state: SessionState) -> str:
+    create = next(e for e in plan_replay(state).events if e["type"] == "conversation.item.create")
+    GA.check(create)
+    return str(create["item"]["content"][0]["text"])
+
+
+@pytest.mark.parametrize(("fmt", "per_ms"), [("audio/pcm", 48), ("audio/pcmu", 8), ("audio/pcma", 8)])
+def test_a_truncated_answer_replays_only_what_was_heard(fmt: str, per_ms: int) -> None:
+    words = " ".join(f"w{i}" for i in range(20))
+    state = SessionState()
+    item_id = _spoken_answer(state, words, 4000, fmt, per_ms)
+    assert _replayed_text(state) == words  # untruncated: all of it
+    truncated = {"type": "conversation.item.truncated", "item_id": item_id, "content_index": 0}
+    state.on_server_event({**truncated, "audio_end_ms": 1000})
+    assert _replayed_text(state) == " ".join(f"w{i}" for i in range(5))  # a quarter of the audio
+    state.on_server_event({**truncated, "audio_end_ms": 0})
+    assert _replayed_text(state) == ""  # interrupted before a word was played
+
+
+def test_a_truncation_without_known_audio_length_assumes_a_speaking_rate() -> None:
+    state = SessionState()
+    item_id = _spoken_answer(state, " ".join(f"w{i}" for i in range(20)), 0, "audio/pcm", 48)
+    state.on_server_event(
+        {"type": "conversation.item.truncated", "item_id": item_id, "content_index": 0, "audio_end_ms": 2000}
+    )
+    assert _replayed_text(state) == "w0 w1 w2 w3 w4"  # 2 s at 2.5 words a second
+
+
+def test_delta_size_is_read_without_parsing() -> None:
+    from relay.io.frames import delta_chars
+
+    seen = 0
+    for path in recording_files():
+        for frame in load(path):
+            data = frame["data"]
+            if data.get("type") == "response.output_audio.delta":
+                assert delta_chars(orjson.dumps(data)) == len(data["delta"])
+                seen += 1
+    assert seen > 0
+    assert delta_chars(b'{"type":"response.output_audio.delta"}') == 0

@@ -324,3 +324,42 @@ async def test_drop_after_commit_before_the_response(rig: Rig) -> None:
     assert "question before the drop" in _texts(final)
     client.assert_invariants()
     await client.close()
+
+
+async def test_a_truncated_answer_is_replayed_as_far_as_it_was_heard(rig: Rig) -> None:
+    """The app stops playback half-way and truncates; after a drop the new upstream must not
+    believe the assistant said the half the user never heard (the API forgets it on truncate)."""
+    client = await rig.client()
+    words = [f"word{i}" for i in range(40)]
+    await rig.sim.script(replies=[" ".join(words)])
+    done = await _turn(client, "tell me something long")
+    item = done["response"]["output"][0]
+    audio_ms = sum(
+        len(base64.b64decode(e["delta"])) / 48
+        for e in client.events
+        if e["type"] == "response.output_audio.delta" and e["item_id"] == item["id"]
+    )
+    start = len(client.events)
+    heard_ms = int(audio_ms / 4)
+    await client.send(
+        {
+            "type": "conversation.item.truncate",
+            "item_id": item["id"],
+            "content_index": 0,
+            "audio_end_ms": heard_ms,
+        }
+    )
+    await client.wait_for("conversation.item.truncated", after=start)
+    before = await rig.sim.open_session(client.relay_session)
+    await rig.sim.fault(before["id"], kind="drop")
+    await asyncio.sleep(0.2)
+    after = await rig.sim.open_session(client.relay_session)
+    assert after["id"] != before["id"]
+    replayed = next(i for i in after["conversation"] if i["id"] == item["id"])
+    text = replayed["content"][0].get("text") or replayed["content"][0].get("transcript")
+    assert text == " ".join(words[: round(len(words) * heard_ms / audio_ms)])
+    assert 8 <= len(text.split()) <= 12  # about a quarter of the answer, not all of it
+    second = await _turn(client, "go on")
+    assert second["response"]["status"] == "completed"
+    client.assert_invariants()
+    await client.close()
