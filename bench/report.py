@@ -45,29 +45,46 @@ def latency_table(results: dict[str, Any]) -> list[str]:
 def sweep_table(results: dict[str, Any]) -> list[str]:
     if not results["sweep"]:
         return []
+    proxies = [name for name in ("relay", "nginx") if name in results["sweep"][0][1]]
+    head = " | ".join(
+        f"{n} added p99 ms (c2u / u2c) | {n} CPU s / 1000 frames | {n} core share" for n in proxies
+    )
     lines = [
         "",
-        "| sessions | relay added p99 ms (c2u) | relay added p99 ms (u2c) | CPU s / 1000 frames | lost |",
-        "|---|---|---|---|---|",
+        f"| sessions | direct p50 ms (c2u) | {head} | lost |",
+        "|---|---|" + "---|---|---|" * len(proxies) + "---|",
     ]
-    for count, direct, via in results["sweep"]:
-        cpu = via.cpu_s / via.frames * 1000 if via.cpu_s is not None and via.frames else None
-        lines.append(
-            f"| {count} | {_fmt(_added(via, direct, 'c2u', 99))} | "
-            f"{_fmt(_added(via, direct, 'u2c', 99))} | {_fmt(cpu, 4)} | {direct.lost + via.lost} |"
-        )
+    for count, step in results["sweep"]:
+        direct = step["direct"]
+        cells = []
+        for name in proxies:
+            path = step[name]
+            cpu = path.cpu_s / path.frames * 1000 if path.cpu_s is not None and path.frames else None
+            cells.append(
+                f"{_fmt(_added(path, direct, 'c2u', 99))} / {_fmt(_added(path, direct, 'u2c', 99))} | "
+                f"{_fmt(cpu, 4)} | {_fmt(path.cores, 2)}"
+            )
+        lost = sum(p.lost for p in step.values())
+        lines.append(f"| {count} | {_fmt(direct.pct('c2u', 50))} | {' | '.join(cells)} | {lost} |")
     # When the direct path's own median exceeds 2 ms, the load generator (one Python process
     # sharing a core with the simulator) is the bottleneck and differences are noise, not relay cost.
-    valid = [(c, d, v) for c, d, v in results["sweep"] if d.pct("c2u", 50) < SATURATED_MS]
-    saturated = [c for c, d, _ in results["sweep"] if d.pct("c2u", 50) >= SATURATED_MS]
-    under = [c for c, d, v in valid if max(_added(v, d, "c2u", 99), _added(v, d, "u2c", 99)) < 5]
+    steps = results["sweep"]
+    valid = [(c, s) for c, s in steps if s["direct"].pct("c2u", 50) < SATURATED_MS]
+    saturated = [c for c, s in steps if s["direct"].pct("c2u", 50) >= SATURATED_MS]
+    under = [c for c, s in valid if _worst_added_p99(s["relay"], s["direct"]) < 5]
     lines.append(f"\nLargest count with relay-added p99 < 5 ms: {max(under) if under else 'none'}")
     if saturated:
         lines.append(
             f"Not measurable here: at {', '.join(map(str, saturated))} sessions the load generator itself "
             f"was saturated (direct-path median >= {SATURATED_MS:g} ms), so those rows compare noise."
         )
+    if results.get("skipped"):
+        lines.append(f"Skipped for the time budget: {', '.join(map(str, results['skipped']))} sessions.")
     return lines
+
+
+def _worst_added_p99(path: Any, direct: Any) -> float:
+    return max(_added(path, direct, "c2u", 99), _added(path, direct, "u2c", 99))
 
 
 def write_report(results: dict[str, Any], out: Path) -> str:
@@ -123,12 +140,16 @@ def _serialisable(results: dict[str, Any]) -> dict[str, Any]:
             "lost": p.lost,
             "frames": p.frames,
             "cpu_s": p.cpu_s,
+            "cores": p.cores,
             **{f"{d}_p{q}": p.pct(d, q) for d in ("c2u", "u2c") for q in (50, 99, 99.9)},
         }
 
     return {
         "paths": [path(p) for p in results["paths"]],
-        "sweep": [{"sessions": c, "direct": path(d), "relay": path(v)} for c, d, v in results["sweep"]],
+        "sweep": [
+            {"sessions": c, **{name: path(p) for name, p in step.items()}} for c, step in results["sweep"]
+        ],
+        "skipped": results.get("skipped", []),
         "rss_per_session_bytes": results["rss_per_session"],
         "beta": path(results["beta"]) if results.get("beta") else None,
         "rotation": results.get("rotation"),
@@ -149,27 +170,26 @@ def _chart(results: dict[str, Any], target: Path) -> None:
         values = [p.pct("u2c", q) for p in results["paths"]]
         left.bar([i + offset * 0.25 for i in range(len(names))], values, width=0.25, label=f"p{q}")
     left.set_xticks([i + 0.25 for i in range(len(names))], names)
-    left.set_ylabel("server->client latency, ms")
+    left.set_ylabel(f"server->client latency at {results['paths'][0].sessions} sessions, ms")
     left.legend()
     if results["sweep"]:
-        counts = [c for c, _, _ in results["sweep"]]
-        right.plot(
-            counts,
-            [_added(v, d, "u2c", 99) for _, d, v in results["sweep"]],
-            marker="o",
-            label="relay added p99 (u2c)",
-        )
-        right.plot(
-            counts,
-            [_added(v, d, "c2u", 99) for _, d, v in results["sweep"]],
-            marker="o",
-            label="relay added p99 (c2u)",
-        )
+        counts = [c for c, _ in results["sweep"]]
+        cpu_axis = right.twinx()
+        for name, style in (("relay", "-"), ("nginx", "--")):
+            if name not in results["sweep"][0][1]:
+                continue
+            steps = [step for _, step in results["sweep"]]
+            added = [_worst_added_p99(s[name], s["direct"]) for s in steps]
+            right.plot(counts, added, style, marker="o", label=f"{name} added p99 (worse direction)")
+            cores = [s[name].cores or 0.0 for s in steps]
+            cpu_axis.plot(counts, cores, style, marker="s", color="grey", label=f"{name} CPU (cores)")
+        right.axhline(5, color="red", linewidth=0.8, label="5 ms bound")
         right.set_xlabel("concurrent sessions")
-        right.set_ylabel("ms")
-        right.legend()
-    else:
-        right.text(0.5, 0.5, "no capacity sweep in this run", ha="center")
+        right.set_ylabel("added p99, ms")
+        right.set_yscale("symlog", linthresh=10)
+        cpu_axis.set_ylabel("proxy CPU, cores")
+        right.legend(loc="upper left", fontsize=7)
+        cpu_axis.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(target, dpi=100)
     plt.close(fig)

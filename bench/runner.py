@@ -43,7 +43,14 @@ Clock = Stamps  # one path's stamps: the simulator's probe and the generator wri
 
 # ---------------------------------------------------------------------------------- load
 async def voice_sessions(
-    url: str, clock: Clock, count: int, duration: float, *, beta: bool = False, turns: bool = True
+    url: str,
+    clock: Clock,
+    count: int,
+    duration: float,
+    *,
+    beta: bool = False,
+    turns: bool = True,
+    tag: str = "",
 ) -> None:
     """``count`` apps: each appends every 20 ms; every few seconds commits and asks for an answer."""
     headers = {"Authorization": f"Bearer {TOKEN}"}
@@ -62,7 +69,7 @@ async def voice_sessions(
     chunk = base64.b64encode(speech_like(APPEND_MS)).decode()
 
     def append(index: int, seq: int) -> tuple[str, bytes]:
-        key = f"b{index}x{seq}"
+        key = f"b{tag}{index}x{seq}"  # the tag keeps ids unique when rounds share a clock
         return key, f'{{"type":"input_audio_buffer.append","event_id":"{key}","audio":"{chunk}"}}'.encode()
 
     loop = asyncio.get_running_loop()
@@ -106,6 +113,7 @@ class PathResult:
     lost: int
     frames: int
     cpu_s: float | None = None
+    cores: float | None = None  # the proxy's CPU seconds per second of load: share of its core
 
     def pct(self, direction: str, q: float) -> float:
         values = self.c2u if direction == "c2u" else self.u2c
@@ -119,15 +127,52 @@ async def run_path(
     duration: float,
     clock: Clock,
     cpu_pid: int | None = None,
-    **options: bool,
+    *,
+    beta: bool = False,
+    turns: bool = True,
 ) -> PathResult:
     cpu_before = _cpu(cpu_pid)
-    await voice_sessions(url, clock, sessions, duration, **options)
+    await voice_sessions(url, clock, sessions, duration, beta=beta, turns=turns)
     cpu = _cpu(cpu_pid) - cpu_before if cpu_pid else None
+    return _result(path, sessions, clock, cpu)
+
+
+def _result(path: str, sessions: int, clock: Clock, cpu: float | None) -> PathResult:
     frames = len(clock.c2u_sent) + len(clock.u2c_sent)
     return PathResult(
         path, sessions, clock.latencies("c2u"), clock.latencies("u2c"), clock.lost(), frames, cpu
     )
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    pid: int | None  # whose CPU is measured (None: the direct path has no proxy)
+
+
+async def compare(
+    targets: list[Target], sessions: int, duration: float, trials: int, current: dict[str, Clock]
+) -> dict[str, PathResult]:
+    """The same load on every target, in interleaved rounds, each path's samples pooled.
+
+    This machine's speed drifts between runs; rounds that alternate direct, nginx and relay
+    expose all three to the same drift, so their differences stay meaningful.
+    """
+    clocks = {t.name: Clock() for t in targets}
+    cpu = dict.fromkeys(clocks, 0.0)
+    for trial in range(trials):
+        for target in targets:
+            current["clock"] = clocks[target.name]
+            before = _cpu(target.pid)
+            await voice_sessions(target.url, clocks[target.name], sessions, duration, tag=f"{trial}.")
+            cpu[target.name] += _cpu(target.pid) - before
+    results = {}
+    for t in targets:
+        result = _result(t.name, sessions, clocks[t.name], cpu[t.name] if t.pid else None)
+        result.cores = cpu[t.name] / (duration * trials) if t.pid else None
+        results[t.name] = result
+    return results
 
 
 def _cpu(pid: int | None) -> float:
@@ -205,8 +250,7 @@ def _metric(text: str, name: str) -> float:
 
 
 async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    clocks = {"direct": Clock(), "nginx": Clock(), "relay": Clock()}
-    current: dict[str, Clock] = {"clock": clocks["direct"]}
+    current: dict[str, Clock] = {"clock": Clock()}  # where the simulator's probe writes now
     config = SimulatorConfig(
         speed=1.0,
         reply_text="Here is a short spoken answer.",
@@ -216,35 +260,29 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     relay = await start_relay(sim_port)
     nginx = await start_nginx(sim_port, workdir)
-    results: dict[str, Any] = {"paths": [], "sweep": []}
+    results: dict[str, Any] = {"paths": [], "sweep": [], "skipped": []}
     try:
-        targets: list[tuple[str, str, int | None]] = [
-            ("direct", f"ws://127.0.0.1:{sim_port}/v1/realtime?model=gpt-realtime", None)
-        ]
+        url = "ws://127.0.0.1:{}/v1/realtime?model=gpt-realtime"
+        targets = [Target("direct", url.format(sim_port), None)]
         if nginx:
-            targets.append(
-                ("nginx", f"ws://127.0.0.1:{nginx.port}/v1/realtime?model=gpt-realtime", nginx.proc.pid)
-            )
-        targets.append(
-            ("relay", f"ws://127.0.0.1:{relay.port}/v1/realtime?model=gpt-realtime", relay.proc.pid)
-        )
-        for name, url, pid in targets:
-            current["clock"] = clocks[name] = Clock()
-            results["paths"].append(
-                await run_path(name, url, args.sessions, args.duration, clocks[name], pid)
-            )
+            targets.append(Target("nginx", url.format(nginx.port), nginx.proc.pid))
+        targets.append(Target("relay", url.format(relay.port), relay.proc.pid))
+        main = await compare(targets, args.sessions, args.duration, args.trials, current)
+        results["paths"] = list(main.values())
+        deadline = time.monotonic() + args.budget
         for count in args.sweep:
-            current["clock"] = Clock()
-            direct = await run_path("direct", targets[0][1], count, args.sweep_duration, current["clock"])
-            current["clock"] = Clock()
-            via = await run_path(
-                "relay", targets[-1][1], count, args.sweep_duration, current["clock"], relay.proc.pid
+            # One step costs about (duration + ramp + settle) per path and trial.
+            step = len(targets) * args.trials * (args.sweep_duration + count * 0.005 + 3)
+            if time.monotonic() + step > deadline:
+                results["skipped"].append(count)
+                continue
+            results["sweep"].append(
+                (count, await compare(targets, count, args.sweep_duration, args.trials, current))
             )
-            results["sweep"].append((count, direct, via))
         current["clock"] = Clock()
         results["beta"] = await run_path(
             "relay (beta client)",
-            targets[-1][1],
+            targets[-1].url,
             args.sessions,
             args.duration,
             current["clock"],
@@ -269,14 +307,20 @@ def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="relay bench", description=__doc__)
     parser.add_argument("--sessions", type=int, default=100)
     parser.add_argument("--duration", type=float, default=15.0)
-    parser.add_argument("--sweep", type=lambda s: [int(x) for x in s.split(",") if x], default=[])
+    parser.add_argument(
+        "--sweep", type=lambda s: [int(x) for x in s.split(",") if x], default=[10, 50, 100, 200, 400]
+    )
     parser.add_argument("--sweep-duration", type=float, default=10.0)
+    parser.add_argument("--trials", type=int, default=2, help="interleaved rounds per comparison")
+    parser.add_argument(
+        "--budget", type=float, default=900.0, help="seconds for the sweep; larger counts are skipped"
+    )
     parser.add_argument("--idle-sessions", type=int, default=500)
     parser.add_argument("--quick", action="store_true", help="10 sessions, 5 s, no sweep")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
     if args.quick:
-        args.sessions, args.duration, args.sweep, args.idle_sessions = 10, 5.0, [], 50
+        args.sessions, args.duration, args.sweep, args.idle_sessions, args.trials = 10, 5.0, [], 50, 1
     from bench.report import write_report
 
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
@@ -291,6 +335,7 @@ def run(argv: list[str]) -> int:
     table = write_report(results, out)
     print(table)
     print(f"\nresults written to {out}")
-    lost = sum(p.lost for p in results["paths"]) + sum(d.lost + v.lost for _, d, v in results["sweep"])
+    lost = sum(p.lost for p in results["paths"])
+    lost += sum(p.lost for _, step in results["sweep"] for p in step.values())
     lost += results["beta"].lost + int(results["rotation"]["lost"])
     return 0 if lost == 0 else 1
