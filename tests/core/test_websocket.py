@@ -1,0 +1,297 @@
+"""The relay's WebSocket framing, checked against an independent implementation (websockets').
+
+Frames the ``websockets`` library writes must parse here into the same messages, and frames
+written here must parse there, whatever the chunking of the byte stream; every RFC 6455
+violation a peer can commit is refused with the close code the RFC names.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Protocol, Side, State
+from websockets.speedups import apply_mask
+
+from relay.core.websocket import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameReader,
+    HandshakeError,
+    HandshakeResponse,
+    ProtocolError,
+    accept_key,
+    check_client_request,
+    check_server_response,
+    client_request,
+    close_payload,
+    encode_frame,
+    parse_close,
+    parse_response,
+)
+
+MAX = 1 << 20
+
+
+def _their_frames(side: Side, messages: list[tuple[int, bytes]], fragment: int = 0) -> bytes:
+    """What a ``websockets`` endpoint on ``side`` writes for ``messages`` (fragmented if asked)."""
+    peer = Protocol(side, state=State.OPEN, max_size=None)
+    for opcode, payload in messages:
+        if opcode == OP_PING:
+            peer.send_ping(payload)
+        elif fragment and len(payload) > fragment:
+            pieces = [payload[i : i + fragment] for i in range(0, len(payload), fragment)]
+            send = peer.send_text if opcode == OP_TEXT else peer.send_binary
+            send(pieces[0], fin=False)
+            for piece in pieces[1:-1]:
+                peer.send_continuation(piece, fin=False)
+            peer.send_continuation(pieces[-1], fin=True)
+        elif opcode == OP_TEXT:
+            peer.send_text(payload)
+        else:
+            peer.send_binary(payload)
+    return b"".join(peer.data_to_send())
+
+
+def _feed_in_chunks(reader: FrameReader, data: bytes, cuts: list[int]) -> list[tuple[int, bytes]]:
+    out: list[tuple[int, bytes]] = []
+    start = 0
+    for cut in [*sorted(set(cuts)), len(data)]:
+        if start < cut <= len(data):
+            out += reader.feed(data[start:cut])
+            start = cut
+    return out
+
+
+messages_strategy = st.lists(
+    st.tuples(
+        st.sampled_from([OP_TEXT, OP_BINARY, OP_PING]),
+        st.binary(max_size=300).map(bytes),
+    ),
+    min_size=1,
+    max_size=12,
+).map(lambda ms: [(op, p[:125] if op == OP_PING else p) for op, p in ms])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    messages=messages_strategy,
+    fragment=st.sampled_from([0, 1, 7, 64]),
+    cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=20),
+)
+def test_client_frames_written_by_websockets_parse_to_the_same_messages(
+    messages: list[tuple[int, bytes]], fragment: int, cuts: list[int]
+) -> None:
+    data = _their_frames(Side.CLIENT, messages, fragment)
+    got = _feed_in_chunks(FrameReader(masked=True, max_size=MAX), data, cuts)
+    assert got == messages
+
+
+@settings(max_examples=200, deadline=None)
+@given(messages=messages_strategy, cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=20))
+def test_server_frames_written_by_websockets_parse_to_the_same_messages(
+    messages: list[tuple[int, bytes]], cuts: list[int]
+) -> None:
+    data = _their_frames(Side.SERVER, messages)
+    assert _feed_in_chunks(FrameReader(masked=False, max_size=MAX), data, cuts) == messages
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 200_000])
+@pytest.mark.parametrize("mask", [True, False])
+def test_frames_written_here_parse_in_websockets(size: int, mask: bool) -> None:
+    payload = os.urandom(size)
+    reader_side = Side.SERVER if mask else Side.CLIENT  # a masked frame is read by a server
+    peer = Protocol(reader_side, state=State.OPEN, max_size=None)
+    peer.receive_data(encode_frame(payload, OP_BINARY, mask=mask))
+    peer.receive_data(encode_frame(b"x", OP_TEXT, mask=mask))
+    events = peer.events_received()
+    assert [(e.opcode, e.data) for e in events] == [(Opcode.BINARY, payload), (Opcode.TEXT, b"x")]
+
+
+def test_a_large_message_arriving_a_byte_at_a_time_is_whole() -> None:
+    payload = os.urandom(70_000)
+    data = encode_frame(payload, OP_TEXT, mask=True)
+    reader = FrameReader(masked=True, max_size=MAX)
+    got = [m for i in range(len(data)) for m in reader.feed(data[i : i + 1])]
+    assert got == [(OP_TEXT, payload)]
+
+
+def test_many_frames_in_one_read_come_out_in_order() -> None:
+    frames = [f'{{"n":{i}}}'.encode() for i in range(500)]
+    data = b"".join(encode_frame(f, mask=True) for f in frames)
+    assert FrameReader(masked=True, max_size=MAX).feed(data) == [(OP_TEXT, f) for f in frames]
+
+
+def _raw(first: int, payload: bytes, *, mask: bool = True, length: int | None = None) -> bytes:
+    size = len(payload) if length is None else length
+    key = b"\x01\x02\x03\x04"
+    if size < 126:
+        header = struct.pack("!BB", first, (0x80 if mask else 0) | size)
+    else:
+        header = struct.pack("!BBQ", first, (0x80 if mask else 0) | 127, size)
+    return header + (key + apply_mask(payload, key) if mask else payload)
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (_raw(0x81, b"hi", mask=False), 1002),  # clients must mask
+        (_raw(0xC1, b"hi"), 1002),  # RSV1 set without an extension
+        (_raw(0x83, b"hi"), 1002),  # reserved data opcode
+        (_raw(0x8B, b""), 1002),  # reserved control opcode
+        (_raw(0x09, b""), 1002),  # fragmented ping
+        (_raw(0x89, b"x" * 126), 1002),  # control frame over 125 bytes
+        (_raw(0x80, b"tail"), 1002),  # continuation with nothing to continue
+        (_raw(0x01, b"he") + _raw(0x81, b"llo"), 1002),  # a new message inside a fragmented one
+        (_raw(0x81, b"", length=MAX + 1), 1009),  # too big, refused from the header alone
+        (_raw(0x01, b"x" * 600_000) + _raw(0x80, b"y" * 600_000), 1009),  # too big in pieces
+    ],
+)
+def test_protocol_violations_name_the_rfc_close_code(data: bytes, code: int) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        FrameReader(masked=True, max_size=MAX).feed(data)
+    assert caught.value.code == code
+
+
+def test_unmasked_frames_are_refused_from_a_client_but_required_from_a_server() -> None:
+    assert FrameReader(masked=False, max_size=MAX).feed(_raw(0x81, b"ok", mask=False)) == [(OP_TEXT, b"ok")]
+    with pytest.raises(ProtocolError):
+        FrameReader(masked=False, max_size=MAX).feed(_raw(0x81, b"ok", mask=True))
+
+
+def test_control_frames_between_fragments_are_passed_on_in_place() -> None:
+    data = _raw(0x01, b"he") + _raw(0x89, b"p") + _raw(0x00, b"ll") + _raw(0x8A, b"") + _raw(0x80, b"o")
+    assert FrameReader(masked=True, max_size=MAX).feed(data) == [
+        (OP_PING, b"p"),
+        (OP_PONG, b""),
+        (OP_TEXT, b"hello"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b"", (1005, "")),
+        (struct.pack("!H", 1000), (1000, "")),
+        (struct.pack("!H", 4000) + "ça va".encode(), (4000, "ça va")),
+        (struct.pack("!H", 1013) + b"try later", (1013, "try later")),
+    ],
+)
+def test_close_frames_parse(payload: bytes, expected: tuple[int, str]) -> None:
+    assert parse_close(payload) == expected
+
+
+@pytest.mark.parametrize(
+    ("payload", "code"),
+    [
+        (b"\x03", 1002),  # one-byte body
+        (struct.pack("!H", 1005), 1002),  # reserved: never sent on the wire
+        (struct.pack("!H", 999), 1002),
+        (struct.pack("!H", 1000) + b"\xff\xfe", 1007),  # reason not UTF-8
+    ],
+)
+def test_bad_close_frames_are_protocol_errors(payload: bytes, code: int) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        parse_close(payload)
+    assert caught.value.code == code
+
+
+def test_close_payload_fits_a_control_frame() -> None:
+    body = close_payload(1011, b"x" * 500)
+    assert len(body) == 125
+    assert parse_close(body)[0] == 1011
+    assert close_payload(1005) == b""
+    their = Frame(Opcode.CLOSE, body)
+    assert their.data == body
+
+
+# ---------------------------------------------------------------------------------- handshakes
+def test_accept_key_matches_the_rfc_example() -> None:
+    assert accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455 1.3
+
+
+GOOD = {
+    "Upgrade": "websocket",
+    "Connection": "keep-alive, Upgrade",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
+
+
+def test_a_proper_upgrade_request_is_accepted() -> None:
+    assert check_client_request(GOOD) == GOOD["Sec-WebSocket-Key"]
+
+
+@pytest.mark.parametrize(
+    ("change", "status"),
+    [
+        ({"Upgrade": "h2c"}, 400),
+        ({"Connection": "keep-alive"}, 400),
+        ({"Sec-WebSocket-Version": "8"}, 426),
+        ({"Sec-WebSocket-Key": "c2hvcnQ="}, 400),  # decodes to 5 bytes, not 16
+        ({"Sec-WebSocket-Key": "not base64!!!!!!!!!!!!=="}, 400),
+    ],
+)
+def test_bad_upgrade_requests_are_refused(change: dict[str, str], status: int) -> None:
+    with pytest.raises(HandshakeError) as caught:
+        check_client_request({**GOOD, **change})
+    assert caught.value.status == status
+
+
+def test_client_request_and_server_response_round_trip() -> None:
+    request = client_request(
+        "api.example:8443", "/v1/realtime?model=m", GOOD["Sec-WebSocket-Key"], {"A": "b"}
+    )
+    head = request.decode()
+    assert head.startswith("GET /v1/realtime?model=m HTTP/1.1\r\nHost: api.example:8443\r\n")
+    assert head.endswith("A: b\r\n\r\n")
+    accept = accept_key(GOOD["Sec-WebSocket-Key"])
+    raw = (
+        f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Accept: {accept}\r\n\r\n"
+    ).encode() + encode_frame(b"{}")
+    assert parse_response(raw[:20]) is None  # not complete yet
+    response = parse_response(raw)
+    assert response is not None
+    check_server_response(response, GOOD["Sec-WebSocket-Key"])
+    assert FrameReader(masked=False, max_size=MAX).feed(response.rest) == [(OP_TEXT, b"{}")]
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "seen"),
+    [
+        (401, {}, 401),
+        (503, {}, 503),
+        (101, {"upgrade": "websocket", "connection": "upgrade", "sec-websocket-accept": "wrong"}, 101),
+        (
+            101,
+            {
+                "upgrade": "websocket",
+                "connection": "upgrade",
+                "sec-websocket-accept": accept_key(GOOD["Sec-WebSocket-Key"]),
+                "sec-websocket-extensions": "permessage-deflate",
+            },
+            101,
+        ),
+    ],
+)
+def test_refusals_and_broken_101s_are_handshake_errors(
+    status: int, headers: dict[str, str], seen: int
+) -> None:
+    with pytest.raises(HandshakeError) as caught:
+        check_server_response(HandshakeResponse(status, headers, b""), GOOD["Sec-WebSocket-Key"])
+    assert caught.value.status == seen
+
+
+def test_a_server_that_does_not_speak_http_is_a_handshake_error() -> None:
+    with pytest.raises(HandshakeError) as caught:
+        parse_response(b"this is not tls\r\n\r\n")
+    assert caught.value.status == 0
+    assert OP_CLOSE == 8
