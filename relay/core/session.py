@@ -35,6 +35,8 @@ class SessionState:
         self.response_requested = False
         self.speech_in_progress = False
         self._vad_turn_ended = False
+        # Server events that changed the state: a replay planned before any of them is stale.
+        self.server_changes = 0
 
     # ------------------------------------------------------------------ queries
     @property
@@ -89,6 +91,7 @@ class SessionState:
     def on_server_event(self, event: Event) -> None:
         handler = _SERVER_HANDLERS.get(str(event.get("type")))
         if handler is not None:
+            self.server_changes += 1
             handler(self, event)
 
     def _session(self, event: Event) -> None:

@@ -23,7 +23,9 @@ from relay.core.protocol import (
     Interface,
 )
 from relay.io.context import CapacityExceeded, RelayContext
+from relay.io.frames import dumps
 from relay.io.session import RelaySession
+from relay.io.websocket import WebSocketConnection, accept
 from relay.observability.logging import get_logger
 
 RELAY_CONTEXT: web.AppKey[RelayContext] = web.AppKey("relay_context", RelayContext)
@@ -107,22 +109,21 @@ async def realtime_endpoint(request: web.Request) -> web.StreamResponse:
     session: RelaySession | None = None
     try:
         session_id = new_id("relay_")
-        ws = web.WebSocketResponse(
-            protocols=(REALTIME_SUBPROTOCOL,),
-            heartbeat=ctx.settings.ping_interval_s,
-            max_msg_size=ctx.settings.max_message_bytes,
-            compress=False,
-            decode_text=False,
+        upgraded = await accept(
+            request,
+            subprotocols=(REALTIME_SUBPROTOCOL,),
+            headers={SESSION_HEADER: session_id},
+            max_size=ctx.settings.max_message_bytes,
+            write_limits=(ctx.settings.send_high_water_bytes, ctx.settings.send_low_water_bytes),
         )
-        ws.headers[SESSION_HEADER] = session_id
-        await ws.prepare(request)
-        _set_write_limits(request, ctx)
+        if isinstance(upgraded, web.Response):
+            return upgraded  # not a valid WebSocket upgrade: 400 / 426 before any socket is kept
         if admission.beta_client and not _translate_beta(ctx):
-            await _refuse_beta(ws)
-            return ws
+            await _refuse_beta(upgraded.connection)
+            return upgraded.response
         session = RelaySession(
             ctx,
-            ws,
+            upgraded.connection,
             session_id=session_id,
             identity_key=admission.identity.key,
             model=admission.model,
@@ -130,7 +131,7 @@ async def realtime_endpoint(request: web.Request) -> web.StreamResponse:
         )
         ctx.registry.add(session)
         await session.run()
-        return ws
+        return upgraded.response
     finally:
         ctx.registry.release(session, admission.identity.key)
 
@@ -147,16 +148,7 @@ def _translator(ctx: RelayContext, beta_client: bool) -> BetaTranslator | None:
     return BetaTranslator(model_map=ctx.settings.beta_model_map)
 
 
-async def _refuse_beta(ws: web.WebSocketResponse) -> None:
+async def _refuse_beta(conn: WebSocketConnection) -> None:
     """The API's own answer to a beta client (reference §0): error event, then close 4000."""
-    event = error_event("beta_api_shape_disabled", BETA_DISABLED_MESSAGE)
-    await ws.send_json(event)
-    await ws.close(code=4000, message=b"invalid_request_error.beta_api_shape_disabled")
-
-
-def _set_write_limits(request: web.Request, ctx: RelayContext) -> None:
-    transport = request.transport
-    if transport is not None:
-        transport.set_write_buffer_limits(
-            high=ctx.settings.send_high_water_bytes, low=ctx.settings.send_low_water_bytes
-        )
+    conn.send(dumps(error_event("beta_api_shape_disabled", BETA_DISABLED_MESSAGE)))
+    await conn.close(4000, b"invalid_request_error.beta_api_shape_disabled")

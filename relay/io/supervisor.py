@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from aiohttp import WSMsgType
 
 from relay.core.backoff import classify_close, delays
 from relay.core.errors import UpstreamError
@@ -97,35 +97,49 @@ class Supervisor:
         # uncommitted: it is replayed; nothing else may be in flight).
         return quiet or (waited > self.settings.rotate_quiet_max_wait_s and self.state.at_response_boundary())
 
-    async def rotate(self) -> None:
+    def start_rotation(self) -> Coroutine[Any, Any, None]:
+        """The rotation to run as a task. Client events are held from this moment, not from when
+        the task first runs: an event slipping through to the old upstream would start something
+        (a response, say) that the switch then cuts off."""
+        self.rotating = True
+        self.session.gate.session_ready = False  # hold client events until the switch
+        return self._rotate(self.state.server_changes)
+
+    async def _rotate(self, changes_before: int) -> None:
         """Make-before-break: replay onto a new upstream, then switch traffic to it."""
         session = self.session
         old = session.link
-        self.rotating = True
         started = time.monotonic()
-        session.gate.session_ready = False  # hold client events until the switch
         try:
             new, replayed = await self._open_and_replay(attempts=3)
         except UpstreamError as exc:
             session.log.warning("rotation_failed", reason=exc.message)
-            await self._resume_after_failed_rotation(old)
+            self._resume_after_failed_rotation(old)
             return
         finally:
             self.rotating = False
-        if old is None or session.link is not old or old.ws.closed:
+        if old is None or session.link is not old or old.closed:
             # The old upstream dropped meanwhile and recovery replaced it (or is doing so): this
             # replay was planned from an older state, so it must not win.
             session.log.info("rotation_abandoned", reason="upstream replaced during the rotation")
             await new.close(1000)
             return
-        await self._switch(new, replayed, cause="rotation", started=started)
+        if self.state.server_changes != changes_before:
+            # The old upstream moved on meanwhile (server VAD committed held-back audio and
+            # started a response, say): switching now would cut that off. Try again later.
+            session.log.info("rotation_abandoned", reason="the old upstream moved on during the replay")
+            self._resume_after_failed_rotation(old, retry_soon=True)
+            await new.close(1000)
+            return
+        self._switch(new, replayed, cause="rotation", started=started)
         await old.close(1000)
 
-    async def _resume_after_failed_rotation(self, old: UpstreamLink | None) -> None:
-        self.rotate_at = self._next_rotation(time.monotonic())
-        if old is not None and self.session.link is old and not old.ws.closed:
+    def _resume_after_failed_rotation(self, old: UpstreamLink | None, *, retry_soon: bool = False) -> None:
+        if not retry_soon:
+            self.rotate_at = self._next_rotation(time.monotonic())
+        if old is not None and self.session.link is old and not old.closed:
             self.session.gate.session_ready = True
-            await self.session.release_held()
+            self.session.release_held()
 
     # ------------------------------------------------------------------ reactive recovery
     async def recover(self, dead: UpstreamLink) -> None:
@@ -140,11 +154,11 @@ class Supervisor:
         not_started = self.state.response_requested and self.state.active_response is None
         done = interrupted_response_done(self.state, "upstream_replaced")
         if done is not None:
-            await session.send_client_event(done)
+            session.send_client_event(done)
         new, replayed = await self._open_and_replay(attempts=self.settings.reconnect_max_attempts)
-        await self._switch(new, replayed, cause=cause, started=started)
+        self._switch(new, replayed, cause=cause, started=started)
         if not_started and self.settings.rerequest_pending_response:
-            await session.forward_upstream(b'{"type":"response.create"}', "response.create", None)
+            session.forward_upstream(b'{"type":"response.create"}', "response.create", None)
 
     async def _open_and_replay(self, attempts: int) -> tuple[UpstreamLink, Replayed]:
         """Connect and replay, retrying with backoff; drops during a replay restart it."""
@@ -165,6 +179,9 @@ class Supervisor:
                 self.session.log.warning("replay_failed", reason=str(exc))
                 await link.close(1000)
                 last = UpstreamError(str(exc), retryable=True, code="replay_failed")
+            except BaseException:  # cancelled with the session: never leave an upstream open
+                link.close_now()
+                raise
         raise UpstreamError(
             f"the upstream could not be re-established after {attempts} attempts"
             + (f": {last.message}" if last else ""),
@@ -184,11 +201,9 @@ class Supervisor:
             user_audio=self.settings.replay_user_audio,
         )
         echo = EchoFilter(plan)
-        try:
-            for event in plan.events:
-                await link.send(dumps(event))
-        except ConnectionResetError:
-            raise ReplayFailed("the new upstream closed while the replay was being sent") from None
+        for event in plan.events:
+            if not link.send(dumps(event)):
+                raise ReplayFailed("the new upstream closed while the replay was being sent")
         pending = await self._await_acknowledgement(link, echo)
         replayed = Replayed(pending, plan.resend)
         metrics = self.session.metrics
@@ -228,34 +243,41 @@ class Supervisor:
 
     async def _receive(self, link: UpstreamLink, deadline: float) -> bytes:
         try:
-            msg = await link.ws.receive(timeout=max(0.01, deadline - time.monotonic()))
+            async with asyncio.timeout(max(0.01, deadline - time.monotonic())):
+                data = await link.receive()
         except TimeoutError:
             raise ReplayFailed("the new upstream did not answer the replay in time") from None
-        if msg.type is not WSMsgType.TEXT:
-            raise ReplayFailed(f"the new upstream closed during the replay ({msg.type.name})")
-        data: bytes = msg.data
+        if data is None:
+            raise ReplayFailed(f"the new upstream closed during the replay (code {link.close_code})")
         return data
 
     # ------------------------------------------------------------------ switching
-    async def _switch(self, new: UpstreamLink, replayed: Replayed, *, cause: str, started: float) -> None:
-        """Make ``new`` the current upstream and let held client events flow to it, in order."""
+    def _switch(self, new: UpstreamLink, replayed: Replayed, *, cause: str, started: float) -> None:
+        """Make ``new`` the current upstream and let held client events flow to it, in order.
+
+        Synchronous from start to end: no frame from either upstream or the client can come
+        between the replay's last echo and the held events going out.
+        """
         session = self.session
-        session.link = new
         self.replacements += 1
         session.metrics.upstream_replacements_total.labels(cause).inc()
         session.gate.on_server_event("session.created")
+        old, session.link = session.link, new  # frames from here on are the new upstream's
+        if old is not None and old is not new:
+            old.detach()
         for data in replayed.server_frames:
-            await session.on_upstream_text(new, data)
+            session.on_upstream_text(new, data)
+        session.attach(new)  # what arrived after the replay's echoes, then live frames
         # Client events the old upstream never answered go first; re-sending tracks them again.
         self.state.pending_updates.clear()
         self.state.pending_creates.clear()
         for event in replayed.resend:
-            await session.send_now(new, dumps(event), str(event["type"]), event)
-        await session.release_held()
+            session.send_now(new, dumps(event), str(event["type"]), event)
+        session.release_held()
         session.metrics.client_gap_seconds.observe(time.monotonic() - started)
         self.rotate_at = self._next_rotation(time.monotonic())
         if self.settings.notify_replacements:
-            await session.send_client_event(
+            session.send_client_event(
                 {"type": "relay.upstream_replaced", "cause": cause, "replacements": self.replacements}
             )
         session.log.info("upstream_switched", cause=cause, upstream_session=new.session_id)

@@ -11,12 +11,14 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import aiohttp
 from yarl import URL
 
 from relay.core.errors import UpstreamError
 from relay.core.models import azure_deployment
 from relay.core.protocol import BETA_HEADER_VALUE, Interface
+from relay.core.websocket import HandshakeError
+from relay.io import websocket
+from relay.io.websocket import WebSocketConnection
 from relay.settings import Settings
 
 OPENAI_REALTIME_URL = "wss://api.openai.com/v1/realtime"
@@ -105,30 +107,30 @@ class UpstreamConfig:
         return URL(url).update_query(model=model), {"Authorization": f"Bearer {SIMULATOR_KEY}"}
 
 
-async def connect(
-    http: aiohttp.ClientSession, target: UpstreamTarget, settings: Settings
-) -> aiohttp.ClientWebSocketResponse[bool]:
+async def connect(target: UpstreamTarget, settings: Settings) -> WebSocketConnection:
     """Open the upstream WebSocket or raise :class:`UpstreamError` saying what failed."""
     try:
-        return await http.ws_connect(
+        return await websocket.connect(
             target.url,
-            headers=target.headers,
-            heartbeat=settings.ping_interval_s,
-            max_msg_size=settings.max_message_bytes,
-            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
-            compress=0,
-            decode_text=False,
-            autoping=True,
+            target.headers,
+            max_size=settings.max_message_bytes,
+            open_timeout_s=settings.connect_timeout_s,
         )
-    except aiohttp.WSServerHandshakeError as exc:
+    except HandshakeError as exc:
+        if exc.status < 200:  # no HTTP answer at all, or a broken 101
+            raise UpstreamError(
+                f"the upstream's handshake failed: {exc}",
+                retryable=exc.status == 0,
+                code="upstream_unreachable" if exc.status == 0 else "upstream_refused",
+            ) from None
         raise _handshake_error(exc.status) from None
-    except (ssl.SSLError, aiohttp.ClientSSLError) as exc:
+    except ssl.SSLError as exc:
         raise UpstreamError(
             f"TLS handshake with the upstream failed: {type(exc).__name__}",
             retryable=True,
             code="upstream_tls_error",
         ) from None
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+    except (TimeoutError, OSError) as exc:
         raise UpstreamError(
             f"the upstream is unreachable: {type(exc).__name__}",
             retryable=True,

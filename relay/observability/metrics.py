@@ -18,6 +18,7 @@ from prometheus_client import (
 )
 
 from relay import __version__
+from relay.observability.frame_metrics import FrameMetrics
 
 # From 50 µs (a frame through the relay) to 1 s (a stalled peer).
 LATENCY_BUCKETS = (
@@ -76,18 +77,6 @@ class RelayMetrics:
             buckets=REPLAY_BUCKETS,
             registry=r,
         )
-        self.frames_total = Counter(
-            "relay_frames",
-            "Frames forwarded by direction and event type.",
-            ["direction", "type"],
-            registry=r,
-        )
-        self.bytes_total = Counter(
-            "relay_bytes",
-            "Bytes forwarded by direction and event type.",
-            ["direction", "type"],
-            registry=r,
-        )
         self.validation_rejections_total = Counter(
             "relay_validation_rejections",
             "Client events rejected by the relay, by error code.",
@@ -108,13 +97,6 @@ class RelayMetrics:
             ["direction"],
             registry=r,
         )
-        self.added_latency_seconds = Histogram(
-            "relay_added_latency_seconds",
-            "Time a frame spends inside the relay, by direction.",
-            ["direction"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
         self.auth_rejections_total = Counter(
             "relay_auth_rejections",
             "Upgrades refused before the WebSocket handshake, by reason.",
@@ -129,22 +111,11 @@ class RelayMetrics:
         )
         self.build_info = Info("relay_build", "Relay version.", registry=r)
         self.build_info.info({"version": __version__})
-        self._frame_children: dict[tuple[str, str], tuple[Counter, Counter]] = {}
-        # Per-frame observations use pre-resolved children: labels() costs a lock and a dict lookup.
-        self.latency_client_to_upstream = self.added_latency_seconds.labels("client_to_upstream")
-        self.latency_upstream_to_client = self.added_latency_seconds.labels("upstream_to_client")
-
-    def frame(self, direction: str, event_type: str, nbytes: int) -> None:
-        """Count one forwarded frame. Runs per frame, so the labelled children are cached."""
-        children = self._frame_children.get((direction, event_type))
-        if children is None:
-            children = (
-                self.frames_total.labels(direction, event_type),
-                self.bytes_total.labels(direction, event_type),
-            )
-            self._frame_children[(direction, event_type)] = children
-        children[0].inc()
-        children[1].inc(nbytes)
+        # Counted per frame, so kept as plain integers and rendered at scrape time.
+        self.frames = FrameMetrics(LATENCY_BUCKETS)
+        r.register(self.frames)
+        self.frame = self.frames.frame
+        self.latency = self.frames.latency
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -355,11 +356,16 @@ def create_simulator_app(config: SimulatorConfig) -> web.Application:
 
 
 async def start_simulator(
-    config: SimulatorConfig, host: str = "127.0.0.1", port: int = 0
+    config: SimulatorConfig,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> tuple[web.AppRunner, int]:
+    """Serve the simulator (``wss://`` with ``ssl_context``); returns its runner and port."""
     runner = web.AppRunner(create_simulator_app(config), handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     server = site._server
     sockets = getattr(server, "sockets", None) or []

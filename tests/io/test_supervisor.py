@@ -19,6 +19,7 @@ from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
 from tests.conftest import RelayFactory, RelayHandle
 from tests.support.conversation import RecordingClient, text_item
+from tests.support.scripted_upstream import ScriptedConnection, ScriptedUpstream
 from tests.support.sim_control import SimControl
 
 
@@ -363,3 +364,60 @@ async def test_a_truncated_answer_is_replayed_as_far_as_it_was_heard(rig: Rig) -
     assert second["response"]["status"] == "completed"
     client.assert_invariants()
     await client.close()
+
+
+async def test_a_response_the_old_upstream_starts_during_a_rotation_is_not_cut_off(
+    start_relay: RelayFactory,
+) -> None:
+    """A rotation replays onto the new upstream while the old one still serves. If the old one
+    starts something meanwhile (a server-VAD turn's response, say), switching would orphan it:
+    the client would see response.created and never its response.done. The relay must give up
+    that rotation, keep the old upstream, and rotate later."""
+    old_moved_on = asyncio.Event()
+
+    async def respond(conn: ScriptedConnection, data: bytes) -> None:
+        if b'"session.update"' not in data:
+            return
+        if len(upstream.connections) == 2 and not old_moved_on.is_set():
+            # The replay reached the new upstream: the old one starts a response right now.
+            await upstream.connections[0].send(RESPONSE_CREATED)
+            old_moved_on.set()
+            await asyncio.sleep(0.2)  # the new upstream answers only after the old moved on
+        await conn.send({"type": "session.updated", "event_id": "event_u", "session": SESSION})
+
+    upstream = await ScriptedUpstream(respond).start()
+    relay = await start_relay(
+        upstream="simulator", upstream_url=upstream.url, rotate_after_s=1.0, rotate_jitter_s=0.0
+    )
+    client = await RecordingClient.connect(relay.ws_url, relay.token)
+    await client.wait_for("session.created")
+    await asyncio.wait_for(old_moved_on.wait(), 10)
+    created = await client.wait_for("response.created", timeout=10)
+    await asyncio.sleep(0.5)  # the abandoned rotation is over
+    await upstream.connections[0].send(RESPONSE_DONE)  # the old upstream finishes its response
+    done = await client.wait_for("response.done", timeout=10)
+    assert done["response"]["id"] == created["response"]["id"] == "resp_old"
+    assert done["response"]["status"] == "completed"  # delivered by the old upstream, not cut off
+    client.assert_invariants()
+    await client.close()
+    await upstream.close()
+
+
+SESSION = {"type": "realtime", "object": "realtime.session", "id": "sess_SCRIPTED000000000000001"}
+RESPONSE_CREATED = {
+    "type": "response.created",
+    "event_id": "event_rc",
+    "response": {
+        "object": "realtime.response",
+        "id": "resp_old",
+        "status": "in_progress",
+        "output": [],
+        "conversation_id": "conv_1",
+        "output_modalities": ["text"],
+    },
+}
+RESPONSE_DONE = {
+    "type": "response.done",
+    "event_id": "event_rd",
+    "response": {**RESPONSE_CREATED["response"], "status": "completed"},  # type: ignore[dict-item]
+}

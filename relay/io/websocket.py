@@ -1,0 +1,403 @@
+"""One WebSocket endpoint on an asyncio transport: the thin shell around ``relay.core.websocket``.
+
+Why not aiohttp's WebSocket objects for the forwarding path: each message there crosses a queue,
+a future and a task wake-up before the relay sees it, and each send is a coroutine. Measured on
+this path (100 voice sessions), that machinery cost more than the relay's own work. Here a
+message is handed to its handler synchronously from ``data_received`` and a send is one
+``transport.write``. Flow control is the transport's own: ``pause_writing`` / ``resume_writing``
+report a full or drained send buffer, and owners pause reading the other peer in answer (TCP
+backpressure, no per-frame awaits). aiohttp still serves HTTP and routes the upgrade: the
+handler checks the request, then takes the socket over (:func:`accept`).
+
+A connection is a task root for its callbacks: an exception escaping a handler is passed to
+``on_failure`` instead of the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import ssl
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import cast
+
+from aiohttp import web
+from yarl import URL
+
+from relay.core.websocket import (
+    ABNORMAL_CLOSURE,
+    NO_STATUS,
+    NORMAL_CLOSURE,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameReader,
+    HandshakeError,
+    Message,
+    ProtocolError,
+    accept_key,
+    check_client_request,
+    check_server_response,
+    client_request,
+    close_payload,
+    encode_frame,
+    parse_close,
+    parse_response,
+    select_subprotocol,
+)
+
+CLOSE_TIMEOUT_S = 5.0  # how long a close waits for the peer's answer before dropping the socket
+
+MessageHandler = Callable[[int, bytes], None]
+
+
+class WebSocketConnection(asyncio.Protocol):
+    """A WebSocket over a transport. ``client_side``: this end is the client (it masks)."""
+
+    def __init__(
+        self, *, client_side: bool, max_size: int, handshake: _ClientHandshake | None = None
+    ) -> None:
+        self.client_side = client_side
+        self.reader = FrameReader(masked=not client_side, max_size=max_size)
+        self.transport: asyncio.Transport | None = None
+        self.on_failure: Callable[[BaseException], None] = self._abort_on_failure
+        self.on_write_paused: Callable[[bool], None] = _ignore
+        self.close_code: int | None = None  # the peer's close code; 1006 if lost without one
+        self.close_reason = ""
+        self.closing = False  # a close frame was sent or received: no more data goes out
+        self.write_paused_since = 0.0  # when the send buffer went over its high-water mark
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.subprotocol: str | None = None
+        self._handler: MessageHandler | None = None
+        self._early: list[Message] = []  # messages that arrived before a handler was set
+        self._read_pauses: set[str] = set()
+        self._previous: asyncio.BaseProtocol | None = None  # aiohttp's, told when the socket goes
+        self._handshake = handshake
+        self._seen = False
+        self._last_seen = time.monotonic()
+        self._ping_sent = 0.0
+
+    # ------------------------------------------------------------------ ownership
+    def set_handler(self, handler: MessageHandler) -> None:
+        """Deliver text and binary messages to ``handler`` from now on, first any that waited."""
+        self._handler = handler
+        early, self._early = self._early, []
+        for opcode, payload in early:
+            handler(opcode, payload)
+
+    def take_over(self, transport: asyncio.Transport, previous: asyncio.BaseProtocol | None) -> None:
+        """Become the protocol of an already-connected transport (a server-side upgrade)."""
+        self._previous = previous
+        transport.set_protocol(self)
+        self.connection_made(transport)
+
+    # ------------------------------------------------------------------ sending
+    def send(self, data: bytes, opcode: int = OP_TEXT) -> bool:
+        """Queue one message; False if the connection is closing or gone (nothing was sent)."""
+        transport = self.transport
+        if transport is None or self.closing:
+            return False
+        transport.write(encode_frame(data, opcode, mask=self.client_side))
+        return True
+
+    def ping(self) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.write(encode_frame(b"", OP_PING, mask=self.client_side))
+
+    async def close(self, code: int = NORMAL_CLOSURE, reason: bytes = b"") -> None:
+        """Send a close frame, then wait (bounded) for the peer's answer and the socket's end."""
+        if self.transport is not None and not self.closing:
+            self.closing = True
+            frame = encode_frame(close_payload(code, reason), OP_CLOSE, mask=self.client_side)
+            self.transport.write(frame)
+            self.resume_reading_all()  # the peer's close frame must be read
+        try:
+            await asyncio.wait_for(asyncio.shield(self.closed), CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            self.abort()
+
+    def close_now(self, code: int = NORMAL_CLOSURE) -> None:
+        """Send a close frame and end the connection once it is written, without waiting."""
+        if self.transport is not None:
+            if not self.closing:
+                self.closing = True
+                frame = encode_frame(close_payload(code), OP_CLOSE, mask=self.client_side)
+                self.transport.write(frame)
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    # ------------------------------------------------------------------ reading control
+    def pause_reading(self, reason: str) -> None:
+        """Stop reading for ``reason``; reading resumes once every reason is withdrawn."""
+        if not self._read_pauses and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self._read_pauses.add(reason)
+
+    def resume_reading(self, reason: str) -> None:
+        if reason not in self._read_pauses:
+            return
+        self._read_pauses.discard(reason)
+        if not self._read_pauses and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def resume_reading_all(self) -> None:
+        for reason in list(self._read_pauses):
+            self.resume_reading(reason)
+
+    def paused_for(self, reason: str) -> bool:
+        return reason in self._read_pauses
+
+    # ------------------------------------------------------------------ liveness
+    def keepalive(self, now: float, interval: float) -> bool:
+        """Called regularly: pings a peer silent for ``interval``; False once it is dead.
+
+        Anything received counts as a sign of life (as aiohttp's heartbeat does); a ping not
+        answered within half the interval means the peer is gone. While the relay itself is not
+        reading this peer (backpressure), its answers cannot arrive, so it is not judged.
+        """
+        if self._read_pauses:
+            self._last_seen, self._ping_sent = now, 0.0
+            return True
+        if self._seen:
+            self._seen, self._last_seen, self._ping_sent = False, now, 0.0
+            return True
+        if self._ping_sent:
+            return now - self._ping_sent <= interval / 2
+        if now - self._last_seen >= interval:
+            self.ping()
+            self._ping_sent = now
+        return True
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        if self._handshake is not None:
+            self.transport.write(self._handshake.request)
+
+    def data_received(self, data: bytes) -> None:
+        self._seen = True
+        try:
+            if self._handshake is not None:
+                data = self._handshake.received(data)
+                if self._handshake.done:
+                    self._handshake = None
+                if not data:
+                    return
+            for opcode, payload in self.reader.feed(data):
+                if opcode < OP_CLOSE:  # text or binary
+                    if self._handler is None:
+                        self._early.append((opcode, payload))
+                    else:
+                        self._handler(opcode, payload)
+                else:
+                    self._control(opcode, payload)
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+        except HandshakeError as exc:
+            self._handshake_failed(exc)
+        except Exception as exc:  # a handler's bug: its owner decides, the loop never sees it
+            self.on_failure(exc)
+
+    def eof_received(self) -> bool | None:
+        return None  # let the transport close; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.close_code is None:
+            self.close_code = ABNORMAL_CLOSURE
+        self.transport = None
+        self.closing = True
+        if self._handshake is not None:
+            self._handshake_failed(exc or ConnectionResetError("closed during the handshake"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if self._previous is not None:
+            self._previous.connection_lost(exc)
+            self._previous = None
+
+    def pause_writing(self) -> None:
+        self.write_paused_since = time.monotonic()
+        self.on_write_paused(True)
+
+    def resume_writing(self) -> None:
+        self.write_paused_since = 0.0
+        self.on_write_paused(False)
+
+    # ------------------------------------------------------------------ internals
+    def _control(self, opcode: int, payload: bytes) -> None:
+        if opcode == OP_PING:
+            if self.transport is not None and not self.closing:
+                self.transport.write(encode_frame(payload, OP_PONG, mask=self.client_side))
+        elif opcode == OP_CLOSE:
+            self._close_received(payload)
+        # OP_PONG: receiving it already counted as a sign of life
+
+    def _close_received(self, payload: bytes) -> None:
+        code, reason = parse_close(payload)
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        if self.transport is None:
+            return
+        if not self.closing:  # the peer closed first: answer with its code (section 5.5.1)
+            self.closing = True
+            answer = close_payload(code) if code != NO_STATUS else b""
+            self.transport.write(encode_frame(answer, OP_CLOSE, mask=self.client_side))
+        self.transport.close()  # flushes what is buffered, then connection_lost
+
+    def _protocol_error(self, exc: ProtocolError) -> None:
+        if self.transport is None:
+            return
+        if self.close_code is None:
+            self.close_code, self.close_reason = exc.code, exc.reason
+        if not self.closing:
+            self.closing = True
+            frame = close_payload(exc.code, exc.reason.encode()[:120])
+            self.transport.write(encode_frame(frame, OP_CLOSE, mask=self.client_side))
+        self.transport.close()
+
+    def _handshake_failed(self, exc: BaseException) -> None:
+        handshake, self._handshake = self._handshake, None
+        if handshake is not None and not handshake.opened.done():
+            handshake.opened.set_exception(exc)
+        self.abort()
+
+    def _abort_on_failure(self, exc: BaseException) -> None:
+        self.abort()
+
+
+def _ignore(paused: bool) -> None:
+    return None
+
+
+# ---------------------------------------------------------------------------------- server side
+@dataclass(frozen=True, slots=True)
+class Upgraded:
+    """An accepted upgrade: the connection, and the 101 response the handler returns to aiohttp."""
+
+    connection: WebSocketConnection
+    response: web.StreamResponse
+
+
+async def accept(
+    request: web.Request,
+    *,
+    subprotocols: Iterable[str],
+    headers: Mapping[str, str],
+    max_size: int,
+    write_limits: tuple[int, int],
+) -> Upgraded | web.Response:
+    """Answer an upgrade request with 101 and take its socket over; a bad request gets 400/426."""
+    try:
+        key = check_client_request(request.headers)
+    except HandshakeError as exc:
+        extra = {"Sec-WebSocket-Version": "13"} if exc.status == 426 else {}
+        return web.Response(status=exc.status, text=str(exc), headers=extra)
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("the client left before the upgrade")
+    offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+    chosen = select_subprotocol(offered, subprotocols)
+    response = web.StreamResponse(
+        status=101,
+        headers={
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Accept": accept_key(key),
+            **({"Sec-WebSocket-Protocol": chosen} if chosen else {}),
+            **headers,
+        },
+    )
+    response.force_close()
+    conn = WebSocketConnection(client_side=False, max_size=max_size)
+    conn.subprotocol = chosen
+    # Before the 101 goes out: the client may send frames as soon as it reads it (section 4.1),
+    # and they must reach this connection, not aiohttp's HTTP parser.
+    conn.take_over(transport, request.protocol)
+    transport.set_write_buffer_limits(high=write_limits[0], low=write_limits[1])
+    await response.prepare(request)
+    return Upgraded(conn, response)
+
+
+# ---------------------------------------------------------------------------------- client side
+class _ClientHandshake:
+    """The client's upgrade request and the wait for the server's 101."""
+
+    def __init__(self, request: bytes, key: str) -> None:
+        self.request = request
+        self.key = key
+        self.buffer = b""
+        self.done = False
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # A failure after connect() stopped waiting (its timeout) has no one left to read it.
+        self.opened.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+    def received(self, data: bytes) -> bytes:
+        """Consume the response head; returns the bytes after it (frames), if it is complete."""
+        self.buffer += data
+        response = parse_response(self.buffer)
+        if response is None:
+            return b""
+        check_server_response(response, self.key)
+        self.done = True
+        self.opened.set_result(None)
+        return response.rest
+
+
+async def connect(
+    url: URL,
+    headers: Mapping[str, str],
+    *,
+    max_size: int,
+    open_timeout_s: float,
+    ssl_context: ssl.SSLContext | None = None,
+) -> WebSocketConnection:
+    """Open a client WebSocket to ``url`` (ws:// or wss://).
+
+    Raises HandshakeError (with the HTTP status) when the server refuses, ssl.SSLError when TLS
+    fails, OSError or TimeoutError when it cannot be reached in ``open_timeout_s``.
+    """
+    secure = url.scheme in ("wss", "https")
+    host = url.raw_host or "127.0.0.1"
+    port = url.port or (443 if secure else 80)
+    key = base64.b64encode(os.urandom(16)).decode()
+    handshake = _ClientHandshake(client_request(_host_header(url), url.raw_path_qs, key, headers), key)
+    conn = WebSocketConnection(client_side=True, max_size=max_size, handshake=handshake)
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(open_timeout_s):
+            await loop.create_connection(
+                lambda: conn,
+                host,
+                port,
+                ssl=(ssl_context or default_ssl_context()) if secure else None,
+                server_hostname=url.host if secure else None,
+            )
+            await handshake.opened
+    except BaseException:
+        conn.abort()
+        raise
+    return conn
+
+
+def _host_header(url: URL) -> str:
+    host = url.raw_host or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{url.explicit_port}" if url.explicit_port is not None else host
+
+
+_ssl_context: ssl.SSLContext | None = None
+
+
+def default_ssl_context() -> ssl.SSLContext:
+    """The system's trust store, loaded once (it takes milliseconds; a reconnect storm must not)."""
+    global _ssl_context
+    if _ssl_context is None:
+        _ssl_context = ssl.create_default_context()
+    return _ssl_context

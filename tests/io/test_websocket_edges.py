@@ -1,0 +1,227 @@
+"""The relay's own WebSocket layer at its edges: bad upgrades, protocol violations, fragments,
+pings, the close handshake, and a TLS upstream.
+
+A raw socket plays the misbehaving client (no library would send these frames); the upstream is
+the scripted aiohttp server or the simulator, so both ends are independent implementations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import ssl
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+import websockets
+from websockets.speedups import apply_mask
+
+from relay.simulator.config import SimulatorConfig
+from relay.simulator.server import start_simulator
+from tests.conftest import RelayFactory, RelayHandle
+from tests.support.scripted_upstream import ScriptedUpstream
+from tests.support.tls import self_signed
+
+
+class RawClient:
+    """A WebSocket client written by hand, to send what real clients never would."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, relay: RelayHandle, extra: dict[str, str] | None = None) -> RawClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.server.port)
+        headers = {
+            "Host": f"127.0.0.1:{relay.server.port}",
+            "Upgrade": "websocket",
+            "Connection": "Upgrade",
+            "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode(),
+            "Sec-WebSocket-Version": "13",
+            **relay.auth,
+            **(extra or {}),
+        }
+        head = "GET /v1/realtime HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        writer.write(head.encode() + b"\r\n")
+        status = await reader.readuntil(b"\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 101"), status
+        return cls(reader, writer)
+
+    def send(self, first: int, payload: bytes, *, mask: bool = True) -> None:
+        key = os.urandom(4)
+        size = len(payload)
+        mask_bit = 0x80 if mask else 0
+        if size < 126:
+            header = struct.pack("!BB", first, mask_bit | size)
+        elif size < 65536:
+            header = struct.pack("!BBH", first, mask_bit | 126, size)
+        else:
+            header = struct.pack("!BBQ", first, mask_bit | 127, size)
+        self.writer.write(header + (key + apply_mask(payload, key) if mask else payload))
+
+    async def frame(self) -> tuple[int, bytes]:
+        """The next server frame (servers never mask)."""
+        first, second = await self.reader.readexactly(2)
+        size = second & 0x7F
+        if size == 126:
+            size = struct.unpack("!H", await self.reader.readexactly(2))[0]
+        elif size == 127:
+            size = struct.unpack("!Q", await self.reader.readexactly(8))[0]
+        return first & 0x0F, await self.reader.readexactly(size)
+
+    async def until(self, opcode: int) -> bytes:
+        async with asyncio.timeout(10):
+            while True:
+                got, payload = await self.frame()
+                if got == opcode:
+                    return payload
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+@contextlib.asynccontextmanager
+async def relay_on_scripted(
+    start_relay: RelayFactory, **settings: object
+) -> AsyncIterator[tuple[RelayHandle, ScriptedUpstream]]:
+    upstream = await ScriptedUpstream().start()
+    relay = await start_relay(upstream="simulator", upstream_url=upstream.url, **settings)
+    try:
+        yield relay, upstream
+    finally:
+        await upstream.close()
+
+
+async def test_an_unmasked_client_frame_is_a_protocol_error_and_others_carry_on(
+    start_relay: RelayFactory,
+) -> None:
+    async with relay_on_scripted(start_relay) as (relay, upstream):
+        healthy = await websockets.connect(relay.ws_url, additional_headers=relay.auth)
+        await healthy.recv()
+        bad = await RawClient.connect(relay)
+        await bad.until(0x1)  # session.created
+        bad.send(0x81, b'{"type":"input_audio_buffer.clear"}', mask=False)
+        close = await bad.until(0x8)
+        assert struct.unpack("!H", close[:2])[0] == 1002
+        bad.close()
+        await healthy.send('{"type":"input_audio_buffer.clear"}')
+        for _ in range(50):
+            if upstream.connections[0].received:
+                break
+            await asyncio.sleep(0.05)
+        assert upstream.connections[0].received == [b'{"type":"input_audio_buffer.clear"}']
+        assert not upstream.connections[1].received  # the bad frame never went upstream
+        await healthy.close()
+
+
+async def test_a_fragmented_message_goes_upstream_whole_and_pings_are_answered_in_between(
+    start_relay: RelayFactory,
+) -> None:
+    async with relay_on_scripted(start_relay) as (relay, upstream):
+        client = await RawClient.connect(relay)
+        await client.until(0x1)
+        event = b'{"type":"conversation.item.create","item":{"type":"message","role":"user",' + (
+            b'"content":[{"type":"input_text","text":"in three pieces"}]}}'
+        )
+        client.send(0x01, event[:10])  # text, not final
+        client.send(0x89, b"are you there")  # a ping between the fragments
+        client.send(0x00, event[10:40])  # continuation
+        client.send(0x80, event[40:])  # final continuation
+        assert await client.until(0xA) == b"are you there"
+        for _ in range(50):
+            if upstream.connections[0].received:
+                break
+            await asyncio.sleep(0.05)
+        assert upstream.connections[0].received == [event]
+        client.close()
+
+
+async def test_a_message_over_the_size_limit_is_refused_with_1009(start_relay: RelayFactory) -> None:
+    async with relay_on_scripted(start_relay, max_message_bytes=4096) as (relay, upstream):
+        client = await RawClient.connect(relay)
+        await client.until(0x1)
+        client.send(0x81, orjson.dumps({"type": "input_audio_buffer.append", "audio": "A" * 8000}))
+        close = await client.until(0x8)
+        assert struct.unpack("!H", close[:2])[0] == 1009
+        client.close()
+        assert not upstream.connections[0].received
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13"}, 400),
+        (
+            {
+                "Upgrade": "websocket",
+                "Connection": "Upgrade",
+                "Sec-WebSocket-Version": "8",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            },
+            426,
+        ),
+        ({}, 400),  # a plain GET on the WebSocket path
+    ],
+)
+async def test_bad_upgrades_get_an_http_answer(
+    start_relay: RelayFactory, headers: dict[str, str], status: int
+) -> None:
+    async with relay_on_scripted(start_relay) as (relay, upstream), aiohttp.ClientSession() as http:
+        async with http.get(
+            relay.ws_url.replace("ws://", "http://"), headers={**relay.auth, **headers}
+        ) as resp:
+            assert resp.status == status
+            if status == 426:
+                assert resp.headers["Sec-WebSocket-Version"] == "13"
+        assert not upstream.connections  # nothing was opened upstream for it
+
+
+async def test_the_client_close_handshake_is_answered_with_its_code(start_relay: RelayFactory) -> None:
+    async with relay_on_scripted(start_relay) as (relay, _):
+        async with websockets.connect(relay.ws_url, additional_headers=relay.auth) as ws:
+            await ws.recv()
+            await ws.close(code=4001, reason="done")
+            assert ws.protocol.close_rcvd is not None
+            assert ws.protocol.close_rcvd.code == 4001  # echoed, as RFC 6455 5.5.1 asks
+        for _ in range(50):
+            if relay.metric("relay_sessions_total", {"outcome": "client_closed"}) == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert relay.metric("relay_sessions_total", {"outcome": "client_closed"}) == 1
+
+
+async def test_an_upstream_over_tls(
+    start_relay: RelayFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    runner, port = await start_simulator(SimulatorConfig(speed=50.0), ssl_context=context)
+    # The relay trusts the system store (OpenSSL reads SSL_CERT_FILE) and this test's CA.
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    import relay.io.websocket as websocket_io
+
+    monkeypatch.setattr(websocket_io, "_ssl_context", None)  # loaded afresh with that CA
+    relay = await start_relay(upstream="simulator", upstream_url=f"wss://127.0.0.1:{port}/v1/realtime")
+    try:
+        async with websockets.connect(relay.ws_url, additional_headers=relay.auth) as ws:
+            created = orjson.loads(await ws.recv())
+            assert created["type"] == "session.created"
+            await ws.send(
+                orjson.dumps(
+                    {"type": "response.create", "response": {"output_modalities": ["text"]}}
+                ).decode()
+            )
+            async with asyncio.timeout(10):
+                while (event := orjson.loads(await ws.recv()))["type"] != "response.done":
+                    pass
+            assert event["response"]["status"] == "completed"
+    finally:
+        await runner.cleanup()
