@@ -6,6 +6,8 @@ import base64
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from relay.core.audio import AudioAccount, check_append, encoding_of, looks_like_float32
 from relay.core.errors import InvalidEvent
@@ -99,3 +101,27 @@ def test_encoding_of_sessions() -> None:
     assert encoding_of({"audio": {"input": {"format": {"type": "audio/pcmu"}}}}) == "pcmu"
     assert encoding_of({"audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}}}}) == "pcm16"
     assert encoding_of({"input_audio_format": "g711_alaw"}) == "pcma"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "AAA",  # missing padding
+        "A===",
+        "AA=A",  # data after padding
+        "AA==AA",
+        "AAAA=",  # padding after a complete quantum (binascii's strict mode lets this one through)
+        " AAAA",  # whitespace, which lenient decoders skip
+        "AAAA\n",
+        "AB-_",  # the URL-safe alphabet
+        "AAAé",
+    ],
+)
+def test_append_audio_must_be_canonical_base64(text: str) -> None:
+    with pytest.raises(InvalidEvent, match="Expected base64-encoded audio"):
+        check_append(text, "pcmu", None)
+
+
+@given(st.binary(max_size=3000))
+def test_every_canonical_encoding_is_accepted_as_its_bytes(pcm: bytes) -> None:
+    assert check_append(base64.b64encode(pcm).decode(), "pcmu", None) == len(pcm)
