@@ -10,11 +10,10 @@ the switch, as the client's own (their answers are the client's to see).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from relay.core.session import SessionState
+from relay.core.session import SessionState, clone
 
 Event = dict[str, Any]
 _ITEM_ECHOES = frozenset({"conversation.item.added", "conversation.item.done", "conversation.item.created"})
@@ -37,7 +36,7 @@ def plan_replay(
     max_tokens: int = 24_000,
     user_audio: Literal["transcript", "audio"] | str = "transcript",
 ) -> ReplayPlan:
-    config = {k: copy.deepcopy(v) for k, v in state.config.items() if not k.startswith("_")}
+    config = {k: clone(v) for k, v in state.config.items() if not k.startswith("_")}
     config.setdefault("type", "realtime")
     events: list[Event] = [{"type": "session.update", "session": config}]
     kept = _within_budget(state.items, max_items, max_tokens)
@@ -49,7 +48,7 @@ def plan_replay(
         events.append(create)
         previous = item["id"]
     events += _audio_appends(state.uncommitted_audio)
-    resend = [copy.deepcopy(e) for e in (*state.pending_updates, *state.pending_creates)]
+    resend = [clone(e) for e in (*state.pending_updates, *state.pending_creates)]
     return ReplayPlan(events, [i["id"] for i in kept], len(kept), len(state.items) - len(kept), resend)
 
 

@@ -11,11 +11,24 @@ from __future__ import annotations
 
 import copy
 from collections import deque
-from typing import Any
+from typing import Any, TypeVar
+
+import orjson
 
 Event = dict[str, Any]
+T = TypeVar("T")
 READ_ONLY_SESSION_FIELDS = ("id", "object", "expires_at", "client_secret")
 MAX_UNCOMMITTED_AUDIO_CHARS = 20 * 1024 * 1024  # ~15 MiB of audio as base64
+
+
+def clone(value: T) -> T:
+    """A deep copy of JSON-shaped data (all events are), ~6x faster than copy.deepcopy: the state
+    copies every item, response and config it keeps, on the server-event path."""
+    try:
+        copied: T = orjson.loads(orjson.dumps(value))
+    except TypeError:  # not JSON-shaped after all (an integer beyond 64 bits, say)
+        return copy.deepcopy(value)
+    return copied
 
 
 class SessionState:
@@ -68,9 +81,9 @@ class SessionState:
         if kind in ("input_audio_buffer.append", "session.input_audio_buffer.append"):
             self._append_audio(event.get("audio"))
         elif kind == "conversation.item.create":
-            self.pending_creates.append(copy.deepcopy(event))
+            self.pending_creates.append(clone(event))
         elif kind == "session.update":
-            self.pending_updates.append(copy.deepcopy(event))
+            self.pending_updates.append(clone(event))
         elif kind == "response.create":
             params = event.get("response")
             if not (isinstance(params, dict) and params.get("conversation") == "none"):
@@ -97,9 +110,7 @@ class SessionState:
     def _session(self, event: Event) -> None:
         session = event.get("session")
         if isinstance(session, dict):
-            self.config = {
-                k: copy.deepcopy(v) for k, v in session.items() if k not in READ_ONLY_SESSION_FIELDS
-            }
+            self.config = {k: clone(v) for k, v in session.items() if k not in READ_ONLY_SESSION_FIELDS}
         if event.get("type") == "session.updated" and self.pending_updates:
             self.pending_updates.popleft()
 
@@ -123,7 +134,7 @@ class SessionState:
         self._settle_pending_create(item)
         existing = self.find(item["id"])
         if existing is not None:
-            existing.update(copy.deepcopy(item))
+            existing.update(clone(item))
             return
         previous = event.get("previous_item_id")
         position = len(self.items)
@@ -132,7 +143,7 @@ class SessionState:
         elif isinstance(previous, str):
             before = next((i for i, it in enumerate(self.items) if it.get("id") == previous), None)
             position = len(self.items) if before is None else before + 1
-        self.items.insert(position, copy.deepcopy(item))
+        self.items.insert(position, clone(item))
         if item.get("role") == "user" and item["id"] in self.retained_audio:
             self._attach_audio(self.items[position])
 
@@ -152,7 +163,7 @@ class SessionState:
         if isinstance(item, dict) and item.get("id"):
             existing = self.find(item["id"])
             if existing is not None:
-                existing.update(copy.deepcopy(item))
+                existing.update(clone(item))
 
     def _transcribed(self, event: Event) -> None:
         item = self.find(str(event.get("item_id")))
@@ -204,13 +215,13 @@ class SessionState:
     def _response_created(self, event: Event) -> None:
         response = event.get("response")
         if isinstance(response, dict) and response.get("conversation_id") is not None:
-            self.active_response = copy.deepcopy(response)
+            self.active_response = clone(response)
             self.response_requested = False
             self.partial, self.partial_text = None, ""
 
     def _output_item_added(self, event: Event) -> None:
         if self.active_response is not None and event.get("response_id") == self.active_response["id"]:
-            self.partial = copy.deepcopy(event.get("item"))
+            self.partial = clone(event.get("item"))
             self.partial_text = ""
             self.partial_audio_bytes = 0
 
@@ -276,7 +287,7 @@ def interrupted_response_done(state: SessionState, reason: str) -> Event | None:
         output.append(item)
         existing = state.find(item["id"])
         if existing is not None:
-            existing.update(copy.deepcopy(item))
+            existing.update(clone(item))
     done = dict(response)
     done.update(
         status="incomplete",
@@ -289,7 +300,7 @@ def interrupted_response_done(state: SessionState, reason: str) -> Event | None:
 
 
 def _finish_partial(state: SessionState, partial: dict[str, Any]) -> dict[str, Any]:
-    item = copy.deepcopy(partial)
+    item = clone(partial)
     item["status"] = "incomplete"
     if item.get("type") == "message":
         modalities = (state.active_response or {}).get("output_modalities") or ["audio"]
