@@ -21,6 +21,7 @@ _SAMPLE_BYTES = {"pcm16": 2, "pcmu": 1, "pcma": 1}
 # The high byte of a little-endian float32 in [-1, 1] holds the sign and the top of the exponent:
 # 0x20-0x3F (or 0xA0-0xBF when negative) for every magnitude from 2^-63 up to 1.
 _FLOAT_EXPONENT_BYTES = bytes(range(0x20, 0x40)) + bytes(range(0xA0, 0xC0))
+_FLOAT_EXPONENT_OR_ZERO = _FLOAT_EXPONENT_BYTES + b"\x00"
 _MIN_FLOAT_SAMPLES = 32
 _FLOAT_SHARE = 0.95
 
@@ -50,11 +51,12 @@ def looks_like_float32(pcm: bytes) -> bool:
     in both formats and are never flagged.
     """
     # Exact zeros are the same bytes in both formats: judge only the samples that are not.
-    high = pcm[3::4].replace(b"\x00", b"")
-    if len(high) < _MIN_FLOAT_SAMPLES:
+    high = pcm[3::4]
+    judged = len(high) - high.count(0)
+    if judged < _MIN_FLOAT_SAMPLES:
         return False
-    outside = len(high.translate(None, _FLOAT_EXPONENT_BYTES))
-    if outside > len(high) * (1 - _FLOAT_SHARE):
+    outside = len(high.translate(None, _FLOAT_EXPONENT_OR_ZERO))  # neither zero nor in the band
+    if outside > judged * (1 - _FLOAT_SHARE):
         return False
     # PCM16 of a loud, steady signal could sit in that band too; float32 also has the low
     # mantissa bytes free, while such PCM16 would repeat the band in the other samples' high bytes.

@@ -79,7 +79,7 @@ class SessionState:
     def on_client_event(self, event: Event) -> None:
         kind = event.get("type")
         if kind in ("input_audio_buffer.append", "session.input_audio_buffer.append"):
-            self._append_audio(event.get("audio"))
+            self.append_audio(event.get("audio"))
         elif kind == "conversation.item.create":
             self.pending_creates.append(clone(event))
         elif kind == "session.update":
@@ -91,7 +91,8 @@ class SessionState:
         elif kind == "input_audio_buffer.clear":
             self._drop_uncommitted()
 
-    def _append_audio(self, audio: Any) -> None:
+    def append_audio(self, audio: Any) -> None:
+        """Audio sent upstream and not committed yet: a replacement upstream gets it again."""
         if isinstance(audio, str) and self._uncommitted_chars + len(audio) <= MAX_UNCOMMITTED_AUDIO_CHARS:
             self.uncommitted_audio.append(audio)
             self._uncommitted_chars += len(audio)

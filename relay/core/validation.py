@@ -71,7 +71,7 @@ class Validator:
         event_type = event.get("type")
         if not isinstance(event_type, str):
             raise self._unknown_type(event, event_type)
-        if event_type in _APPEND_TYPES and event.keys() <= _APPEND_KEYS and self._append_is_valid(event):
+        if event_type in _APPEND_TYPES and self.is_plain_append(event):
             return
         adapter = self.adapters.get(event_type) if isinstance(event_type, str) else None
         if adapter is None:
@@ -82,10 +82,13 @@ class Validator:
             raise self._to_api_error(event, exc) from None
 
     @staticmethod
-    def _append_is_valid(event: dict[str, Any]) -> bool:
+    def is_plain_append(event: dict[str, Any]) -> bool:
+        """An append with only its own keys, each well typed: exactly what the schema accepts."""
         event_id = event.get("event_id")
-        return type(event.get("audio")) is str and (
-            event_id is None or (type(event_id) is str and len(event_id) <= MAX_EVENT_ID_LENGTH)
+        return (
+            event.keys() <= _APPEND_KEYS
+            and type(event.get("audio")) is str
+            and (event_id is None or (type(event_id) is str and len(event_id) <= MAX_EVENT_ID_LENGTH))
         )
 
     def _unknown_type(self, event: dict[str, Any], event_type: Any) -> InvalidEvent:

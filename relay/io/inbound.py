@@ -42,6 +42,11 @@ class ClientEventChecker:
             peeked_type, peeked = event_type_of(data)
             return [(data, peeked_type, peeked)]
         event = parse_client_frame(data)
+        if event["type"] == _APPEND and Validator.is_plain_append(event):
+            # The 20 ms append is ~98% of client frames: its keys were just checked, which is
+            # all the schema would do, so it goes straight to the audio checks.
+            self.account.bytes += check_append(event["audio"], self.encoding, event.get("event_id"))
+            return [(data, _APPEND, event)]
         self.validator.check(event)
         if self.translator is not None and event["type"] != _APPEND:
             return [self._one(dumps(ga), ga) for ga in self.translator.client_to_ga(event)]

@@ -68,6 +68,11 @@ class Supervisor:
         self._last_client_event = time.monotonic()
         self.state.on_client_event(event if event is not None else _loads(data))
 
+    def on_append(self, event: dict[str, Any]) -> None:
+        """The commonest client event, tracked in short: only its audio is kept (for a replay)."""
+        self._last_client_event = time.monotonic()
+        self.state.append_audio(event["audio"])
+
     def on_server_event(self, event_type: str, event: dict[str, Any], data: bytes) -> bytes | None:
         """Track a server event; returns the frame for the client (None: not shown)."""
         self.state.on_server_event(event)

@@ -16,24 +16,37 @@ from collections.abc import Iterator, Sequence
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from relay.core.protocol import event_type_label
+
 DIRECTIONS = ("client_to_upstream", "upstream_to_client")
+_MAX_CACHED_TYPES = 256
 
 
 class FrameMetrics(Collector):
     def __init__(self, buckets: Sequence[float]) -> None:
         self._bounds = list(buckets)
-        self._counts: dict[tuple[str, str], list[int]] = {}  # (direction, type) -> [frames, bytes]
+        # Per direction and label: [frames, bytes]; raw event types map onto their label's cell.
+        self._counts: dict[tuple[str, str], list[int]] = {}
+        self._cells: dict[str, dict[str, list[int]]] = {d: {} for d in DIRECTIONS}
         # Per direction: one count per bucket (the last is +Inf), then the observations' sum.
         self._latency = {d: [0] * (len(self._bounds) + 1) for d in DIRECTIONS}
         self._latency_sum = dict.fromkeys(DIRECTIONS, 0.0)
 
     def frame(self, direction: str, event_type: str, nbytes: int) -> None:
-        """One forwarded frame (``event_type`` must come from a closed set: it is a label)."""
-        cell = self._counts.get((direction, event_type))
+        """One forwarded frame; types outside the protocol's lists are counted as ``other``."""
+        cell = self._cells[direction].get(event_type)
         if cell is None:
-            cell = self._counts[(direction, event_type)] = [0, 0]
+            cell = self._cell(direction, event_type)
         cell[0] += 1
         cell[1] += nbytes
+
+    def _cell(self, direction: str, event_type: str) -> list[int]:
+        label = event_type_label(event_type)
+        cell = self._counts.setdefault((direction, label), [0, 0])
+        cells = self._cells[direction]
+        if len(cells) < _MAX_CACHED_TYPES:  # made-up types must not grow this without bound
+            cells[event_type] = cell
+        return cell
 
     def latency(self, direction: str, seconds: float) -> None:
         """Time one frame spent inside the relay; buckets are upper bounds, inclusive ("le")."""
