@@ -69,7 +69,7 @@ def check_append(audio_b64: str, encoding: str, client_event_id: str | None) -> 
     try:
         # SIMD base64 (pybase64): ~5x faster than binascii on a 20 ms append, and as strict:
         # it also refuses padding after a complete quantum, which binascii's strict mode allows.
-        audio = pybase64.b64decode(audio_b64, validate=True)
+        audio = pybase64.b64decode(audio_b64, None, True)  # validate=True (positional: cheaper)
     except (binascii.Error, ValueError):
         raise InvalidEvent(
             "invalid_value",

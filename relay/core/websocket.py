@@ -154,10 +154,9 @@ class FrameReader:
             if stop > end:
                 self._need = stop - pos
                 break
+            payload = data[key_end:stop]  # a copy: cheaper to unmask than a memoryview
             if masked:
-                payload = apply_mask(memoryview(data)[key_end:stop], data[start:key_end])
-            else:
-                payload = data[key_end:stop]
+                payload = apply_mask(payload, data[start:key_end])
             pos = stop
             if (first == 0x81 or first == 0x82) and not self._fragment_opcode:
                 messages.append((first & 0x0F, payload))  # final text or binary, no RSV bits

@@ -67,7 +67,7 @@ class Record:
     relay_session: str | None
     created_at: float
     ws: web.WebSocketResponse
-    raw: list[str] = field(default_factory=list)
+    raw: list[bytes] = field(default_factory=list)  # the first frames, cut, for inspection
     open: bool = True
     close_code: int | None = None
     faults: FaultBoard = field(default_factory=FaultBoard)
@@ -92,6 +92,7 @@ class Simulator:
             protocols=("realtime",),
             heartbeat=self.config.ping_interval_s,
             max_msg_size=32 * 1024 * 1024,
+            decode_text=False,  # frames are parsed from bytes: no decode and re-encode per frame
         )
         await ws.prepare(request)
         problem = self._auth_problem(request, protocols)
@@ -150,7 +151,7 @@ class Simulator:
                 return
             frame = orjson.dumps(event)
             try:
-                await ws.send_str(frame.decode())
+                await ws.send_frame(frame, WSMsgType.TEXT)
             except ConnectionResetError:  # the peer is gone; the reader sees it and ends
                 return
             if probe is not None:
@@ -184,7 +185,7 @@ class Simulator:
             await record.faults.stall()
             if msg.type is WSMsgType.TEXT:
                 if self.config.probe is not None:
-                    self.config.probe("recv", msg.data.encode())
+                    self.config.probe("recv", msg.data)
                 if len(record.raw) < _KEPT_FRAMES:
                     record.raw.append(msg.data[:_KEPT_FRAME_CHARS])
                 await self._handle(record, msg.data)
@@ -196,7 +197,7 @@ class Simulator:
                     )
                 )
 
-    async def _handle(self, record: Record, frame: str) -> None:
+    async def _handle(self, record: Record, frame: bytes) -> None:
         """One client frame. The reader is a task root: a simulator bug answers ``server_error``
         for that event, as the live API does, and the session goes on."""
         try:
@@ -266,7 +267,8 @@ class Simulator:
         if record is None:
             raise web.HTTPNotFound(text="no such session")
         body = record.session.snapshot()
-        body.update(open=record.open, received=record.raw, close_code=record.close_code)
+        received = [raw.decode("utf-8", "replace") for raw in record.raw]
+        body.update(open=record.open, received=received, close_code=record.close_code)
         return web.json_response(body)
 
     async def session_fault(self, request: web.Request) -> web.Response:

@@ -8,11 +8,12 @@ the API's codes and messages. Errors are not fatal, as on the real API.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import math
 import sys
 from typing import Any
+
+import pybase64
 
 from relay.core.beta_translator import BetaTranslator
 from relay.core.errors import InvalidEvent, new_id
@@ -33,6 +34,7 @@ from relay.simulator.vad import VadEvent, VoiceActivityDetector
 _KEPT_TYPES = 200_000
 # Azure's GA endpoint repeats a content part under a second key (recordings: azure-*.yaml).
 _AZURE_PART_EVENTS = frozenset({"response.content_part.added", "response.content_part.done"})
+_HANDLER_NAMES: dict[str, str] = {}  # event type -> handler method name, built once per type
 _VALIDATORS = {Interface.GA: Validator(Interface.GA), Interface.BETA: Validator(Interface.BETA)}
 
 
@@ -100,7 +102,10 @@ class SimSession(Responding):
             await self.emit_raw(beta_error or error)
 
     async def _dispatch(self, event: dict[str, Any]) -> None:
-        handler = getattr(self, "_on_" + event["type"].replace(".", "_"), None)
+        name = _HANDLER_NAMES.get(event["type"])
+        if name is None:
+            name = _HANDLER_NAMES[event["type"]] = "_on_" + event["type"].replace(".", "_")
+        handler = getattr(self, name, None)
         if handler is not None:
             await handler(event)
 
@@ -150,7 +155,7 @@ class SimSession(Responding):
     # ------------------------------------------------------------------ input audio
     async def _on_input_audio_buffer_append(self, event: dict[str, Any]) -> None:
         try:
-            audio = base64.b64decode(event["audio"], validate=True)
+            audio = pybase64.b64decode(event["audio"], validate=True)
         except (binascii.Error, ValueError):
             raise self._fail(
                 event,
