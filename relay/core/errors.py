@@ -12,15 +12,17 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-_ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-# Ids name events and items; they are not secrets, so a seeded PRNG (one call per id) is enough
-# and ~10x cheaper than drawing each character from the OS's CSPRNG on every server event.
+_ID_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+# Random bytes to id characters in one C call: byte b becomes _ID_ALPHABET[b % 62]. The slight
+# bias (8 of 62 characters are a little likelier) is fine: ids name events and items, they are
+# not secrets, which is also why a seeded PRNG serves instead of the OS's CSPRNG.
+_TO_ID_CHARS = bytes(_ID_ALPHABET[b % len(_ID_ALPHABET)] for b in range(256))
 _ids = random.Random()
 
 
 def new_id(prefix: str, length: int = 21) -> str:
     """An id shaped like the API's (``event_`` / ``item_`` / ``sess_`` + 21 characters)."""
-    return prefix + "".join(_ids.choices(_ID_ALPHABET, k=length))
+    return prefix + _ids.randbytes(length).translate(_TO_ID_CHARS).decode()
 
 
 def error_event(

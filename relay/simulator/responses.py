@@ -9,12 +9,13 @@ response.done with usage, then rate_limits.updated.
 from __future__ import annotations
 
 import asyncio
-import base64
 import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import pybase64
 
 from relay.core.errors import new_id
 from relay.simulator.audio import bytes_per_ms, chunks, synthesize
@@ -142,7 +143,7 @@ class ResponseStreamer:
                 self.streamed_text += piece
                 transcript = {"type": "response.output_audio_transcript.delta", **ids}
                 await self.emit({**transcript, "delta": piece, "obfuscation": obfuscation()})
-            delta = base64.b64encode(chunk).decode()
+            delta = pybase64.b64encode_as_string(chunk)
             await self.emit({"type": "response.output_audio.delta", **ids, "delta": delta})
             self.spoken_ms += len(chunk) // bytes_per_ms(self.plan.encoding)
             await self.pause(len(chunk) / bytes_per_ms(self.plan.encoding))

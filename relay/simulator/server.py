@@ -16,10 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from relay.core.errors import error_event
 from relay.core.protocol import BETA_DISABLED_MESSAGE, BETA_HEADER_VALUE, BETA_SUBPROTOCOL
+from relay.core.websocket import OP_TEXT
+from relay.io.websocket import WebSocketConnection, accept
+from relay.simulator.channel import SimChannel
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.faults import Fault, FaultBoard
 from relay.simulator.responding import server_error_event
@@ -32,6 +35,8 @@ _TOKEN_PREFIX = "openai-insecure-api-key."
 # to check what arrived and in which order without holding hours of audio in memory.
 _KEPT_FRAMES = 5000
 _KEPT_FRAME_CHARS = 2000
+_MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+_WRITE_LIMITS = (64 * 1024, 16 * 1024)  # asyncio's own defaults: sends wait above 64 KiB
 
 
 @dataclass
@@ -66,7 +71,7 @@ class Record:
     session: SimSession
     relay_session: str | None
     created_at: float
-    ws: web.WebSocketResponse
+    channel: SimChannel
     raw: list[bytes] = field(default_factory=list)  # the first frames, cut, for inspection
     open: bool = True
     close_code: int | None = None
@@ -81,6 +86,12 @@ class Simulator:
         self.refuse_until = 0.0
         self.refuse_kind = ""
         self.new_session_faults: list[Fault] = []  # armed on the next sessions, one each
+        self.open_connections: set[WebSocketConnection] = set()
+
+    async def shut_down(self, app: web.Application) -> None:
+        """Going away: every open session is closed with 1001, as a restarting server does."""
+        for conn in list(self.open_connections):
+            conn.close_now(1001)
 
     # ------------------------------------------------------------------ websocket
     async def realtime(self, request: web.Request) -> web.StreamResponse:
@@ -88,22 +99,29 @@ class Simulator:
         if refused is not None:
             return refused
         protocols = _protocols(request)
-        ws = web.WebSocketResponse(
-            protocols=("realtime",),
-            heartbeat=self.config.ping_interval_s,
-            max_msg_size=32 * 1024 * 1024,
-            decode_text=False,  # frames are parsed from bytes: no decode and re-encode per frame
+        upgraded = await accept(
+            request,
+            subprotocols=("realtime",),
+            headers={},
+            max_size=_MAX_MESSAGE_BYTES,
+            write_limits=_WRITE_LIMITS,
         )
-        await ws.prepare(request)
+        if isinstance(upgraded, web.Response):
+            return upgraded  # not a WebSocket upgrade: 400 / 426
+        conn = upgraded.connection
         problem = self._auth_problem(request, protocols)
         if problem is not None:
             code, message, close = problem
-            await ws.send_json(error_event(code, message))
-            await ws.close(code=close, message=f"invalid_request_error.{code}".encode())
-            return ws
+            conn.send(orjson.dumps(error_event(code, message)))
+            await conn.close(close, f"invalid_request_error.{code}".encode())
+            return upgraded.response
         model = request.query.get("model") or request.query.get("deployment") or ""
-        await self._serve(request, ws, model)
-        return ws
+        self.open_connections.add(conn)
+        try:
+            await self._serve(request, conn, model)
+        finally:
+            self.open_connections.discard(conn)
+        return upgraded.response
 
     def _refusal(self, request: web.Request) -> web.StreamResponse | None:
         if time.monotonic() >= self.refuse_until:
@@ -140,29 +158,37 @@ class Simulator:
             return "invalid_model", f'Model "{model}" is not supported in realtime mode.', 4000
         return None
 
-    async def _serve(self, request: web.Request, ws: web.WebSocketResponse, model: str) -> None:
+    async def _serve(self, request: web.Request, conn: WebSocketConnection, model: str) -> None:
         record: Record | None = None
         probe = self.config.probe
 
         async def emit(event: dict[str, Any]) -> None:
             assert record is not None
             await record.faults.before_send()
-            if ws.closed or record.close_code is not None:
+            if conn.closing or record.close_code is not None:
                 return
             frame = orjson.dumps(event)
-            try:
-                await ws.send_frame(frame, WSMsgType.TEXT)
-            except ConnectionResetError:  # the peer is gone; the reader sees it and ends
-                return
+            if not await record.channel.send(frame):
+                return  # the peer is gone; the reader sees it and ends
             if probe is not None:
                 probe("send", frame)
             fault = record.faults.after_sent(event["type"])
             if fault is not None:
                 await self._apply(record, fault)
 
+        def arrived(frame: bytes) -> None:
+            assert record is not None
+            if probe is not None:
+                probe("recv", frame)
+            if len(record.raw) < _KEPT_FRAMES:
+                record.raw.append(frame[:_KEPT_FRAME_CHARS])
+
         beta, azure = self._speaks_beta(request), request.path.startswith("/openai/")
         session = SimSession(self.config, model, emit, self.script, beta=beta, azure=azure)
-        record = Record(session, request.headers.get("X-Relay-Session-Id"), time.time(), ws)
+        channel = SimChannel(
+            conn, arrived=arrived, take_now=session.append_now, ping_interval_s=self.config.ping_interval_s
+        )
+        record = Record(session, request.headers.get("X-Relay-Session-Id"), time.time(), channel)
         self._remember(record)
         for configured in self.config.session_faults:
             record.faults.arm(Fault.from_json(dict(configured)))
@@ -171,31 +197,27 @@ class Simulator:
         expiry = asyncio.create_task(self._expire(record))
         try:
             await session.start()
+            channel.start()
             await self._read(record)
         finally:
             expiry.cancel()
             await asyncio.gather(expiry, return_exceptions=True)
             await session.close()
+            conn.abort()  # a cancelled handler must not leave the socket open
             record.open = False
             if record.close_code is None:
-                record.close_code = ws.close_code
+                record.close_code = conn.close_code
 
     async def _read(self, record: Record) -> None:
-        async for msg in record.ws:
+        async for opcode, payload in record.channel.messages():
             await record.faults.stall()
-            if msg.type is WSMsgType.TEXT:
-                if self.config.probe is not None:
-                    self.config.probe("recv", msg.data)
-                if len(record.raw) < _KEPT_FRAMES:
-                    record.raw.append(msg.data[:_KEPT_FRAME_CHARS])
-                await self._handle(record, msg.data)
-            elif msg.type is WSMsgType.BINARY:
-                await record.ws.send_json(
-                    error_event(
-                        "invalid_event",
-                        "Expected a text WebSocket message; binary frames are not supported.",
-                    )
+            if opcode == OP_TEXT:
+                await self._handle(record, payload)
+            else:
+                binary = error_event(
+                    "invalid_event", "Expected a text WebSocket message; binary frames are not supported."
                 )
+                await record.channel.send(orjson.dumps(binary))
 
     async def _handle(self, record: Record, frame: bytes) -> None:
         """One client frame. The reader is a task root: a simulator bug answers ``server_error``
@@ -204,7 +226,7 @@ class Simulator:
             await record.session.handle_frame(frame)
         except Exception:
             _log.exception("simulated session %s failed on a client frame", record.session.id)
-            await record.ws.send_json(server_error_event())
+            await record.channel.send(orjson.dumps(server_error_event()))
 
     def _remember(self, record: Record) -> None:
         """Keep the record; forget the oldest closed ones beyond the cap (open ones stay)."""
@@ -222,23 +244,25 @@ class Simulator:
         await self._apply(record, Fault("close", code=1001, reason="session_expired", minutes=minutes))
 
     async def _apply(self, record: Record, fault: Fault) -> None:
-        ws = record.ws
+        channel = record.channel
         if fault.kind == "drop":
             record.close_code = 1006
-            transport = getattr(getattr(ws, "_writer", None), "transport", None)
-            if transport is not None:
-                transport.abort()
+            channel.conn.abort()
         elif fault.kind == "close":
             reason = fault.reason or ""
             if fault.code == 1001 and "expired" in reason:
                 minutes = 60 if fault.minutes is None else fault.minutes
                 reason = f"Your session hit the maximum duration of {minutes} minutes."
-                await ws.send_json(error_event("session_expired", reason))
-            await ws.close(code=fault.code or 1000, message=reason.encode()[:120])
+                await channel.send(orjson.dumps(error_event("session_expired", reason)))
+            code = fault.code or 1000
+            record.close_code = code
+            await channel.conn.close(code, reason.encode()[:120])
         elif fault.kind == "server_error":
-            await ws.send_json(server_error_event())
+            await channel.send(orjson.dumps(server_error_event()))
         else:
             record.faults.arm_now(fault)
+            if fault.kind == "stall":
+                channel.stall(fault.seconds)
 
     def _speaks_beta(self, request: web.Request) -> bool:
         """Beta shapes: the beta interface, or Azure's preview URL (``/openai/realtime``)."""
@@ -347,6 +371,7 @@ def _key(request: web.Request, protocols: list[str]) -> str | None:
 def create_simulator_app(config: SimulatorConfig) -> web.Application:
     simulator = Simulator(config)
     app = web.Application()
+    app.on_shutdown.append(simulator.shut_down)
     for path in ("/v1/realtime", "/openai/v1/realtime", "/openai/realtime"):
         app.router.add_get(path, simulator.realtime)
     app.router.add_get("/_sim/sessions", simulator.list_sessions)

@@ -34,6 +34,7 @@ from relay.simulator.vad import VadEvent, VoiceActivityDetector
 _KEPT_TYPES = 200_000
 # Azure's GA endpoint repeats a content part under a second key (recordings: azure-*.yaml).
 _AZURE_PART_EVENTS = frozenset({"response.content_part.added", "response.content_part.done"})
+_APPEND_TYPE = b'"input_audio_buffer.append"'
 _HANDLER_NAMES: dict[str, str] = {}  # event type -> handler method name, built once per type
 _VALIDATORS = {Interface.GA: Validator(Interface.GA), Interface.BETA: Validator(Interface.BETA)}
 
@@ -100,6 +101,24 @@ class SimSession(Responding):
             error = exc.to_event()
             beta_error = self.beta.server_to_beta(error) if self.beta is not None else None
             await self.emit_raw(beta_error or error)
+
+    def append_now(self, raw: bytes) -> bool:
+        """Take a plain GA audio append synchronously when there is no VAD to feed (the 20 ms
+        frame that dominates every session). False, having changed nothing: the frame takes the
+        general path, which also produces any error."""
+        if self.vad is not None or self.beta is not None or _APPEND_TYPE not in raw[:64]:
+            return False
+        try:
+            event = parse_client_frame(raw)
+            if event.get("type") != "input_audio_buffer.append" or not Validator.is_plain_append(event):
+                return False
+            audio = pybase64.b64decode(event["audio"], None, True)  # validate=True
+        except (InvalidEvent, binascii.Error, ValueError):
+            return False
+        if len(self.received) < _KEPT_TYPES:
+            self.received.append("input_audio_buffer.append")
+        self.buffer += audio
+        return True
 
     async def _dispatch(self, event: dict[str, Any]) -> None:
         name = _HANDLER_NAMES.get(event["type"])
