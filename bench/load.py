@@ -57,12 +57,14 @@ class Stamps:
     def probe(self, kind: str, frame: bytes) -> None:
         """The simulator's hook: when a client frame arrived, when an audio delta left."""
         now = time.perf_counter()
+        if kind == "send" and b'"response.output_audio.delta"' not in frame[:40]:
+            return  # only audio deltas are timed downstream
         key = event_id(frame)
         if key is None:
             return
         if kind == "recv" and key.startswith("b"):
             self.c2u_recv[key] = now
-        elif kind == "send" and b'"response.output_audio.delta"' in frame[:40]:
+        elif kind == "send":
             self.u2c_sent[key] = now
 
     def latencies(self, direction: str) -> npt.NDArray[np.float64]:

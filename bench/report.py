@@ -90,6 +90,7 @@ def _worst_added_p99(path: Any, direct: Any) -> float:
 def write_report(results: dict[str, Any], out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# relay benchmark", "", *latency_table(results), *sweep_table(results)]
+    lines += _core_capacity(results)
     lines += _beta_and_rotation(results)
     lines += [
         "",
@@ -105,6 +106,20 @@ def write_report(results: dict[str, Any], out: Path) -> str:
     (out / "results.json").write_bytes(orjson.dumps(_serialisable(results), option=orjson.OPT_INDENT_2))
     _chart(results, out / "latency.png")
     return table
+
+
+def _core_capacity(results: dict[str, Any]) -> list[str]:
+    """What one core carries, from the CPU each proxy used in the main run (an extrapolation:
+    latency rises well before a core is full, which is what the sweep shows)."""
+    lines = []
+    for path in results["paths"]:
+        if path.cores:
+            per_session_ms = path.cores / path.sessions * 1000
+            lines.append(
+                f"{path.path} CPU: {per_session_ms:.2f} ms per session-second: one core is full at "
+                f"~{path.sessions / path.cores:.0f} voice sessions"
+            )
+    return ["", *lines] if lines else []
 
 
 def _beta_and_rotation(results: dict[str, Any]) -> list[str]:

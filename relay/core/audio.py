@@ -50,6 +50,11 @@ def looks_like_float32(pcm: bytes) -> bool:
     tones and noise, and sit at 0x00/0xFF for quiet audio. All-zero buffers are the same bytes
     in both formats and are never flagged.
     """
+    # Most PCM16 shows itself in its first samples: when the first 64 candidate bytes alone hold
+    # more misfits than the whole buffer may, the full count below could only say the same.
+    allowed = len(pcm) // 4 * (1 - _FLOAT_SHARE)
+    if len(pcm[3:256:4].translate(None, _FLOAT_EXPONENT_OR_ZERO)) > allowed:
+        return False
     # Exact zeros are the same bytes in both formats: judge only the samples that are not.
     high = pcm[3::4]
     judged = len(high) - high.count(0)

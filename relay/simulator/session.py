@@ -61,7 +61,8 @@ class SimSession(Responding):
         self.conversation_id = new_id("conv_")
         self.emit_raw = emit
         self.script = script
-        self.buffer = bytearray()
+        self.buffer: list[bytes] = []  # appended chunks: joined once, at the commit
+        self.buffered_bytes = 0
         self.buffer_start_ms = 0
         self.vad: VoiceActivityDetector | None = None
         self.active: asyncio.Task[None] | None = None
@@ -117,7 +118,8 @@ class SimSession(Responding):
             return False
         if len(self.received) < _KEPT_TYPES:
             self.received.append("input_audio_buffer.append")
-        self.buffer += audio
+        self.buffer.append(audio)
+        self.buffered_bytes += len(audio)
         return True
 
     async def _dispatch(self, event: dict[str, Any]) -> None:
@@ -183,7 +185,8 @@ class SimSession(Responding):
                 "audio bytes (mono PCM16 at 24kHz) but got an invalid value.",
                 "audio",
             ) from None
-        self.buffer += audio
+        self.buffer.append(audio)
+        self.buffered_bytes += len(audio)
         if self.vad is not None:
             for vad_event in self.vad.feed(audio):
                 await self._on_vad(vad_event)
@@ -217,7 +220,7 @@ class SimSession(Responding):
             await self.cancel_active("turn_detected")
 
     def buffered_ms(self) -> float:
-        return len(self.buffer) / bytes_per_ms(input_encoding(self.session))
+        return self.buffered_bytes / bytes_per_ms(input_encoding(self.session))
 
     async def _on_input_audio_buffer_commit(self, event: dict[str, Any]) -> None:
         if self.buffered_ms() < 100:
@@ -232,8 +235,8 @@ class SimSession(Responding):
     async def _commit(self, item_id: str | None) -> None:
         item_id = item_id or new_id("item_")
         previous = self.conversation.last_id
-        audio = bytes(self.buffer)
-        self.buffer.clear()
+        audio = b"".join(self.buffer)
+        self.buffer, self.buffered_bytes = [], 0
         if self.vad is not None:
             self.vad.reset()
         await self.emit(
@@ -289,7 +292,7 @@ class SimSession(Responding):
         )
 
     async def _on_input_audio_buffer_clear(self, event: dict[str, Any]) -> None:
-        self.buffer.clear()
+        self.buffer, self.buffered_bytes = [], 0
         if self.vad is not None:
             self.vad.reset()
         await self.emit({"type": "input_audio_buffer.cleared"})

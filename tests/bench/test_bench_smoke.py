@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 from pathlib import Path
 
 from bench.report import write_report
@@ -37,6 +38,8 @@ def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> N
     table = write_report(results, tmp_path)
     assert "| relay | 2 | c2u |" in table
     assert "Largest count with relay-added p99 < 5 ms" in table
+    capacity = r"relay CPU: [0-9.]+ ms per session-second: one core is full at ~[0-9]+ voice sessions"
+    assert re.search(capacity, table)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["paths"][0]["path"] == "direct"
     assert (tmp_path / "latency.png").stat().st_size > 1000
