@@ -86,3 +86,44 @@ def replay_micro() -> dict[int, float]:
             samples.append(time.perf_counter() - start)
         results[count] = float(np.median(samples) * 1000)
     return results
+
+
+_ECHO = """
+import socket, sys
+echo = socket.socket(fileno=int(sys.argv[1]))
+while data := echo.recv(64):
+    echo.send(data)
+"""
+
+
+def wakeup_floor(rounds: int, gap_s: float) -> dict[str, float]:
+    """Round trips of one byte to an echo process on the proxies' core, from this one.
+
+    Any proxy on its own core pays this: the frame crosses to a core that was idle and back. On
+    a virtual machine waking an idle vCPU costs far more than on bare metal, and it sets the floor
+    under every proxy's added latency in this benchmark, the relay's and nginx's alike.
+    """
+    import socket
+    import subprocess
+    import sys
+
+    from bench.servers import pin
+
+    mine, theirs = socket.socketpair()
+    echo = subprocess.Popen(
+        [*pin(0), sys.executable, "-c", _ECHO, str(theirs.fileno())], pass_fds=(theirs.fileno(),)
+    )
+    theirs.close()
+    times: list[float] = []
+    try:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            mine.send(b"x")
+            mine.recv(64)
+            times.append((time.perf_counter() - started) * 1000)
+            time.sleep(gap_s)  # long enough for the other core to go idle, as between frames
+    finally:
+        mine.close()
+        echo.wait(10)
+    values = np.array(times)
+    return {f"p{q}": float(np.percentile(values, q)) for q in (50, 99, 99.9)}

@@ -8,7 +8,8 @@ from typing import Any
 
 import orjson
 
-SATURATED_MS = 2.0
+SATURATED_MS = 2.0  # a direct-path median above this: the load side, not the proxy, is measured
+BOUND_MS = 5.0  # the capacity sweep's bound on the relay's added p99
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -66,21 +67,39 @@ def sweep_table(results: dict[str, Any]) -> list[str]:
             )
         lost = sum(p.lost for p in step.values())
         lines.append(f"| {count} | {_fmt(direct.pct('c2u', 50))} | {' | '.join(cells)} | {lost} |")
-    # When the direct path's own median exceeds 2 ms, the load generator (one Python process
-    # sharing a core with the simulator) is the bottleneck and differences are noise, not relay cost.
     steps = results["sweep"]
-    valid = [(c, s) for c, s in steps if s["direct"].pct("c2u", 50) < SATURATED_MS]
-    saturated = [c for c, s in steps if s["direct"].pct("c2u", 50) >= SATURATED_MS]
-    under = [c for c, s in valid if _worst_added_p99(s["relay"], s["direct"]) < 5]
-    lines.append(f"\nLargest count with relay-added p99 < 5 ms: {max(under) if under else 'none'}")
-    if saturated:
+    under = [c for c, s in steps if _under_bound(s)]
+    unresolved = [c for c, s in steps if not _under_bound(s) and not _baseline_resolves(s)]
+    lines.append(f"\nLargest count with relay-added p99 < {BOUND_MS:g} ms: {max(under) if under else 'none'}")
+    if unresolved:
         lines.append(
-            f"Not measurable here: at {', '.join(map(str, saturated))} sessions the load generator itself "
-            f"was saturated (direct-path median >= {SATURATED_MS:g} ms), so those rows compare noise."
+            f"Not measurable here: at {', '.join(map(str, unresolved))} sessions the load generator and "
+            f"simulator (one process, one core) were themselves saturated or stalling (direct-path "
+            f"median >= {SATURATED_MS:g} ms or p99 >= {BOUND_MS:g} ms), so added latency there is noise "
+            "and no bound is claimed."
         )
     if results.get("skipped"):
         lines.append(f"Skipped for the time budget: {', '.join(map(str, results['skipped']))} sessions.")
     return lines
+
+
+def _baseline_resolves(step: dict[str, Any]) -> bool:
+    """The direct path is steady enough that a difference from it can be held to the bound."""
+    direct = step["direct"]
+    return bool(direct.pct("c2u", 50) < SATURATED_MS and _worst_p99(direct) < BOUND_MS)
+
+
+def _under_bound(step: dict[str, Any]) -> bool:
+    """Shown under the bound: the relay path's own p99 is under it (the added part can only be
+    less), or the baseline resolves and the difference is under it."""
+    relay, direct = step["relay"], step["direct"]
+    if _worst_p99(relay) < BOUND_MS:
+        return True
+    return _baseline_resolves(step) and _worst_added_p99(relay, direct) < BOUND_MS
+
+
+def _worst_p99(path: Any) -> float:
+    return max(float(path.pct("c2u", 99)), float(path.pct("u2c", 99)))
 
 
 def _worst_added_p99(path: Any, direct: Any) -> float:
@@ -89,7 +108,7 @@ def _worst_added_p99(path: Any, direct: Any) -> float:
 
 def write_report(results: dict[str, Any], out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
-    lines = ["# relay benchmark", "", *latency_table(results), *sweep_table(results)]
+    lines = ["# relay benchmark", "", *latency_table(results), *_floor(results), *sweep_table(results)]
     lines += _core_capacity(results)
     lines += _beta_and_rotation(results)
     lines += [
@@ -106,6 +125,17 @@ def write_report(results: dict[str, Any], out: Path) -> str:
     (out / "results.json").write_bytes(orjson.dumps(_serialisable(results), option=orjson.OPT_INDENT_2))
     _chart(results, out / "latency.png")
     return table
+
+
+def _floor(results: dict[str, Any]) -> list[str]:
+    floor = results.get("wakeup_floor")
+    if not floor:
+        return []
+    return [
+        "",
+        f"Latency floor of any proxy on its own core (1-byte round trip to an idle core and back): "
+        f"p50 {floor['p50']:.3f} ms, p99 {floor['p99']:.3f} ms, p99.9 {floor['p99.9']:.3f} ms",
+    ]
 
 
 def _core_capacity(results: dict[str, Any]) -> list[str]:
@@ -170,6 +200,7 @@ def _serialisable(results: dict[str, Any]) -> dict[str, Any]:
         "rotation": results.get("rotation"),
         "validation_us": results["validation"],
         "replay_ms": {str(k): v for k, v in results["replay_ms"].items()},
+        "wakeup_floor_ms": results.get("wakeup_floor"),
     }
 
 
@@ -198,7 +229,7 @@ def _chart(results: dict[str, Any], target: Path) -> None:
             right.plot(counts, added, style, marker="o", label=f"{name} added p99 (worse direction)")
             cores = [s[name].cores or 0.0 for s in steps]
             cpu_axis.plot(counts, cores, style, marker="s", color="grey", label=f"{name} CPU (cores)")
-        right.axhline(5, color="red", linewidth=0.8, label="5 ms bound")
+        right.axhline(BOUND_MS, color="red", linewidth=0.8, label=f"{BOUND_MS:g} ms bound")
         right.set_xlabel("concurrent sessions")
         right.set_ylabel("added p99, ms")
         right.set_yscale("symlog", linthresh=10)

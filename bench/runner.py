@@ -30,7 +30,7 @@ import websockets
 
 from bench.audio import speech_like
 from bench.load import Schedule, Stamps, VoiceApp, drive, open_app
-from bench.micro import replay_micro, validation_micro
+from bench.micro import replay_micro, validation_micro, wakeup_floor
 from bench.servers import TOKEN, Proc, start_nginx, start_relay
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
@@ -264,6 +264,7 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     nginx = await start_nginx(sim_port, workdir)
     results: dict[str, Any] = {"paths": [], "sweep": [], "skipped": []}
     try:
+        results["wakeup_floor"] = await asyncio.to_thread(wakeup_floor, args.floor_rounds, 0.01)
         url = "ws://127.0.0.1:{}/v1/realtime?model=gpt-realtime"
         targets = [Target("direct", url.format(sim_port), None)]
         if nginx:
@@ -318,11 +319,15 @@ def run(argv: list[str]) -> int:
         "--budget", type=float, default=900.0, help="seconds for the sweep; larger counts are skipped"
     )
     parser.add_argument("--idle-sessions", type=int, default=500)
+    parser.add_argument(
+        "--floor-rounds", type=int, default=2000, help="cross-core round trips timed for the latency floor"
+    )
     parser.add_argument("--quick", action="store_true", help="10 sessions, 5 s, no sweep")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
     if args.quick:
         args.sessions, args.duration, args.sweep, args.idle_sessions, args.trials = 10, 5.0, [], 50, 1
+        args.floor_rounds = 200
     from bench.report import write_report
 
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:

@@ -35,7 +35,7 @@ class Proc:
                 self.proc.kill()
 
 
-def _pin(core: int) -> list[str]:
+def pin(core: int) -> list[str]:
     return ["taskset", "-c", str(core)] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
 
 
@@ -55,7 +55,7 @@ async def start_relay(sim_port: int, *, validate: bool = True, rotate_after_s: f
         RELAY_MAX_SESSIONS_PER_IDENTITY="5000",
         RELAY_MAX_SESSIONS="5000",
     )
-    cmd = [*_pin(0), sys.executable, "-m", "relay", "serve"]
+    cmd = [*pin(0), sys.executable, "-m", "relay", "serve"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     await _wait_port(port, proc)
     return Proc(proc, port)
@@ -73,7 +73,7 @@ async def start_nginx(sim_port: int, workdir: Path) -> Proc | None:
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     conf = workdir / "nginx.conf"
     conf.write_text(NGINX_CONF.format(port=port, upstream=sim_port, dir=workdir))
-    cmd = [*_pin(0), binary, "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"]
+    cmd = [*pin(0), binary, "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     await _wait_port(port, proc)
     return Proc(proc, port)

@@ -17,7 +17,14 @@ from bench.runner import benchmark
 
 def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> None:
     args = argparse.Namespace(
-        sessions=2, duration=2.0, sweep=[2, 500], sweep_duration=1.5, idle_sessions=5, trials=2, budget=30.0
+        sessions=2,
+        duration=2.0,
+        sweep=[2, 500],
+        sweep_duration=1.5,
+        idle_sessions=5,
+        trials=2,
+        budget=30.0,
+        floor_rounds=20,
     )
     results = asyncio.run(benchmark(args))
     paths = {p.path: p for p in results["paths"]}
@@ -38,6 +45,7 @@ def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> N
     table = write_report(results, tmp_path)
     assert "| relay | 2 | c2u |" in table
     assert "Largest count with relay-added p99 < 5 ms" in table
+    assert re.search(r"own core .*: p50 [0-9.]+ ms, p99 [0-9.]+ ms", table)
     capacity = r"relay CPU: [0-9.]+ ms per session-second: one core is full at ~[0-9]+ voice sessions"
     assert re.search(capacity, table)
     saved = json.loads((tmp_path / "results.json").read_text())
