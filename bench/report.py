@@ -118,6 +118,13 @@ def write_report(results: dict[str, Any], out: Path) -> str:
         f"large session.update {results['validation']['session_update_large_us']:.1f} us",
         "Replay planning: " + ", ".join(f"{n} items {ms:.2f} ms" for n, ms in results["replay_ms"].items()),
     ]
+    hot = results.get("hot_path")
+    if hot:
+        lines.append(
+            f"Relay's own work per frame without sockets (bench/hotpath.py): 20 ms append "
+            f"{hot['c2u_us']:.1f} us, audio delta {hot['u2c_us']:.1f} us; the rest of the CPU per "
+            "frame above is the kernel's and the event loop's"
+        )
     if not results.get("nginx"):
         lines.append("nginx was not found: the nginx rows are missing (install Debian's nginx).")
     table = "\n".join(lines)
@@ -201,6 +208,7 @@ def _serialisable(results: dict[str, Any]) -> dict[str, Any]:
         "validation_us": results["validation"],
         "replay_ms": {str(k): v for k, v in results["replay_ms"].items()},
         "wakeup_floor_ms": results.get("wakeup_floor"),
+        "hot_path_us": {k: v for k, v in results.get("hot_path", {}).items() if k.endswith("_us")},
     }
 
 

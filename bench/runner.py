@@ -29,6 +29,7 @@ import numpy as np
 import websockets
 
 from bench.audio import speech_like
+from bench.hotpath import measure as hot_path_micro
 from bench.load import Schedule, Stamps, VoiceApp, drive, open_app
 from bench.micro import replay_micro, validation_micro, wakeup_floor
 from bench.servers import TOKEN, Proc, start_nginx, start_relay
@@ -297,6 +298,7 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         results["rss_per_session"] = await idle_rss_per_session(sim_port, args.idle_sessions)
         results["validation"] = validation_micro()
         results["replay_ms"] = replay_micro()
+        results["hot_path"] = await hot_path_micro()
         results["nginx"] = nginx is not None
     finally:
         relay.stop()

@@ -46,6 +46,7 @@ def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> N
     assert "| relay | 2 | c2u |" in table
     assert "Largest count with relay-added p99 < 5 ms" in table
     assert re.search(r"own core .*: p50 [0-9.]+ ms, p99 [0-9.]+ ms", table)
+    assert re.search(r"without sockets .*: 20 ms append [0-9.]+ us, audio delta [0-9.]+ us", table)
     capacity = r"relay CPU: [0-9.]+ ms per session-second: one core is full at ~[0-9]+ voice sessions"
     assert re.search(capacity, table)
     saved = json.loads((tmp_path / "results.json").read_text())

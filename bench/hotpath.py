@@ -1,0 +1,149 @@
+"""The relay's own work per forwarded frame, without sockets: ``python -m bench.hotpath``.
+
+A real ``RelaySession`` (validation on, metrics, supervisor state, readiness gate) sits between two
+WebSocket connections whose transports only collect what is written. Client frames are fed as a
+browser sends them (masked 20 ms PCM16 appends) and upstream frames as the API sends them (audio
+deltas). What this times is the Python the relay runs per frame; the benchmark's CPU per frame
+minus this is the kernel's and the event loop's share. It is also the harness for profiling the
+hot path without network noise: run it under ``py-spy record`` or ``valgrind --tool=callgrind``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import statistics
+import time
+from typing import Any
+
+import aiohttp
+from prometheus_client import CollectorRegistry
+
+from bench.audio import speech_like
+from relay.core.credentials import Authenticator
+from relay.core.websocket import encode_frame
+from relay.io.context import RelayContext, SessionRegistry
+from relay.io.link import UpstreamLink
+from relay.io.session import RelaySession
+from relay.io.upstream import UpstreamConfig
+from relay.io.websocket import WebSocketConnection
+from relay.observability.metrics import RelayMetrics
+from relay.settings import load_settings
+
+
+class _Sink:
+    """A transport that keeps count of what it was given and never pushes back."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+
+    def is_closing(self) -> bool:
+        return False
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        return None
+
+    def pause_reading(self) -> None:
+        return None
+
+    def resume_reading(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def abort(self) -> None:
+        return None
+
+
+class HotPath:
+    """One session wired to null transports; ``c2u()`` / ``u2c()`` forward one frame each."""
+
+    def __init__(self, session: RelaySession, client: WebSocketConnection, upstream: WebSocketConnection):
+        self.session, self.client, self.upstream = session, client, upstream
+        chunk = base64.b64encode(speech_like(20)).decode()
+        self.appends = [
+            encode_frame(
+                f'{{"type":"input_audio_buffer.append","event_id":"b{i}","audio":"{chunk}"}}'.encode(),
+                mask=True,
+            )
+            for i in range(500)
+        ]
+        delta = base64.b64encode(speech_like(100)).decode()
+        self.deltas = [
+            encode_frame(
+                (
+                    f'{{"type":"response.output_audio.delta","event_id":"event_{i}","response_id":"resp_1",'
+                    f'"item_id":"item_1","output_index":0,"content_index":0,"delta":"{delta}"}}'
+                ).encode()
+            )
+            for i in range(500)
+        ]
+        self._sent = 0
+        self._received = 0
+
+    def c2u(self) -> None:
+        self.client.data_received(self.appends[self._sent % 500])
+        self._sent += 1
+        if self._sent % 500 == 0:  # as a commit would: the replay copy of the audio stays bounded
+            self.session.supervisor.state.on_server_event({"type": "input_audio_buffer.committed"})
+
+    def u2c(self) -> None:
+        self.upstream.data_received(self.deltas[self._received % 500])
+        self._received += 1
+
+
+async def open_hot_path(http: aiohttp.ClientSession) -> HotPath:
+    settings = load_settings(client_tokens=["bench"])
+    ctx = RelayContext(
+        settings=settings,
+        http=http,
+        upstreams=UpstreamConfig(settings, simulator_url="ws://127.0.0.1:9/v1/realtime", token_provider=None),
+        metrics=RelayMetrics(CollectorRegistry()),
+        authenticator=Authenticator(settings),
+        registry=SessionRegistry(settings.max_sessions, settings.max_sessions_per_identity),
+    )
+    client = WebSocketConnection(client_side=False, max_size=settings.max_message_bytes)
+    client.connection_made(_Sink())  # type: ignore[arg-type]
+    upstream = WebSocketConnection(client_side=True, max_size=settings.max_message_bytes)
+    upstream.connection_made(_Sink())  # type: ignore[arg-type]
+    session = RelaySession(ctx, client, session_id="relay_bench", identity_key="bench", model="gpt-realtime")
+    client.set_handler(session.on_client_message)
+    target = await ctx.upstreams.target("gpt-realtime", "relay_bench")
+    session.attach(UpstreamLink(upstream, target, time.monotonic()))
+    session.gate.session_ready = True
+    return HotPath(session, client, upstream)
+
+
+def per_frame_us(step: Any, frames: int = 5000, repeats: int = 7) -> float:
+    """Median over ``repeats`` batches of the microseconds one call of ``step`` takes."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(frames):
+            step()
+        times.append((time.perf_counter() - started) / frames * 1e6)
+    return statistics.median(times)
+
+
+async def measure(frames: int = 5000) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http:
+        path = await open_hot_path(http)
+        c2u, u2c = per_frame_us(path.c2u, frames), per_frame_us(path.u2c, frames)
+        forwarded = (path.upstream.transport.writes, path.client.transport.writes)  # type: ignore[union-attr]
+        return {"c2u_us": c2u, "u2c_us": u2c, "forwarded": forwarded, "fed": (path._sent, path._received)}
+
+
+def main() -> None:
+    result = asyncio.run(measure())
+    print(
+        f"relay's own work per frame (no sockets): client->upstream append {result['c2u_us']:.1f} us, "
+        f"upstream->client audio delta {result['u2c_us']:.1f} us"
+    )
+
+
+if __name__ == "__main__":
+    main()
