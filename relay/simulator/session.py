@@ -32,6 +32,7 @@ from relay.simulator.state import (
 from relay.simulator.vad import VadEvent, VoiceActivityDetector
 
 _KEPT_TYPES = 200_000
+_KEPT_INPUT_AUDIO_BYTES = 8 * 1024 * 1024  # ~3 minutes of PCM16 per session
 # Azure's GA endpoint repeats a content part under a second key (recordings: azure-*.yaml).
 _AZURE_PART_EVENTS = frozenset({"response.content_part.added", "response.content_part.done"})
 _APPEND_TYPE = b'"input_audio_buffer.append"'
@@ -72,6 +73,10 @@ class SimSession(Responding):
         self.tracing_enabled = False
         self.received: list[str] = []  # event types, interned: cheap even for hours of appends
         self.pending_user_item: str | None = None
+        # Committed user audio by item id, for conversation.item.retrieved (the API returns it),
+        # oldest dropped beyond a budget: hours of speech must not live in the simulator.
+        self.input_audio: dict[str, bytes] = {}
+        self.input_audio_bytes = 0
         self._reset_vad()
 
     async def emit(self, event: dict[str, Any]) -> None:
@@ -320,6 +325,8 @@ class SimSession(Responding):
 
     async def _add_item(self, item: dict[str, Any], previous: str | None, audio: bytes = b"") -> None:
         before = self.conversation.insert(item, previous)
+        if audio:
+            self._keep_audio(item["id"], audio)
         for kind in ("conversation.item.added", "conversation.item.done"):
             await self.emit({"type": kind, "previous_item_id": before, "item": item})
 
@@ -331,12 +338,26 @@ class SimSession(Responding):
             )
         return item
 
+    def _keep_audio(self, item_id: str, audio: bytes) -> None:
+        self.input_audio[item_id] = audio
+        self.input_audio_bytes += len(audio)
+        while self.input_audio_bytes > _KEPT_INPUT_AUDIO_BYTES and len(self.input_audio) > 1:
+            oldest = next(iter(self.input_audio))
+            self.input_audio_bytes -= len(self.input_audio.pop(oldest))
+
     async def _on_conversation_item_retrieve(self, event: dict[str, Any]) -> None:
-        await self.emit({"type": "conversation.item.retrieved", "item": self._item_or_fail(event)})
+        item = self._item_or_fail(event)
+        audio = self.input_audio.get(item["id"])
+        if audio is not None and item.get("content"):
+            content = [dict(part) for part in item["content"]]
+            content[0]["audio"] = pybase64.b64encode_as_string(audio)
+            item = {**item, "content": content}
+        await self.emit({"type": "conversation.item.retrieved", "item": item})
 
     async def _on_conversation_item_delete(self, event: dict[str, Any]) -> None:
         self._item_or_fail(event)
         self.conversation.delete(event["item_id"])
+        self.input_audio_bytes -= len(self.input_audio.pop(event["item_id"], b""))
         await self.emit({"type": "conversation.item.deleted", "item_id": event["item_id"]})
 
     async def _on_conversation_item_truncate(self, event: dict[str, Any]) -> None:

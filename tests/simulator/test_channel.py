@@ -13,6 +13,7 @@ from relay.core.websocket import OP_TEXT, encode_frame
 from relay.io.websocket import WebSocketConnection, connect
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
+from tests.simulator.conftest import check_server_event
 from tests.support.sim_control import SimControl
 
 AUTH = {"Authorization": "Bearer k"}
@@ -104,3 +105,26 @@ async def test_shutting_down_closes_open_sessions_with_1001() -> None:
     async with asyncio.timeout(10):
         await client.conn.closed
     assert client.conn.close_code == 1001
+
+
+async def test_retrieved_user_item_carries_its_committed_audio() -> None:
+    """The API returns a user item's audio on conversation.item.retrieve (reference §2.5)."""
+    runner, port = await start_simulator(SimulatorConfig(speed=100.0, reply_text="Hi"))
+    try:
+        client = await _client(port)
+        audio = bytes(range(256)) * 75  # 200 ms of PCM16, recognisable bytes
+        append = {"type": "input_audio_buffer.append", "audio": base64.b64encode(audio).decode()}
+        client.burst(append, {"type": "input_audio_buffer.commit"})
+        committed = await client.next("input_audio_buffer.committed")
+        added = await client.next("conversation.item.added")
+        assert "audio" not in added["item"]["content"][0]  # the stream events carry no audio
+        client.burst({"type": "conversation.item.retrieve", "item_id": committed["item_id"]})
+        retrieved = await client.next("conversation.item.retrieved")
+        check_server_event(retrieved)  # the SDK's own type accepts it
+        part = retrieved["item"]["content"][0]
+        assert (part["type"], base64.b64decode(part["audio"])) == ("input_audio", audio)
+        client.burst({"type": "conversation.item.delete", "item_id": committed["item_id"]})
+        assert (await client.next("conversation.item.deleted"))["item_id"] == committed["item_id"]
+        client.conn.close_now()
+    finally:
+        await runner.cleanup()
