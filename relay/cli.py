@@ -33,20 +33,23 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--port", type=int, default=8081)
     simulate.add_argument("--speed", type=float, default=1.0, help="1 = real time")
-    bench = commands.add_parser("bench", help="run the benchmark (see bench/)")
-    bench.add_argument("args", nargs=argparse.REMAINDER)
+    # Listed for --help; its own options are the benchmark's (``relay bench --help``).
+    commands.add_parser("bench", help="run the benchmark (see bench/)", add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # Everything after "bench" is the benchmark's: argparse's REMAINDER would refuse a
+        # leading option such as --quick.
+        from bench.__main__ import main as bench_main
+
+        return int(bench_main(argv[1:]))
     args = _parser().parse_args(argv)
     command = args.command or "serve"
     if command == "simulate":
         return _simulate(args.host, args.port, args.speed)
-    if command == "bench":
-        from bench.__main__ import main as bench_main
-
-        return int(bench_main(args.args))
     return _serve(getattr(args, "config", None), getattr(args, "host", None), getattr(args, "port", None))
 
 

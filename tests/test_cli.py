@@ -78,3 +78,19 @@ async def test_sigterm_drains_then_closes_1001(
     assert await asyncio.to_thread(proc.wait, 20) == 0
     assert proc.stderr is not None
     assert b"embedded simulator" in proc.stderr.read()
+
+
+def test_relay_bench_passes_every_option_to_the_benchmark() -> None:
+    """``relay bench --quick`` must reach the benchmark's own parser, options first included."""
+    done = subprocess.run(
+        [sys.executable, "-m", "relay", "bench", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: relay bench")
+    assert "--quick" in done.stdout
+    assert "--sweep" in done.stdout
+    refused = subprocess.run(
+        [sys.executable, "-m", "relay", "bench", "--no-such-flag"], capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2
+    assert "relay bench: error: unrecognized arguments: --no-such-flag" in refused.stderr
