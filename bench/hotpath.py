@@ -64,6 +64,9 @@ class HotPath:
 
     def __init__(self, session: RelaySession, client: WebSocketConnection, upstream: WebSocketConnection):
         self.session, self.client, self.upstream = session, client, upstream
+        self.client_sink, self.upstream_sink = _Sink(), _Sink()
+        client.connection_made(self.client_sink)  # type: ignore[arg-type]
+        upstream.connection_made(self.upstream_sink)  # type: ignore[arg-type]
         chunk = base64.b64encode(speech_like(20)).decode()
         self.appends = [
             encode_frame(
@@ -82,18 +85,18 @@ class HotPath:
             )
             for i in range(500)
         ]
-        self._sent = 0
-        self._received = 0
+        self.sent = 0  # frames fed in each direction
+        self.received = 0
 
     def c2u(self) -> None:
-        self.client.data_received(self.appends[self._sent % 500])
-        self._sent += 1
-        if self._sent % 500 == 0:  # as a commit would: the replay copy of the audio stays bounded
+        self.client.data_received(self.appends[self.sent % 500])
+        self.sent += 1
+        if self.sent % 500 == 0:  # as a commit would: the replay copy of the audio stays bounded
             self.session.supervisor.state.on_server_event({"type": "input_audio_buffer.committed"})
 
     def u2c(self) -> None:
-        self.upstream.data_received(self.deltas[self._received % 500])
-        self._received += 1
+        self.upstream.data_received(self.deltas[self.received % 500])
+        self.received += 1
 
 
 async def open_hot_path(http: aiohttp.ClientSession) -> HotPath:
@@ -107,15 +110,14 @@ async def open_hot_path(http: aiohttp.ClientSession) -> HotPath:
         registry=SessionRegistry(settings.max_sessions, settings.max_sessions_per_identity),
     )
     client = WebSocketConnection(client_side=False, max_size=settings.max_message_bytes)
-    client.connection_made(_Sink())  # type: ignore[arg-type]
     upstream = WebSocketConnection(client_side=True, max_size=settings.max_message_bytes)
-    upstream.connection_made(_Sink())  # type: ignore[arg-type]
     session = RelaySession(ctx, client, session_id="relay_bench", identity_key="bench", model="gpt-realtime")
     client.set_handler(session.on_client_message)
     target = await ctx.upstreams.target("gpt-realtime", "relay_bench")
+    path = HotPath(session, client, upstream)  # wires the transports before the session uses them
     session.attach(UpstreamLink(upstream, target, time.monotonic()))
     session.gate.session_ready = True
-    return HotPath(session, client, upstream)
+    return path
 
 
 def per_frame_us(step: Any, frames: int = 5000, repeats: int = 7) -> float:
@@ -133,8 +135,8 @@ async def measure(frames: int = 5000) -> dict[str, Any]:
     async with aiohttp.ClientSession() as http:
         path = await open_hot_path(http)
         c2u, u2c = per_frame_us(path.c2u, frames), per_frame_us(path.u2c, frames)
-        forwarded = (path.upstream.transport.writes, path.client.transport.writes)  # type: ignore[union-attr]
-        return {"c2u_us": c2u, "u2c_us": u2c, "forwarded": forwarded, "fed": (path._sent, path._received)}
+        forwarded = (path.upstream_sink.writes, path.client_sink.writes)
+        return {"c2u_us": c2u, "u2c_us": u2c, "forwarded": forwarded, "fed": (path.sent, path.received)}
 
 
 def main() -> None:

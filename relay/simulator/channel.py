@@ -57,9 +57,13 @@ class SimChannel:
         self._ready = True
 
     async def messages(self) -> AsyncIterator[tuple[int, bytes]]:
-        """Queued messages in arrival order, until the connection is gone."""
+        """Queued messages in arrival order, until the connection is gone; none during a stall."""
         while True:
             while self._inbox:
+                stalled = self._stalled_until - self._loop.time()
+                if stalled > 0:  # what was read before the stall waits it out too
+                    await asyncio.sleep(stalled)
+                    continue
                 message = self._inbox.popleft()
                 if len(self._inbox) <= _INBOX_LOW:
                     self.conn.resume_reading("inbox")

@@ -42,18 +42,15 @@ class FaultBoard:
     armed: list[Fault] = field(default_factory=list)
     seen: dict[str, int] = field(default_factory=dict)
     latency_s: float = 0.0
-    stall_until: float = 0.0
 
     def arm(self, fault: Fault) -> None:
         self.armed.append(fault)
 
     def arm_now(self, fault: Fault) -> None:
-        """Faults that change behaviour from now on rather than happen once."""
-        loop = asyncio.get_running_loop()
+        """Faults that change behaviour from now on rather than happen once (a stall is the
+        socket's: :meth:`SimChannel.stall`)."""
         if fault.kind == "latency":
             self.latency_s = fault.ms / 1000
-        elif fault.kind == "stall":
-            self.stall_until = loop.time() + fault.seconds
 
     def after_sent(self, event_type: str) -> Fault | None:
         if not self.armed:
@@ -68,8 +65,3 @@ class FaultBoard:
     async def before_send(self) -> None:
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-
-    async def stall(self) -> None:
-        delay = self.stall_until - asyncio.get_running_loop().time()
-        if delay > 0:
-            await asyncio.sleep(delay)

@@ -86,12 +86,12 @@ class Simulator:
         self.refuse_until = 0.0
         self.refuse_kind = ""
         self.new_session_faults: list[Fault] = []  # armed on the next sessions, one each
-        self.open_connections: set[WebSocketConnection] = set()
 
     async def shut_down(self, app: web.Application) -> None:
         """Going away: every open session is closed with 1001, as a restarting server does."""
-        for conn in list(self.open_connections):
-            conn.close_now(1001)
+        for record in list(self.records.values()):
+            if record.open:
+                record.channel.conn.close_now(1001)
 
     # ------------------------------------------------------------------ websocket
     async def realtime(self, request: web.Request) -> web.StreamResponse:
@@ -116,11 +116,7 @@ class Simulator:
             await conn.close(close, f"invalid_request_error.{code}".encode())
             return upgraded.response
         model = request.query.get("model") or request.query.get("deployment") or ""
-        self.open_connections.add(conn)
-        try:
-            await self._serve(request, conn, model)
-        finally:
-            self.open_connections.discard(conn)
+        await self._serve(request, conn, model)
         return upgraded.response
 
     def _refusal(self, request: web.Request) -> web.StreamResponse | None:
@@ -210,7 +206,6 @@ class Simulator:
 
     async def _read(self, record: Record) -> None:
         async for opcode, payload in record.channel.messages():
-            await record.faults.stall()
             if opcode == OP_TEXT:
                 await self._handle(record, payload)
             else:
@@ -259,10 +254,10 @@ class Simulator:
             await channel.conn.close(code, reason.encode()[:120])
         elif fault.kind == "server_error":
             await channel.send(orjson.dumps(server_error_event()))
+        elif fault.kind == "stall":
+            channel.stall(fault.seconds)
         else:
             record.faults.arm_now(fault)
-            if fault.kind == "stall":
-                channel.stall(fault.seconds)
 
     def _speaks_beta(self, request: web.Request) -> bool:
         """Beta shapes: the beta interface, or Azure's preview URL (``/openai/realtime``)."""

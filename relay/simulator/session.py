@@ -94,8 +94,7 @@ class SimSession(Responding):
     async def handle_frame(self, raw: str | bytes) -> None:
         try:
             event = parse_client_frame(raw)
-            if len(self.received) < _KEPT_TYPES:
-                self.received.append(sys.intern(str(event["type"])))
+            self._note_received(sys.intern(str(event["type"])))
             if self.beta is None:
                 _VALIDATORS[Interface.GA].check(event)
                 await self._dispatch(event)
@@ -121,11 +120,13 @@ class SimSession(Responding):
             audio = pybase64.b64decode(event["audio"], None, True)  # validate=True
         except (InvalidEvent, binascii.Error, ValueError):
             return False
-        if len(self.received) < _KEPT_TYPES:
-            self.received.append("input_audio_buffer.append")
-        self.buffer.append(audio)
-        self.buffered_bytes += len(audio)
+        self._note_received("input_audio_buffer.append")
+        self._buffer_audio(audio)
         return True
+
+    def _note_received(self, event_type: str) -> None:
+        if len(self.received) < _KEPT_TYPES:
+            self.received.append(event_type)
 
     async def _dispatch(self, event: dict[str, Any]) -> None:
         name = _HANDLER_NAMES.get(event["type"])
@@ -190,8 +191,7 @@ class SimSession(Responding):
                 "audio bytes (mono PCM16 at 24kHz) but got an invalid value.",
                 "audio",
             ) from None
-        self.buffer.append(audio)
-        self.buffered_bytes += len(audio)
+        self._buffer_audio(audio)
         if self.vad is not None:
             for vad_event in self.vad.feed(audio):
                 await self._on_vad(vad_event)
@@ -224,6 +224,16 @@ class SimSession(Responding):
         if self.active is not None and detection.get("interrupt_response", True):
             await self.cancel_active("turn_detected")
 
+    def _buffer_audio(self, audio: bytes) -> None:
+        self.buffer.append(audio)
+        self.buffered_bytes += len(audio)
+
+    def _take_buffer(self) -> bytes:
+        """The input buffer's audio, leaving it empty (a commit or a clear)."""
+        audio = b"".join(self.buffer)
+        self.buffer, self.buffered_bytes = [], 0
+        return audio
+
     def buffered_ms(self) -> float:
         return self.buffered_bytes / bytes_per_ms(input_encoding(self.session))
 
@@ -240,8 +250,7 @@ class SimSession(Responding):
     async def _commit(self, item_id: str | None) -> None:
         item_id = item_id or new_id("item_")
         previous = self.conversation.last_id
-        audio = b"".join(self.buffer)
-        self.buffer, self.buffered_bytes = [], 0
+        audio = self._take_buffer()
         if self.vad is not None:
             self.vad.reset()
         await self.emit(
@@ -297,7 +306,7 @@ class SimSession(Responding):
         )
 
     async def _on_input_audio_buffer_clear(self, event: dict[str, Any]) -> None:
-        self.buffer, self.buffered_bytes = [], 0
+        self._take_buffer()
         if self.vad is not None:
             self.vad.reset()
         await self.emit({"type": "input_audio_buffer.cleared"})
