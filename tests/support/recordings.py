@@ -1,19 +1,17 @@
-"""The recorded real sessions in ../shared/recordings, when present (tests skip without them)."""
+"""The recorded real sessions, copied into tests/data/recordings (source and licence in its README)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-RECORDINGS = Path(__file__).resolve().parents[2].parent / "shared" / "recordings"
+DATA = Path(__file__).resolve().parents[1] / "data"
+RECORDINGS = DATA / "recordings"
 
 
 def recording_files(prefix: str = "") -> list[Path]:
-    if not RECORDINGS.is_dir():
-        return []
     return sorted(p for p in RECORDINGS.glob(f"{prefix}*.yaml"))
 
 
@@ -22,6 +20,7 @@ def load(path: Path) -> list[dict[str, Any]]:
     return [i for i in data["interactions"] if i.get("kind") == "message"]
 
 
+
 def require_recordings() -> None:
-    if not RECORDINGS.is_dir():
-        pytest.skip(f"recordings not found at {RECORDINGS} (they live in the shared folder)")
+    """The recordings ship with the repository: their absence is a broken checkout, not a skip."""
+    assert recording_files(), f"no recordings in {RECORDINGS}"
