@@ -85,7 +85,9 @@ async def _relay_context(app: web.Application) -> AsyncIterator[None]:
             ),
             metrics=app[METRICS],
             authenticator=Authenticator(settings),
-            registry=SessionRegistry(settings.max_sessions, settings.max_sessions_per_identity),
+            registry=SessionRegistry(
+                settings.max_sessions, settings.max_sessions_per_identity, settings.max_sessions_per_token
+            ),
         )
         app[RELAY_CONTEXT].registry.empty.set()
         yield

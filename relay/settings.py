@@ -88,7 +88,9 @@ class Settings(BaseSettings):
     allow_unauthenticated: bool = False  # only honoured on a loopback host
     allowed_origins: _CSV = Field(default_factory=list)  # empty: no Origin check
     max_sessions: int = Field(1000, ge=1)
-    max_sessions_per_identity: int = Field(50, ge=1)
+    max_sessions_per_identity: int = Field(50, ge=1)  # per JWT identity (one user)
+    # Per static token: usually one app's shared credential, so only the global cap by default.
+    max_sessions_per_token: int | None = Field(None, ge=1)
 
     # --- transport -------------------------------------------------------------------------
     ping_interval_s: float = Field(20.0, gt=0)  # keepalive pings to both peers
@@ -126,7 +128,7 @@ class Settings(BaseSettings):
     beta_clients: Literal["translate", "reject"] = "translate"
 
     # --- operations ------------------------------------------------------------------------
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # any case
     log_format: Literal["json", "console"] = "json"
     console_enabled: bool = True  # the voice console page at /
     simulator_speed: float = Field(1.0, gt=0)  # embedded simulator: 1 = real time
@@ -144,6 +146,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("client_tokens", mode="before")
     @classmethod

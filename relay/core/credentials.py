@@ -12,23 +12,39 @@ import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
 
 import jwt
 
 from relay.core.protocol import TOKEN_SUBPROTOCOL_PREFIX
 from relay.settings import Settings
 
+IdentityKind = Literal["token", "jwt", "anonymous"]
+
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who the client is, for per-identity limits and logs (never the token itself)."""
+    """Who the client is, for per-identity limits and logs (never the token itself).
+
+    A static token is usually an app's shared credential, a JWT names one user: their caps
+    differ (``kind``), and their keys can never collide.
+    """
 
     subject: str
     tenant: str | None = None
+    kind: IdentityKind = "jwt"
 
     @property
     def key(self) -> str:
-        return f"{self.tenant}/{self.subject}" if self.tenant else self.subject
+        """Unambiguous: the kind first, then each part percent-encoded (a ``/`` or ``:`` inside a
+        claim cannot make tenant ``a`` + sub ``b/c`` equal tenant ``a/b`` + sub ``c``)."""
+        if self.kind == "anonymous":
+            return "anonymous"
+        if self.kind == "token":
+            return f"token:{self.subject}"
+        subject = quote(self.subject, safe="")
+        return f"jwt:{quote(self.tenant, safe='')}/{subject}" if self.tenant is not None else f"jwt:{subject}"
 
 
 class AuthError(Exception):
@@ -71,11 +87,11 @@ class Authenticator:
 
     def authenticate(self, token: str | None) -> Identity:
         if not self.required:
-            return Identity("anonymous")
+            return Identity("anonymous", kind="anonymous")
         if not token:
             raise AuthError("missing_credentials", "missing client credentials")
         if self._static_match(token):
-            return Identity("token:" + _sha256(token)[:12])
+            return Identity(_sha256(token)[:12], kind="token")
         if token.count(".") == 2 and (self._jwt_secret or self._jwt_public_key):
             return self._verify_jwt(token)
         raise AuthError("invalid_token", "invalid client token")

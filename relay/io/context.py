@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from relay.core.credentials import Authenticator
+from relay.core.credentials import Authenticator, Identity
 from relay.io.upstream import UpstreamConfig
 from relay.observability.metrics import RelayMetrics
 from relay.settings import Settings
@@ -32,21 +32,34 @@ class SessionRegistry:
     """Live sessions, for caps, draining and readiness."""
 
     max_sessions: int
-    max_per_identity: int
+    max_per_identity: int  # a JWT identity: one user
+    max_per_token: int | None = None  # a static token: usually a whole app's
     sessions: set[RelaySession] = field(default_factory=set)
     per_identity: Counter[str] = field(default_factory=Counter)
     empty: asyncio.Event = field(default_factory=asyncio.Event)
     reserved: int = 0  # admitted at the upgrade, whether or not their session has started yet
 
-    def reserve(self, identity_key: str) -> None:
+    def reserve(self, identity: Identity) -> None:
         if self.reserved >= self.max_sessions:
-            raise CapacityExceeded("global_session_cap", "the relay is at its session capacity")
-        if self.per_identity[identity_key] >= self.max_per_identity:
             raise CapacityExceeded(
-                "identity_session_cap", "too many concurrent sessions for this client identity"
+                "global_session_cap",
+                f"the relay is at its session capacity ({self.max_sessions} sessions; "
+                "RELAY_MAX_SESSIONS raises it)",
             )
-        self.per_identity[identity_key] += 1
+        limit, setting = self._limit_for(identity)
+        if limit is not None and self.per_identity[identity.key] >= limit:
+            raise CapacityExceeded(
+                "identity_session_cap",
+                f"too many concurrent sessions for this client identity ({limit} per "
+                f"{'token' if identity.kind == 'token' else 'identity'}; {setting} raises it)",
+            )
+        self.per_identity[identity.key] += 1
         self.reserved += 1
+
+    def _limit_for(self, identity: Identity) -> tuple[int | None, str]:
+        if identity.kind == "token":
+            return self.max_per_token, "RELAY_MAX_SESSIONS_PER_TOKEN"
+        return self.max_per_identity, "RELAY_MAX_SESSIONS_PER_IDENTITY"
 
     def add(self, session: RelaySession) -> None:
         self.sessions.add(session)

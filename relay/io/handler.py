@@ -99,7 +99,7 @@ async def realtime_endpoint(request: web.Request) -> web.StreamResponse:
     try:
         admission = admit(ctx, request)
         try:
-            ctx.registry.reserve(admission.identity.key)
+            ctx.registry.reserve(admission.identity)
         except CapacityExceeded as exc:
             raise Rejection(429, exc.reason, exc.message) from None
     except Rejection as rejection:

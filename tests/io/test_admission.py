@@ -79,7 +79,7 @@ async def test_session_caps_get_429(start_relay: RelayFactory, upstream: Scripte
         upstream="simulator",
         upstream_url=upstream.url,
         max_sessions=3,
-        max_sessions_per_identity=2,
+        max_sessions_per_token=2,
         client_tokens=[TOKEN, other],
     )
     auth = {"Authorization": f"Bearer {TOKEN}"}
@@ -89,14 +89,32 @@ async def test_session_caps_get_429(start_relay: RelayFactory, upstream: Scripte
     ):
         status, body = await _upgrade(relay.ws_url, auth)
         assert (status, body["error"]["code"]) == (429, "identity_session_cap")  # type: ignore[index]
+        assert "2 per token" in body["error"]["message"]  # type: ignore[index]
+        assert "RELAY_MAX_SESSIONS_PER_TOKEN" in body["error"]["message"]  # type: ignore[index]
         other_auth = {"Authorization": f"Bearer {other}"}
         async with websockets.connect(relay.ws_url, additional_headers=other_auth):
             status, body = await _upgrade(relay.ws_url, other_auth)
             assert (status, body["error"]["code"]) == (429, "global_session_cap")  # type: ignore[index]
+            assert "RELAY_MAX_SESSIONS" in body["error"]["message"]  # type: ignore[index]
     # Capacity comes back once sessions end.
     await asyncio.sleep(0.2)
     async with websockets.connect(relay.ws_url, additional_headers=auth):
         pass
+
+
+async def test_a_shared_static_token_is_not_capped_like_one_user(
+    start_relay: RelayFactory, upstream: ScriptedUpstream
+) -> None:
+    """The README's quick path is one token for a whole app: 60 users at once must get in,
+    beyond the per-user (JWT) default of 50; only the global cap applies to it by default."""
+    relay = await start_relay(upstream="simulator", upstream_url=upstream.url, max_sessions=60)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    clients = [await websockets.connect(relay.ws_url, additional_headers=auth) for _ in range(60)]
+    try:
+        status, body = await _upgrade(relay.ws_url, auth)
+        assert (status, body["error"]["code"]) == (429, "global_session_cap")  # type: ignore[index]
+    finally:
+        await asyncio.gather(*(c.close() for c in clients))
 
 
 async def test_draining_relay_gets_503(start_relay: RelayFactory, upstream: ScriptedUpstream) -> None:
@@ -174,3 +192,30 @@ async def test_jwt_tokens(start_relay: RelayFactory, upstream: ScriptedUpstream,
     for value, expected in cases.items():
         status, _ = await _upgrade(relay.ws_url, {"Authorization": f"Bearer {value}"})
         assert status == expected
+
+
+async def test_a_jwt_user_is_capped_per_identity(
+    start_relay: RelayFactory, upstream: ScriptedUpstream
+) -> None:
+    relay = await start_relay(
+        upstream="simulator",
+        upstream_url=upstream.url,
+        client_tokens=[],
+        jwt_secret="s" * 32,
+        max_sessions_per_identity=2,
+    )
+    exp = int(time.time()) + 60
+
+    def auth(sub: str) -> dict[str, str]:
+        signed = jwt.encode({"sub": sub, "exp": exp}, "s" * 32, algorithm="HS256")
+        return {"Authorization": f"Bearer {signed}"}
+
+    async with (
+        websockets.connect(relay.ws_url, additional_headers=auth("user-1")),
+        websockets.connect(relay.ws_url, additional_headers=auth("user-1")),
+    ):
+        status, body = await _upgrade(relay.ws_url, auth("user-1"))
+        assert (status, body["error"]["code"]) == (429, "identity_session_cap")  # type: ignore[index]
+        assert "2 per identity; RELAY_MAX_SESSIONS_PER_IDENTITY" in body["error"]["message"]  # type: ignore[index]
+        status, _ = await _upgrade(relay.ws_url, auth("user-2"))
+        assert status == 101

@@ -20,7 +20,6 @@ def load(path: Path) -> list[dict[str, Any]]:
     return [i for i in data["interactions"] if i.get("kind") == "message"]
 
 
-
 def require_recordings() -> None:
     """The recordings ship with the repository: their absence is a broken checkout, not a skip."""
     assert recording_files(), f"no recordings in {RECORDINGS}"
