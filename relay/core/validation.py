@@ -190,9 +190,42 @@ def _invalid_value(event: dict[str, Any], path: str, error: ErrorDetails) -> Inv
         value = ctx.get("tag", value)
         value = str(value).removeprefix(TAG_MARK)
         path = path + ".type" if not path.endswith("type") else path
+        if value.startswith(_MESSAGE_TAG):  # items are told apart by type and role together
+            return _invalid_role(event, path.removesuffix("type") + "role", value, options)
     shown = value if isinstance(value, str) else orjson.dumps(value).decode()
     message = f"Invalid value: '{shown}'. Supported values are: {quote_list(options)}."
     return InvalidEvent("invalid_value", message, path, _event_id(event))
+
+
+_MESSAGE_TAG = "message."
+
+
+def _invalid_role(event: dict[str, Any], path: str, tag: str, options: list[str]) -> InvalidEvent:
+    """A message with a role it cannot have: name ``item.role`` and the roles, not the internal
+    ``message.<role>`` tag (a value the app never wrote)."""
+    role = event_value(event, path)
+    roles = [o.removeprefix(_MESSAGE_TAG) for o in options if o.startswith(_MESSAGE_TAG)]
+    if role is None:
+        return InvalidEvent(
+            "missing_required_parameter", f"Missing required parameter: '{path}'.", path, _event_id(event)
+        )
+    if not isinstance(role, str):
+        return api_error(event, "invalid_type", path, "a string", role)
+    message = f"Invalid value: '{role}'. Supported values are: {quote_list(roles)}."
+    return InvalidEvent("invalid_value", message, path, _event_id(event))
+
+
+def event_value(event: dict[str, Any], path: str) -> Any:
+    """The value at an API param path such as ``item.role`` or ``response.input[0].role``."""
+    value: Any = event
+    for part in path.replace("]", "").split("."):
+        name, _, index = part.partition("[")
+        value = value.get(name) if isinstance(value, dict) else None
+        if index and isinstance(value, list) and int(index) < len(value):
+            value = value[int(index)]
+        elif index:
+            return None
+    return value
 
 
 def _too_long(path: str, value: Any, ctx: dict[str, Any], eid: str | None) -> InvalidEvent:

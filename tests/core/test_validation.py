@@ -265,6 +265,29 @@ def test_api_messages_are_word_for_word() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("role", "code", "message"),
+    [
+        (
+            "bot",
+            "invalid_value",
+            "Invalid value: 'bot'. Supported values are: 'system', 'user', and 'assistant'.",
+        ),
+        (None, "missing_required_parameter", "Missing required parameter: 'item.role'."),
+        (3, "invalid_type", "Invalid type for 'item.role': expected a string, but got an integer instead."),
+    ],
+)
+def test_a_wrong_role_names_the_role_not_an_internal_tag(role: Any, code: str, message: str) -> None:
+    item: dict[str, Any] = {"type": "message", "content": [{"type": "input_text", "text": "hi"}]}
+    if role is not None:
+        item["role"] = role
+    error = _reject({"type": "conversation.item.create", "item": item})
+    assert (error.code, error.param, error.message) == (code, "item.role", message)
+    nested = _reject({"type": "response.create", "response": {"input": [{**item, "role": "bot"}]}})
+    assert nested.param == "response.input[0].role"
+    assert "message." not in nested.message
+
+
 def test_field_failure_payloads_get_hints() -> None:
     f7 = _reject(
         {"type": "session.update", "turn_detection": "None", "session": "sess_BJvYbMiu8Wfp4JljB97bw"}
