@@ -6,13 +6,16 @@ wake-up and a future per message, a queue, per-frame locks, a generator-based pa
 websockets' sans-I/O parser 10 us to read a 1.3 KB frame and 5.6 us to write one; this reader
 under 2 us each way). So this module does only what a relay needs, strictly: no extensions
 (permessage-deflate is never negotiated: compressing base64 audio costs CPU and saves little),
-text payloads are passed on as bytes without decoding, control frames are checked as the RFC
-demands, and masking is done in C (``websockets.speedups``).
+text payloads are passed on as bytes without decoding (only checked to be UTF-8, cheaply: nearly
+all of them are ASCII JSON), control frames are checked as the RFC demands, and masking is done
+in C (``websockets.speedups``). Conformance is checked with the Autobahn|Testsuite
+(docs/conformance.md).
 """
 
 from __future__ import annotations
 
 import base64
+import codecs
 import hashlib
 import random
 import struct
@@ -41,16 +44,24 @@ _HEADER4 = struct.Struct("!BBH")
 _HEADER10 = struct.Struct("!BBQ")
 _mask_bits = random.Random().getrandbits  # see encode_frame
 
+MAX_REASON_BYTES = 123  # a control frame's 125 bytes, less the close code
+_Utf8Decoder = codecs.getincrementaldecoder("utf-8")
+
 Message = tuple[int, bytes]  # (opcode, payload): whole data messages and single control frames
 
 
 class ProtocolError(Exception):
-    """The peer broke RFC 6455; ``code`` is the close code to answer with (1002, 1007, 1009)."""
+    """The peer broke RFC 6455; ``code`` is the close code to answer with (1002, 1007, 1009).
+
+    ``messages`` are those the same read completed before the bad frame: the peer sent them
+    validly, so they are delivered before the connection fails (Autobahn 3.2, 5.15).
+    """
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.messages: list[Message] = []
 
 
 # ---------------------------------------------------------------------------------- frames
@@ -75,11 +86,23 @@ def encode_frame(payload: bytes, opcode: int = OP_TEXT, *, mask: bool = False) -
     return header + key + apply_mask(payload, key)
 
 
+def close_reason(reason: str | bytes, limit: int = MAX_REASON_BYTES) -> bytes:
+    """``reason`` as UTF-8 cut to ``limit`` bytes on a character boundary.
+
+    A close reason must be valid UTF-8 (section 5.5.1): a cut through a multi-byte character
+    would make the peer fail the connection (1007) instead of reading the close.
+    """
+    data = reason.encode() if isinstance(reason, str) else reason
+    if len(data) <= limit:
+        return data
+    return data[:limit].decode("utf-8", "ignore").encode()  # drops the split character's head
+
+
 def close_payload(code: int, reason: bytes = b"") -> bytes:
     """A close frame's body; reasons are cut to fit the 125-byte control-frame limit."""
     if code == NO_STATUS:
         return b""
-    return struct.pack("!H", code) + reason[:123]
+    return struct.pack("!H", code) + close_reason(reason)
 
 
 def parse_close(payload: bytes) -> tuple[int, str]:
@@ -113,9 +136,13 @@ class FrameReader:
         self._fragments: list[bytes] = []
         self._fragment_opcode = 0
         self._fragment_size = 0
+        # A fragmented text message is checked fragment by fragment, so an invalid sequence
+        # fails at once (Autobahn 6.4.x); made at its first non-ASCII fragment.
+        self._utf8: codecs.IncrementalDecoder | None = None
 
     def feed(self, data: bytes) -> list[Message]:
-        """Every message completed by ``data``, in order; raises ProtocolError on a bad frame.
+        """Every message completed by ``data``, in order; raises ProtocolError on a bad frame
+        (with the messages completed before it). The reader is unusable after that.
 
         One loop, no helper calls for the common frame (a final, unfragmented data frame): this
         runs for every frame the relay forwards.
@@ -129,41 +156,52 @@ class FrameReader:
         messages: list[Message] = []
         masked = self._mask_bit
         pos, end = 0, len(data)
-        while True:
-            if end - pos < 2:
-                self._need = 2
-                break
-            first, second = data[pos], data[pos + 1]
-            size, start = second & 0x7F, pos + 2
-            if size == 126:
-                if end - start < 2:
-                    self._need = 4
+        try:  # free in CPython 3.11+ until something is raised
+            while True:
+                if end - pos < 2:
+                    self._need = 2
                     break
-                size, start = (data[start] << 8) | data[start + 1], start + 2
-            elif size == 127:
-                if end - start < 8:
-                    self._need = 10
+                first, second = data[pos], data[pos + 1]
+                size, start = second & 0x7F, pos + 2
+                if size == 126:
+                    if end - start < 2:
+                        self._need = 4
+                        break
+                    size, start = (data[start] << 8) | data[start + 1], start + 2
+                elif size == 127:
+                    if end - start < 8:
+                        self._need = 10
+                        break
+                    size, start = int.from_bytes(data[start : start + 8], "big"), start + 8
+                if second & 0x80 != masked:
+                    raise ProtocolError(PROTOCOL_ERROR, "frame masking is wrong for this side")
+                if size > self.max_size:
+                    raise ProtocolError(MESSAGE_TOO_BIG, f"frame of {size} bytes exceeds {self.max_size}")
+                key_end = start + 4 if masked else start
+                stop = key_end + size
+                if stop > end:
+                    self._need = stop - pos
                     break
-                size, start = int.from_bytes(data[start : start + 8], "big"), start + 8
-            if second & 0x80 != masked:
-                raise ProtocolError(PROTOCOL_ERROR, "frame masking is wrong for this side")
-            if size > self.max_size:
-                raise ProtocolError(MESSAGE_TOO_BIG, f"frame of {size} bytes exceeds {self.max_size}")
-            key_end = start + 4 if masked else start
-            stop = key_end + size
-            if stop > end:
-                self._need = stop - pos
-                break
-            payload = data[key_end:stop]  # a copy: cheaper to unmask than a memoryview
-            if masked:
-                payload = apply_mask(payload, data[start:key_end])
-            pos = stop
-            if (first == 0x81 or first == 0x82) and not self._fragment_opcode:
-                messages.append((first & 0x0F, payload))  # final text or binary, no RSV bits
-            else:
-                message = self._message(first, payload)
-                if message is not None:
-                    messages.append(message)
+                payload = data[key_end:stop]  # a copy: cheaper to unmask than a memoryview
+                if masked:
+                    payload = apply_mask(payload, data[start:key_end])
+                pos = stop
+                if first == 0x81 and not self._fragment_opcode:  # final text, no RSV bits
+                    if not payload.isascii():  # a C scan; decoding only for the rare non-ASCII text
+                        try:
+                            payload.decode()
+                        except UnicodeDecodeError:
+                            raise ProtocolError(INVALID_DATA, "text message is not UTF-8") from None
+                    messages.append((OP_TEXT, payload))
+                elif first == 0x82 and not self._fragment_opcode:  # final binary, no RSV bits
+                    messages.append((OP_BINARY, payload))
+                else:
+                    message = self._message(first, payload)
+                    if message is not None:
+                        messages.append(message)
+        except ProtocolError as exc:
+            exc.messages = messages
+            raise
         if pos < end:
             self._pending += data[pos:] if pos else data
         return messages
@@ -171,7 +209,7 @@ class FrameReader:
     def _message(self, first: int, payload: bytes) -> Message | None:
         if first & 0x70:
             raise ProtocolError(PROTOCOL_ERROR, "reserved bits set without an extension")
-        opcode, final = first & 0x0F, first & 0x80
+        opcode, final = first & 0x0F, first >= 0x80
         if opcode in _CONTROL_OPCODES:
             if not final or len(payload) > 125:
                 raise ProtocolError(PROTOCOL_ERROR, "control frames must be final and short")
@@ -179,7 +217,9 @@ class FrameReader:
         if opcode in _DATA_OPCODES:
             if self._fragment_opcode:
                 raise ProtocolError(PROTOCOL_ERROR, "a new message began inside a fragmented one")
-            if final:
+            if opcode == OP_TEXT:
+                self._check_text(payload, final)
+            if final:  # only reached for frames ``feed`` leaves here; kept for completeness
                 return opcode, payload
             self._fragment_opcode, self._fragments, self._fragment_size = opcode, [payload], len(payload)
             return None
@@ -190,12 +230,29 @@ class FrameReader:
         self._fragment_size += len(payload)
         if self._fragment_size > self.max_size:
             raise ProtocolError(MESSAGE_TOO_BIG, f"message exceeds {self.max_size} bytes")
+        if self._fragment_opcode == OP_TEXT:
+            self._check_text(payload, final)
         self._fragments.append(payload)
         if not final:
             return None
         message = (self._fragment_opcode, b"".join(self._fragments))
         self._fragment_opcode, self._fragments, self._fragment_size = 0, [], 0
         return message
+
+    def _check_text(self, fragment: bytes, final: bool) -> None:
+        """Raise 1007 as soon as a text message's bytes cannot be UTF-8; a character split
+        between fragments waits for the next one, and must be complete at the final one."""
+        decoder = self._utf8
+        if decoder is None:
+            if fragment.isascii():
+                return  # nothing pending from earlier fragments: they were ASCII too
+            decoder = self._utf8 = _Utf8Decoder()
+        try:
+            decoder.decode(fragment, final)
+        except UnicodeDecodeError:
+            raise ProtocolError(INVALID_DATA, "text message is not UTF-8") from None
+        if final:
+            self._utf8 = None
 
 
 # ---------------------------------------------------------------------------------- handshakes

@@ -32,6 +32,7 @@ from relay.core.websocket import (
     check_server_response,
     client_request,
     close_payload,
+    close_reason,
     encode_frame,
     parse_close,
     parse_response,
@@ -70,14 +71,16 @@ def _feed_in_chunks(reader: FrameReader, data: bytes, cuts: list[int]) -> list[t
     return out
 
 
+# Text is UTF-8 (any character, so fragments cut through multi-byte ones); the rest any bytes.
 messages_strategy = st.lists(
-    st.tuples(
-        st.sampled_from([OP_TEXT, OP_BINARY, OP_PING]),
-        st.binary(max_size=300).map(bytes),
+    st.one_of(
+        st.tuples(st.just(OP_TEXT), st.text(max_size=150).map(str.encode)),
+        st.tuples(st.just(OP_BINARY), st.binary(max_size=300).map(bytes)),
+        st.tuples(st.just(OP_PING), st.binary(max_size=125).map(bytes)),
     ),
     min_size=1,
     max_size=12,
-).map(lambda ms: [(op, p[:125] if op == OP_PING else p) for op, p in ms])
+)
 
 
 @settings(max_examples=300, deadline=None)
@@ -116,7 +119,7 @@ def test_frames_written_here_parse_in_websockets(size: int, mask: bool) -> None:
 
 
 def test_a_large_message_arriving_a_byte_at_a_time_is_whole() -> None:
-    payload = os.urandom(70_000)
+    payload = "é".encode() * 35_000
     data = encode_frame(payload, OP_TEXT, mask=True)
     reader = FrameReader(masked=True, max_size=MAX)
     got = [m for i in range(len(data)) for m in reader.feed(data[i : i + 1])]
@@ -210,6 +213,111 @@ def test_close_payload_fits_a_control_frame() -> None:
     assert close_payload(1005) == b""
     their = Frame(Opcode.CLOSE, body)
     assert their.data == body
+
+
+@pytest.mark.parametrize("lead", range(4))
+@pytest.mark.parametrize("char", ["é", "€", "😀"])
+def test_close_reasons_are_cut_on_a_character_boundary(lead: int, char: str) -> None:
+    reason = "x" * lead + char * 100  # the 123-byte limit falls at every offset in a character
+    cut = close_reason(reason)
+    assert len(cut) <= 123
+    assert len(cut) > 123 - len(char.encode())  # only the split character is dropped
+    assert reason.startswith(cut.decode())
+    body = close_payload(1011, reason.encode())
+    assert len(body) <= 125
+    assert parse_close(body) == (1011, cut.decode())  # the peer can read it: 1011, not 1007
+
+
+def test_short_close_reasons_are_kept_whole() -> None:
+    assert close_reason("ça va") == "ça va".encode()
+    assert close_reason(b"done") == b"done"
+
+
+# ---------------------------------------------------------------------------------- UTF-8
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\xff",  # never valid
+        b"\xc0\xaf",  # overlong '/'
+        b"\xed\xa0\x80",  # a surrogate
+        b"\xf4\x90\x80\x80",  # above U+10FFFF
+        "κόσμε".encode()[:-1],  # cut short at the end of the message
+        b'{"text":"ok"}\x80',
+    ],
+)
+@pytest.mark.parametrize("masked", [True, False])
+def test_text_that_is_not_utf8_is_refused_with_1007(payload: bytes, masked: bool) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        FrameReader(masked=masked, max_size=MAX).feed(_raw(0x81, payload, mask=masked))
+    assert caught.value.code == 1007
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_non_ascii_text_is_passed_on_unchanged(masked: bool) -> None:
+    payload = '{"text":"Grüße, ça va? 日本語 😀"}'.encode()
+    assert FrameReader(masked=masked, max_size=MAX).feed(_raw(0x81, payload, mask=masked)) == [
+        (OP_TEXT, payload)
+    ]
+
+
+def test_binary_messages_are_not_checked_for_utf8() -> None:
+    assert FrameReader(masked=True, max_size=MAX).feed(_raw(0x82, b"\xff")) == [(OP_BINARY, b"\xff")]
+
+
+@pytest.mark.parametrize("cut", range(1, len("κόσμε😀".encode())))
+def test_a_character_split_between_fragments_is_accepted(cut: int) -> None:
+    payload = "κόσμε😀".encode()
+    reader = FrameReader(masked=True, max_size=MAX)
+    assert reader.feed(_raw(0x01, payload[:cut])) == []
+    assert reader.feed(_raw(0x80, payload[cut:])) == [(OP_TEXT, payload)]
+
+
+def test_a_text_message_in_one_byte_fragments_is_checked_across_all_of_them() -> None:
+    payload = "κόσμε😀 and ASCII".encode()
+    frames = [_raw(0x00, payload[i : i + 1]) for i in range(1, len(payload) - 1)]
+    data = _raw(0x01, payload[:1]) + b"".join(frames) + _raw(0x80, payload[-1:])
+    assert FrameReader(masked=True, max_size=MAX).feed(data) == [(OP_TEXT, payload)]
+
+
+@pytest.mark.parametrize(
+    "fragments",
+    [
+        [b"\xce\xba\xe1\xbd\xb9", b"\xf4\x90\x80\x80"],  # an invalid code point in fragment 2
+        [b"\xce\xba\xf4", b"\x90"],  # the invalid byte is the next fragment's first
+        [b"ok \xce", b"a"],  # an ASCII fragment cannot finish a started character
+    ],
+)
+def test_an_invalid_sequence_fails_at_once_without_waiting_for_the_final_fragment(
+    fragments: list[bytes],
+) -> None:
+    reader = FrameReader(masked=True, max_size=MAX)
+    assert reader.feed(_raw(0x01, fragments[0])) == []
+    with pytest.raises(ProtocolError) as caught:
+        reader.feed(b"".join(_raw(0x00, f) for f in fragments[1:]))  # none of them final
+    assert caught.value.code == 1007
+
+
+def test_a_character_left_incomplete_by_the_final_fragment_fails() -> None:
+    reader = FrameReader(masked=True, max_size=MAX)
+    reader.feed(_raw(0x01, b"ok"))
+    with pytest.raises(ProtocolError) as caught:
+        reader.feed(_raw(0x80, b"\xce"))
+    assert caught.value.code == 1007
+
+
+def test_the_utf8_check_starts_afresh_for_each_message() -> None:
+    reader = FrameReader(masked=True, max_size=MAX)
+    first = _raw(0x01, b"\xce") + _raw(0x80, b"\xba")
+    second = _raw(0x01, b"plain") + _raw(0x80, b" ascii")
+    assert reader.feed(first + second) == [(OP_TEXT, "κ".encode()), (OP_TEXT, b"plain ascii")]
+
+
+def test_messages_before_a_bad_frame_come_with_the_error() -> None:
+    data = _raw(0x81, b"first") + _raw(0x89, b"p") + _raw(0xC1, b"bad") + _raw(0x81, b"never")
+    with pytest.raises(ProtocolError) as caught:
+        FrameReader(masked=True, max_size=MAX).feed(data)
+    assert caught.value.code == 1002
+    assert caught.value.messages == [(OP_TEXT, b"first"), (OP_PING, b"p")]
 
 
 # ---------------------------------------------------------------------------------- handshakes
