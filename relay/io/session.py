@@ -154,7 +154,7 @@ class RelaySession:
         self.outcome = getattr(exc, "code", None) or "error"
         self.log.warning("session_failed", code=exc.code, close_code=exc.close_code, reason=exc.message)
         self.send_client_event(exc.to_event())
-        await self.client.close(exc.close_code, exc.message[:120].encode())
+        await self.client.close(exc.close_code, exc.message.encode())
 
     async def shutdown(self, code: int = 1001, message: str = "the relay is shutting down") -> None:
         """Close the client (draining); the session then ends."""

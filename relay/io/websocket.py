@@ -74,6 +74,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.subprotocol: str | None = None
         self._handler: MessageHandler | None = None
         self._early: list[Message] = []  # messages that arrived before a handler was set
+        self._failure: ProtocolError | None = None  # a bad frame behind early messages
         self._read_pauses: set[str] = set()
         self._previous: asyncio.BaseProtocol | None = None  # aiohttp's, told when the socket goes
         self._handshake = handshake
@@ -83,11 +84,16 @@ class WebSocketConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ ownership
     def set_handler(self, handler: MessageHandler) -> None:
-        """Deliver text and binary messages to ``handler`` from now on, first any that waited."""
+        """Deliver text and binary messages to ``handler`` from now on, first any that waited
+        (and then fail the connection if a bad frame came after them)."""
         self._handler = handler
         early, self._early = self._early, []
-        for opcode, payload in early:
-            handler(opcode, payload)
+        try:
+            for opcode, payload in early:
+                handler(opcode, payload)
+        finally:
+            if self._failure is not None:
+                self._protocol_error(self._failure)
 
     def take_over(self, transport: asyncio.Transport, previous: asyncio.BaseProtocol | None) -> None:
         """Become the protocol of an already-connected transport (a server-side upgrade)."""
@@ -110,6 +116,8 @@ class WebSocketConnection(asyncio.Protocol):
 
     async def close(self, code: int = NORMAL_CLOSURE, reason: bytes = b"") -> None:
         """Send a close frame, then wait (bounded) for the peer's answer and the socket's end."""
+        if self._failure is not None:  # the peer broke the protocol: that is the close to send
+            self._protocol_error(self._failure)
         if self.transport is not None and not self.closing:
             self.closing = True
             frame = encode_frame(close_payload(code, reason), OP_CLOSE, mask=self.client_side)
@@ -183,6 +191,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._seen = True
+        failure: ProtocolError | None = None
         try:
             if self._handshake is not None:
                 data = self._handshake.received(data)
@@ -190,15 +199,25 @@ class WebSocketConnection(asyncio.Protocol):
                     self._handshake = None
                 if not data:
                     return
-            for opcode, payload in self.reader.feed(data):
+            try:
+                messages = self.reader.feed(data)
+            except ProtocolError as exc:  # what came before the bad frame is still delivered
+                messages, failure = exc.messages, exc
+            for opcode, payload in messages:
                 if opcode < OP_CLOSE:  # text or binary
                     if self._handler is None:
                         self._early.append((opcode, payload))
                     else:
                         self._handler(opcode, payload)
-                else:
-                    self._control(opcode, payload)
-        except ProtocolError as exc:
+                elif opcode == OP_CLOSE:
+                    self._close_received(payload)
+                    return  # anything after the peer's close is not read (section 5.5.1)
+                elif opcode == OP_PING:
+                    self._pong(payload)
+                # OP_PONG: receiving it already counted as a sign of life
+            if failure is not None:
+                self._fail(failure)
+        except ProtocolError as exc:  # a bad close frame
             self._protocol_error(exc)
         except HandshakeError as exc:
             self._handshake_failed(exc)
@@ -230,13 +249,9 @@ class WebSocketConnection(asyncio.Protocol):
         self.on_write_paused(False)
 
     # ------------------------------------------------------------------ internals
-    def _control(self, opcode: int, payload: bytes) -> None:
-        if opcode == OP_PING:
-            if self.transport is not None and not self.closing:
-                self.transport.write(encode_frame(payload, OP_PONG, mask=self.client_side))
-        elif opcode == OP_CLOSE:
-            self._close_received(payload)
-        # OP_PONG: receiving it already counted as a sign of life
+    def _pong(self, payload: bytes) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.write(encode_frame(payload, OP_PONG, mask=self.client_side))
 
     def _close_received(self, payload: bytes) -> None:
         code, reason = parse_close(payload)
@@ -250,14 +265,23 @@ class WebSocketConnection(asyncio.Protocol):
             self.transport.write(encode_frame(answer, OP_CLOSE, mask=self.client_side))
         self.transport.close()  # flushes what is buffered, then connection_lost
 
+    def _fail(self, exc: ProtocolError) -> None:
+        """Fail the connection once the owner has seen the messages the bad frame came after."""
+        if self._early and self.transport is not None:  # no handler yet: set_handler fails it
+            self._failure = exc
+            self.transport.pause_reading()  # the reader is broken: nothing more is read
+        else:
+            self._protocol_error(exc)
+
     def _protocol_error(self, exc: ProtocolError) -> None:
+        self._failure = None
         if self.transport is None:
             return
         if self.close_code is None:
             self.close_code, self.close_reason = exc.code, exc.reason
         if not self.closing:
             self.closing = True
-            frame = close_payload(exc.code, exc.reason.encode()[:120])
+            frame = close_payload(exc.code, exc.reason.encode())  # cut to fit by close_payload
             self.transport.write(encode_frame(frame, OP_CLOSE, mask=self.client_side))
         self.transport.close()
 

@@ -21,7 +21,10 @@ import orjson
 import pytest
 import websockets
 from websockets.speedups import apply_mask
+from yarl import URL
 
+from relay.core.websocket import accept_key, close_payload, encode_frame
+from relay.io.websocket import connect
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
 from tests.conftest import RelayFactory, RelayHandle
@@ -225,3 +228,81 @@ async def test_an_upstream_over_tls(
             assert event["response"]["status"] == "completed"
     finally:
         await runner.cleanup()
+
+
+async def test_text_that_is_not_utf8_is_refused_with_1007(start_relay: RelayFactory) -> None:
+    async with relay_on_scripted(start_relay) as (relay, upstream):
+        client = await RawClient.connect(relay)
+        await client.until(0x1)
+        client.send(0x81, b'{"type":"input_audio_buffer.clear","event_id":"\xc3\x28"}')
+        close = await client.until(0x8)
+        assert struct.unpack("!H", close[:2])[0] == 1007
+        client.close()
+        assert not upstream.connections[0].received
+
+
+async def test_messages_before_a_bad_frame_in_the_same_read_are_still_forwarded(
+    start_relay: RelayFactory,
+) -> None:
+    async with relay_on_scripted(start_relay) as (relay, upstream):
+        client = await RawClient.connect(relay)
+        await client.until(0x1)
+        event = b'{"type":"input_audio_buffer.clear"}'
+        client.send(0x81, event)
+        client.send(0xC1, event)  # RSV1 without an extension, in the same write
+        close = await client.until(0x8)
+        assert struct.unpack("!H", close[:2])[0] == 1002
+        client.close()
+        for _ in range(50):
+            if upstream.connections[0].received:
+                break
+            await asyncio.sleep(0.05)
+        assert upstream.connections[0].received == [event]
+
+
+async def test_a_client_answers_the_messages_that_came_with_the_101_before_a_bad_frame_fails_it() -> None:
+    """The relay's client side: frames read with the handshake wait for the owner's handler,
+    and a bad frame after them fails the connection only once the owner had them (and could
+    answer): Autobahn 3.2 and 5.15 from the client side."""
+    received: asyncio.Future[list[tuple[int, bytes]]] = asyncio.get_running_loop().create_future()
+
+    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = next(
+            line.split(b":", 1)[1].strip().decode()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + f"Sec-WebSocket-Accept: {accept_key(key)}\r\n\r\n".encode()
+            + encode_frame(b'{"type":"session.created"}')
+            + encode_frame(b"\xff")  # not UTF-8
+        )
+        frames = []  # the client's, masked, short
+        while not frames or frames[-1][0] != 0x8:
+            first, second = await reader.readexactly(2)
+            key_and_payload = await reader.readexactly(4 + (second & 0x7F))
+            frames.append((first & 0x0F, apply_mask(key_and_payload[4:], key_and_payload[:4])))
+        received.set_result(frames)
+        writer.close()
+
+    listener = await asyncio.start_server(server, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        conn = await connect(URL(f"ws://127.0.0.1:{port}/"), {}, max_size=1 << 20, open_timeout_s=5)
+
+        def answer(opcode: int, payload: bytes) -> None:
+            conn.send(b"ack:" + payload)
+
+        conn.set_handler(answer)
+        async with asyncio.timeout(5):
+            frames = await received
+            await conn.closed
+        assert frames == [
+            (0x1, b'ack:{"type":"session.created"}'),
+            (0x8, close_payload(1007, b"text message is not UTF-8")),
+        ]
+        assert conn.close_code == 1007
+    finally:
+        listener.close()
