@@ -6,6 +6,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from relay.simulator.timing import REALISTIC, Timing
+
 DEFAULT_MODELS = (
     "gpt-realtime",
     "gpt-realtime-mini",
@@ -20,7 +22,8 @@ DEFAULT_MODELS = (
 
 @dataclass(frozen=True)
 class SimulatorConfig:
-    """How the simulated Realtime API behaves. ``speed`` > 1 streams faster than real time."""
+    """How the simulated Realtime API behaves. ``speed`` > 1 streams faster than real time;
+    ``timing`` is how long it takes to connect, acknowledge and start answering."""
 
     # "ga": beta clients get beta_api_shape_disabled, as on api.openai.com today; "beta": clients
     # sending OpenAI-Beta get the beta shapes; "azure-preview": every session speaks beta.
@@ -28,6 +31,9 @@ class SimulatorConfig:
     api_keys: tuple[str, ...] = ()  # empty: any non-empty key is accepted
     models: tuple[str, ...] = DEFAULT_MODELS
     speed: float = 1.0
+    # The live API's delays by default, so that what they break shows; Timing.fast() for tests
+    # whose subject is not timing. A frozen dataclass: one shared default is safe.
+    timing: Timing = REALISTIC
     session_max_s: float = 3600.0
     ping_interval_s: float = 20.0
     reply_text: str | None = None

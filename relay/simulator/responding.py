@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from relay.core.errors import InvalidEvent, error_event, new_id
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.responses import (
-    Emit,
     ResponsePlan,
     ResponseStreamer,
     new_function_call_item,
@@ -21,6 +20,7 @@ from relay.simulator.responses import (
     usage,
 )
 from relay.simulator.state import Conversation, output_encoding
+from relay.simulator.timing import Outbox
 
 _log = logging.getLogger(__name__)
 SERVER_ERROR_MESSAGE = "The server had an error while processing your request. Sorry about that!"
@@ -43,7 +43,11 @@ class Responding:
     streaming: set[asyncio.Task[None]]
     active_streamer: ResponseStreamer | None
     assistant_audio: bool
-    emit: Emit
+    outbox: Outbox
+
+    if TYPE_CHECKING:
+
+        async def emit(self, event: dict[str, Any], *, gap_s: float = 0.0) -> None: ...
 
     def _fail(self, event: dict[str, Any], code: str, message: str, param: str | None = None) -> InvalidEvent:
         return InvalidEvent(code, message, param, event.get("event_id"))
@@ -79,11 +83,12 @@ class Responding:
         await asyncio.sleep(0)  # let response.created go out before the next client event
 
     async def close(self) -> None:
-        """Stop every response still streaming (the socket is gone)."""
+        """Stop every response still streaming and drop what waits to be sent (the socket is gone)."""
         tasks = list(self.streaming)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.outbox.close()
 
     async def cancel_active(self, reason: str) -> None:
         task, streamer = self.active, self.active_streamer
@@ -139,8 +144,11 @@ class Responding:
         )
         if plan.in_conversation:
             self.active_streamer = streamer
+        # The acknowledgement of response.create (or at once after a VAD turn): this task
+        # inherited the reply time of the client event that started it.
         await self.emit({"type": "response.created", "response": plan.shell()})
         try:
+            await self._first_token()
             await self._stream(plan, streamer)
         except asyncio.CancelledError:
             self._record_partial(streamer)
@@ -151,6 +159,15 @@ class Responding:
             plan.status = "failed"
             plan.status_details = {"type": "failed", "error": {"type": "server_error", "code": None}}
         await self._finish(plan)
+
+    async def _first_token(self) -> None:
+        """The model's time to first token, counted from when response.created went out."""
+        delay = self.config.timing.first_delta_ms / 1000
+        if delay:
+            await self.outbox.flushed()
+        self.outbox.detach()  # from here on this task streams: its events are due at once
+        if delay:
+            await asyncio.sleep(delay)
 
     async def _stream(self, plan: ResponsePlan, streamer: ResponseStreamer) -> None:
         if plan.function_call is not None:
@@ -240,7 +257,8 @@ class Responding:
             {
                 "type": "rate_limits.updated",
                 "rate_limits": [{"name": "tokens", "limit": 40000, "remaining": 39000, "reset_seconds": 1.5}],
-            }
+            },
+            gap_s=self.config.timing.rate_limits_ms / 1000,
         )
 
 

@@ -96,6 +96,9 @@ class Simulator:
     # ------------------------------------------------------------------ websocket
     async def realtime(self, request: web.Request) -> web.StreamResponse:
         refused = self._refusal(request)
+        resets = refused is not None and self.refuse_kind == "connect"
+        if not resets:  # a reset comes before TLS; every HTTP answer comes after the handshake
+            await _pause(self.config.timing.handshake_ms)
         if refused is not None:
             return refused
         protocols = _protocols(request)
@@ -192,6 +195,8 @@ class Simulator:
             record.faults.arm(self.new_session_faults.pop(0))
         expiry = asyncio.create_task(self._expire(record))
         try:
+            # Frames the client sends meanwhile wait in the channel, as they would for the API.
+            await _pause(self.config.timing.session_created_ms)
             await session.start()
             channel.start()
             await self._read(record)
@@ -212,7 +217,7 @@ class Simulator:
                 binary = error_event(
                     "invalid_event", "Expected a text WebSocket message; binary frames are not supported."
                 )
-                await record.channel.send(orjson.dumps(binary))
+                await record.session.reply(binary)  # behind the replies still due, like any answer
 
     async def _handle(self, record: Record, frame: bytes) -> None:
         """One client frame. The reader is a task root: a simulator bug answers ``server_error``
@@ -221,7 +226,7 @@ class Simulator:
             await record.session.handle_frame(frame)
         except Exception:
             _log.exception("simulated session %s failed on a client frame", record.session.id)
-            await record.channel.send(orjson.dumps(server_error_event()))
+            await record.session.reply(server_error_event())
 
     def _remember(self, record: Record) -> None:
         """Keep the record; forget the oldest closed ones beyond the cap (open ones stay)."""
@@ -339,6 +344,11 @@ def _fault(body: Any) -> Fault:
         return Fault.from_json(body)
     except (ValueError, TypeError, AttributeError) as exc:
         raise web.HTTPBadRequest(text=f"bad fault: {exc}") from None
+
+
+async def _pause(ms: float) -> None:
+    if ms > 0:
+        await asyncio.sleep(ms / 1000)
 
 
 def _protocols(request: web.Request) -> list[str]:

@@ -29,6 +29,7 @@ from relay.simulator.state import (
     default_session,
     input_encoding,
 )
+from relay.simulator.timing import Outbox
 from relay.simulator.vad import VadEvent, VoiceActivityDetector
 
 _KEPT_TYPES = 200_000
@@ -60,7 +61,10 @@ class SimSession(Responding):
         self.id: str = self.session["id"]
         self.conversation = Conversation()
         self.conversation_id = new_id("conv_")
-        self.emit_raw = emit
+        # Everything goes out through the outbox: acknowledgements wait out the API's delay
+        # there without holding up the socket reader, and nothing overtakes what was sent first.
+        self.outbox = Outbox(emit)
+        self.ack_s = config.timing.ack_ms / 1000
         self.script = script
         self.buffer: list[bytes] = []  # appended chunks: joined once, at the commit
         self.buffered_bytes = 0
@@ -79,7 +83,8 @@ class SimSession(Responding):
         self.input_audio_bytes = 0
         self._reset_vad()
 
-    async def emit(self, event: dict[str, Any]) -> None:
+    async def emit(self, event: dict[str, Any], *, gap_s: float = 0.0) -> None:
+        """Send a server event (the current reply, if any), ``gap_s`` after the one before it."""
         full = {"type": event["type"], "event_id": new_id("event_"), **event}
         if self.azure and full["type"] in _AZURE_PART_EVENTS:
             full["content"] = full["part"]
@@ -88,24 +93,38 @@ class SimSession(Responding):
             if translated is None:
                 return
             full = translated
-        await self.emit_raw(full)
+        await self.outbox.send(full, gap_s=gap_s)
+
+    async def reply(self, event: dict[str, Any]) -> None:
+        """Answer a client frame the session could not handle (binary, a simulator bug) as is."""
+        with self.outbox.replying(self.ack_s):
+            await self.outbox.send(event)
 
     # ------------------------------------------------------------------ dispatch
     async def handle_frame(self, raw: str | bytes) -> None:
-        try:
-            event = parse_client_frame(raw)
-            self._note_received(sys.intern(str(event["type"])))
-            if self.beta is None:
-                _VALIDATORS[Interface.GA].check(event)
-                await self._dispatch(event)
-                return
-            _VALIDATORS[Interface.BETA].check(event)
-            for ga_event in self.beta.client_to_ga(event):
-                await self._dispatch(ga_event)
-        except InvalidEvent as exc:
-            error = exc.to_event()
-            beta_error = self.beta.server_to_beta(error) if self.beta is not None else None
-            await self.emit_raw(beta_error or error)
+        arrived = self.outbox.now()
+        with self.outbox.replying(self.ack_s, since=arrived):
+            try:
+                event = parse_client_frame(raw)
+                event_type = sys.intern(str(event["type"]))
+                self._note_received(event_type)
+                # Appends are never acknowledged: what VAD makes of them follows the audio at once.
+                delay = 0.0 if event_type == "input_audio_buffer.append" else self.ack_s
+                with self.outbox.replying(delay, since=arrived):
+                    await self._handle(event)
+            except InvalidEvent as exc:
+                error = exc.to_event()
+                beta_error = self.beta.server_to_beta(error) if self.beta is not None else None
+                await self.outbox.send(beta_error or error)
+
+    async def _handle(self, event: dict[str, Any]) -> None:
+        if self.beta is None:
+            _VALIDATORS[Interface.GA].check(event)
+            await self._dispatch(event)
+            return
+        _VALIDATORS[Interface.BETA].check(event)
+        for ga_event in self.beta.client_to_ga(event):
+            await self._dispatch(ga_event)
 
     def append_now(self, raw: bytes) -> bool:
         """Take a plain GA audio append synchronously when there is no VAD to feed (the 20 ms
@@ -170,6 +189,8 @@ class SimSession(Responding):
             )
         self.session = new
         self._reset_vad()
+        # Applied now, so the frames behind it see the new config; answered after the API's time.
+        self.outbox.delay_reply(self.config.timing.session_update_ms / 1000)
         await self.emit({"type": "session.updated", "session": self.session})
 
     def _reset_vad(self) -> None:

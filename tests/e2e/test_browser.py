@@ -14,6 +14,7 @@ import pytest
 
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
+from relay.simulator.timing import Timing
 from tests.conftest import RelayFactory, RelayHandle
 from tests.support.sim_control import SimControl
 from tests.support.speech import speech_pcm16, write_wav
@@ -38,7 +39,10 @@ CHROMIUM_ARGS = [
 async def stack(start_relay: RelayFactory) -> AsyncIterator[tuple[RelayHandle, SimControl]]:
     runner, port = await start_simulator(
         SimulatorConfig(
-            speed=1.0, transcript_text="What is the weather like?", reply_text="It is sunny and warm today."
+            timing=Timing.fast(),
+            speed=1.0,
+            transcript_text="What is the weather like?",
+            reply_text="It is sunny and warm today.",
         )
     )
     relay = await start_relay(

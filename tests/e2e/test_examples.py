@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
+from relay.simulator.timing import Timing
 from tests.conftest import RelayFactory, RelayHandle
 from tests.support.relay_process import relay_process
 from tests.support.system import require_binary
@@ -27,7 +28,9 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 @pytest.fixture
 async def relay(start_relay: RelayFactory) -> AsyncIterator[RelayHandle]:
-    runner, port = await start_simulator(SimulatorConfig(speed=50.0, reply_text="Hello from the simulator."))
+    runner, port = await start_simulator(
+        SimulatorConfig(timing=Timing.fast(), speed=50.0, reply_text="Hello from the simulator.")
+    )
     yield await start_relay(upstream="simulator", upstream_url=f"ws://127.0.0.1:{port}/v1/realtime")
     await runner.cleanup()
 
@@ -70,7 +73,7 @@ async def test_node_sdk_example(tmp_path: Path) -> None:
         pytest.skip(f"npm ci refused: {done.stderr.strip()[-300:]}")
     cert, key = self_signed(tmp_path)
     runner, sim_port = await start_simulator(
-        SimulatorConfig(speed=50.0, reply_text="Hello from the simulator.")
+        SimulatorConfig(timing=Timing.fast(), speed=50.0, reply_text="Hello from the simulator.")
     )
     try:
         async with relay_process(

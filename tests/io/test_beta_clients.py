@@ -19,13 +19,16 @@ from relay.core.validation import Validator
 from relay.simulator.audio import synthesize
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
+from relay.simulator.timing import Timing
 from tests.conftest import RelayFactory, RelayHandle
 from tests.support.sim_control import SimControl
 
 
 @pytest.fixture
 async def rig(start_relay: RelayFactory) -> AsyncIterator[tuple[RelayHandle, SimControl]]:
-    runner, port = await start_simulator(SimulatorConfig(speed=50.0, transcript_text="What is the weather?"))
+    runner, port = await start_simulator(
+        SimulatorConfig(timing=Timing.fast(), speed=50.0, transcript_text="What is the weather?")
+    )
     relay = await start_relay(
         upstream="simulator",
         upstream_url=f"ws://127.0.0.1:{port}/v1/realtime",
@@ -156,7 +159,7 @@ async def test_beta_client_survives_a_drop_and_a_rotation(rig: tuple[RelayHandle
 
 
 async def test_reject_policy_answers_like_the_api(start_relay: RelayFactory) -> None:
-    runner, port = await start_simulator(SimulatorConfig())
+    runner, port = await start_simulator(SimulatorConfig(timing=Timing.fast()))
     relay = await start_relay(
         upstream="simulator", upstream_url=f"ws://127.0.0.1:{port}/v1/realtime", beta_clients="reject"
     )

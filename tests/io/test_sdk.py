@@ -9,12 +9,15 @@ from openai import AsyncOpenAI
 
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
+from relay.simulator.timing import Timing
 from tests.conftest import RelayFactory, RelayHandle
 
 
 @pytest.fixture
 async def relay(start_relay: RelayFactory) -> AsyncIterator[RelayHandle]:
-    runner, port = await start_simulator(SimulatorConfig(speed=50.0, reply_text="Hello from the relay."))
+    runner, port = await start_simulator(
+        SimulatorConfig(timing=Timing.fast(), speed=50.0, reply_text="Hello from the relay.")
+    )
     yield await start_relay(upstream="simulator", upstream_url=f"ws://127.0.0.1:{port}/v1/realtime")
     await runner.cleanup()
 

@@ -19,6 +19,7 @@ from pydantic import TypeAdapter
 
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
+from relay.simulator.timing import Timing
 
 AUTH = {"Authorization": "Bearer k"}
 
@@ -78,7 +79,9 @@ def ws_url(port: int, path: str = "/v1/realtime?model=gpt-realtime") -> str:
 
 @pytest.fixture
 async def sim_port() -> AsyncIterator[int]:
-    runner, port = await start_simulator(SimulatorConfig(speed=100.0, reply_text="Hi there!"))
+    runner, port = await start_simulator(
+        SimulatorConfig(timing=Timing.fast(), speed=100.0, reply_text="Hi there!")
+    )
     yield port
     await runner.cleanup()
 

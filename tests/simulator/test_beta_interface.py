@@ -14,6 +14,7 @@ from pydantic import TypeAdapter
 from relay.simulator.audio import synthesize
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
+from relay.simulator.timing import Timing
 from tests.conftest import RelayFactory
 from tests.simulator.conftest import AUTH, SimClient, ws_url
 
@@ -22,7 +23,9 @@ async def test_sdk_beta_client_against_the_beta_interface() -> None:
     from openai.types.beta.realtime import RealtimeServerEvent
 
     adapter: TypeAdapter[Any] = TypeAdapter(RealtimeServerEvent)
-    runner, port = await start_simulator(SimulatorConfig(interface="beta", speed=50.0, reply_text="Hi!"))
+    runner, port = await start_simulator(
+        SimulatorConfig(timing=Timing.fast(), interface="beta", speed=50.0, reply_text="Hi!")
+    )
     client = AsyncOpenAI(api_key="k", websocket_base_url=f"ws://127.0.0.1:{port}/v1")
     seen: list[str] = []
     async with client.beta.realtime.connect(model="gpt-4o-realtime-preview") as conn:
@@ -52,7 +55,7 @@ async def test_relay_passes_beta_clients_through_to_an_azure_preview_upstream(
     start_relay: RelayFactory,
 ) -> None:
     runner, port = await start_simulator(
-        SimulatorConfig(interface="azure-preview", speed=50.0, reply_text="Hi!")
+        SimulatorConfig(timing=Timing.fast(), interface="azure-preview", speed=50.0, reply_text="Hi!")
     )
     relay = await start_relay(
         upstream="azure",
@@ -76,7 +79,9 @@ async def test_relay_passes_beta_clients_through_to_an_azure_preview_upstream(
 
 async def test_beta_scenario_speaks_beta_names_and_shapes() -> None:
     """Speech with server VAD, a tool round and a text answer, every event checked as beta."""
-    runner, port = await start_simulator(SimulatorConfig(interface="beta", speed=100.0, reply_text="Hi!"))
+    runner, port = await start_simulator(
+        SimulatorConfig(timing=Timing.fast(), interface="beta", speed=100.0, reply_text="Hi!")
+    )
     headers = {**AUTH, "OpenAI-Beta": "realtime=v1"}
     tool = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
     speech = synthesize("What is the weather like?", "pcm16")

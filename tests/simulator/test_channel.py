@@ -13,6 +13,7 @@ from relay.core.websocket import OP_TEXT, encode_frame
 from relay.io.websocket import WebSocketConnection, connect
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
+from relay.simulator.timing import Timing
 from tests.simulator.conftest import check_server_event
 from tests.support.sim_control import SimControl
 
@@ -60,7 +61,7 @@ async def _client(port: int) -> Client:
 
 async def test_appends_taken_at_once_stay_in_order_with_queued_events() -> None:
     """A commit waits in the session's queue; the append right behind it must not overtake it."""
-    runner, port = await start_simulator(SimulatorConfig(speed=100.0, reply_text="Hi"))
+    runner, port = await start_simulator(SimulatorConfig(timing=Timing.fast(), speed=100.0, reply_text="Hi"))
     try:
         client = await _client(port)
         commit = {"type": "input_audio_buffer.commit"}
@@ -75,7 +76,7 @@ async def test_appends_taken_at_once_stay_in_order_with_queued_events() -> None:
 
 
 async def test_a_stall_stops_reading_the_socket_and_loses_nothing() -> None:
-    runner, port = await start_simulator(SimulatorConfig(speed=100.0, reply_text="Hi"))
+    runner, port = await start_simulator(SimulatorConfig(timing=Timing.fast(), speed=100.0, reply_text="Hi"))
     control = SimControl(f"http://127.0.0.1:{port}")
     try:
         client = await _client(port)
@@ -99,7 +100,7 @@ async def test_a_stall_stops_reading_the_socket_and_loses_nothing() -> None:
 
 
 async def test_shutting_down_closes_open_sessions_with_1001() -> None:
-    runner, port = await start_simulator(SimulatorConfig())
+    runner, port = await start_simulator(SimulatorConfig(timing=Timing.fast()))
     client = await _client(port)
     await runner.cleanup()
     async with asyncio.timeout(10):
@@ -109,7 +110,7 @@ async def test_shutting_down_closes_open_sessions_with_1001() -> None:
 
 async def test_retrieved_user_item_carries_its_committed_audio() -> None:
     """The API returns a user item's audio on conversation.item.retrieve (reference §2.5)."""
-    runner, port = await start_simulator(SimulatorConfig(speed=100.0, reply_text="Hi"))
+    runner, port = await start_simulator(SimulatorConfig(timing=Timing.fast(), speed=100.0, reply_text="Hi"))
     try:
         client = await _client(port)
         audio = bytes(range(256)) * 75  # 200 ms of PCM16, recognisable bytes

@@ -10,6 +10,7 @@ import websockets
 
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
+from relay.simulator.timing import Timing
 from tests.simulator.conftest import ws_url
 
 KEY = "sk-sim-key"
@@ -17,7 +18,9 @@ KEY = "sk-sim-key"
 
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
-    runner, bound = await start_simulator(SimulatorConfig(interface="azure-ga", api_keys=(KEY,)))
+    runner, bound = await start_simulator(
+        SimulatorConfig(timing=Timing.fast(), interface="azure-ga", api_keys=(KEY,))
+    )
     yield bound
     await runner.cleanup()
 

@@ -108,8 +108,9 @@ async def test_scripted_replies_and_transcripts_are_used_in_order(
 async def test_default_reply_echoes_the_user(sim_port: int, control: SimControl) -> None:
     from relay.simulator.config import SimulatorConfig
     from relay.simulator.server import start_simulator
+    from relay.simulator.timing import Timing
 
-    runner, port = await start_simulator(SimulatorConfig(speed=100.0))
+    runner, port = await start_simulator(SimulatorConfig(timing=Timing.fast(), speed=100.0))
     try:
         async with websockets.connect(ws_url(port), additional_headers=AUTH) as ws:
             client = SimClient(ws)

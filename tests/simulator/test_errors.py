@@ -16,6 +16,7 @@ import websockets
 
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
+from relay.simulator.timing import Timing
 from tests.simulator.conftest import AUTH, SimClient, ws_url
 
 GA_TYPES = (
@@ -288,7 +289,7 @@ async def test_truncate_beyond_the_audio_length(sim: SimClient) -> None:
 
 
 async def test_auth_and_model_failures_close_like_the_api() -> None:
-    runner, port = await start_simulator(SimulatorConfig(api_keys=("sk-good-key",)))
+    runner, port = await start_simulator(SimulatorConfig(timing=Timing.fast(), api_keys=("sk-good-key",)))
     base = ws_url(port, "/v1/realtime")
     bearer = {"Authorization": "Bearer sk-good-key"}
     cases = [
@@ -335,7 +336,7 @@ async def test_auth_and_model_failures_close_like_the_api() -> None:
 
 
 async def test_session_expiry_like_the_api() -> None:
-    runner, port = await start_simulator(SimulatorConfig(session_max_s=0.5))
+    runner, port = await start_simulator(SimulatorConfig(timing=Timing.fast(), session_max_s=0.5))
     try:
         async with websockets.connect(ws_url(port), additional_headers=AUTH) as ws:
             await ws.recv()
@@ -350,7 +351,7 @@ async def test_session_expiry_like_the_api() -> None:
 
 
 async def test_beta_enum_error_on_the_beta_interface() -> None:
-    runner, port = await start_simulator(SimulatorConfig(interface="beta"))
+    runner, port = await start_simulator(SimulatorConfig(timing=Timing.fast(), interface="beta"))
     headers = {**AUTH, "OpenAI-Beta": "realtime=v1"}
     try:
         async with websockets.connect(

@@ -202,9 +202,10 @@ async def test_faults_armed_for_the_next_sessions(control: SimControl, connect: 
 async def test_faults_configured_at_start_hit_every_session() -> None:
     from relay.simulator.config import SimulatorConfig
     from relay.simulator.server import start_simulator
+    from relay.simulator.timing import Timing
 
     fault = {"kind": "close", "code": 1011, "after_event": "session.updated", "count": 1}
-    runner, port = await start_simulator(SimulatorConfig(session_faults=(fault,)))
+    runner, port = await start_simulator(SimulatorConfig(timing=Timing.fast(), session_faults=(fault,)))
     try:
         for _ in range(2):
             async with websockets.connect(ws_url(port), additional_headers=AUTH) as ws:

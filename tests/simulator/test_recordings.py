@@ -29,6 +29,7 @@ import websockets
 from relay.simulator.audio import synthesize
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
+from relay.simulator.timing import Timing
 from tests.simulator.conftest import AUTH, SimClient, ws_url
 from tests.support.recordings import load, recording_files, require_recordings
 
@@ -82,7 +83,7 @@ def _with_real_speech(sent: list[dict[str, Any]]) -> list[dict[str, Any]]:
 async def ports() -> AsyncIterator[dict[str, int]]:
     """One simulator per interface the recordings were made on."""
     started = {
-        kind: await start_simulator(SimulatorConfig(interface=kind, speed=100.0))
+        kind: await start_simulator(SimulatorConfig(timing=Timing.fast(), interface=kind, speed=100.0))
         for kind in ("ga", "azure-ga")
     }
     yield {kind: port for kind, (_, port) in started.items()}

@@ -11,6 +11,7 @@ import pytest
 from relay.simulator.audio import bytes_per_ms, synthesize
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
+from relay.simulator.timing import Timing
 from tests.simulator.conftest import AUTH, SimClient, ws_url
 from tests.support.sim_control import SimControl
 
@@ -71,7 +72,7 @@ async def test_out_of_band_response_uses_its_input_and_leaves_the_conversation(
 ) -> None:
     from relay.simulator.server import start_simulator as _start  # a simulator without a fixed reply
 
-    runner, port = await _start(SimulatorConfig(speed=100.0))
+    runner, port = await _start(SimulatorConfig(timing=Timing.fast(), speed=100.0))
     try:
         import websockets
 
@@ -145,7 +146,7 @@ async def test_idle_timeout_commits_and_responds(sim: SimClient) -> None:
 
 
 async def test_server_pings_the_client() -> None:
-    runner, port = await start_simulator(SimulatorConfig(ping_interval_s=0.2))
+    runner, port = await start_simulator(SimulatorConfig(timing=Timing.fast(), ping_interval_s=0.2))
     pings = 0
     try:
         async with (

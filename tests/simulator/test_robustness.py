@@ -23,6 +23,7 @@ from relay.core.protocol import GA_CLIENT_EVENT_TYPES
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import Script, start_simulator
 from relay.simulator.session import SimSession
+from relay.simulator.timing import Timing
 from tests.simulator.conftest import AUTH, SimClient, check_server_event, ws_url
 
 TOOL = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
@@ -103,7 +104,7 @@ async def _feed(frames: list[str]) -> list[dict[str, Any]]:
     async def sink(event: dict[str, Any]) -> None:
         emitted.append(event)
 
-    config = SimulatorConfig(speed=10_000.0, reply_text="Sure.")
+    config = SimulatorConfig(timing=Timing.fast(), speed=10_000.0, reply_text="Sure.")
     session = SimSession(config, "gpt-realtime", sink, Script())
     await session.start()
     for frame in frames:
@@ -169,7 +170,7 @@ async def _one_turn(port: int, index: int) -> str:
 @pytest.mark.slow
 async def test_hundreds_of_concurrent_sessions() -> None:
     count = 300
-    runner, port = await start_simulator(SimulatorConfig(speed=50.0))
+    runner, port = await start_simulator(SimulatorConfig(timing=Timing.fast(), speed=50.0))
     process = psutil.Process()
     before = process.memory_info().rss
     try:
