@@ -33,6 +33,21 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--port", type=int, default=8081)
     simulate.add_argument("--speed", type=float, default=1.0, help="1 = real time")
+    simulate.add_argument(
+        "--profile",
+        choices=("realistic", "fast"),
+        default="realistic",
+        help="the live API's delays (default) or none; the flags below override single figures",
+    )
+    for figure, meaning in (
+        ("handshake", "before the 101 of the WebSocket upgrade"),
+        ("session-created", "from the 101 to session.created"),
+        ("ack", "before answering each client event the API acknowledges"),
+        ("session-update", "extra time to answer a session.update, on top of --ack-ms"),
+        ("first-delta", "from response.created to the response's first output"),
+        ("rate-limits", "from response.done to rate_limits.updated"),
+    ):
+        simulate.add_argument(f"--{figure}-ms", type=float, metavar="MS", help=meaning)
     # Listed for --help; its own options are the benchmark's (``relay bench --help``).
     commands.add_parser("bench", help="run the benchmark (see bench/)", add_help=False)
     return parser
@@ -49,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = args.command or "serve"
     if command == "simulate":
-        return _simulate(args.host, args.port, args.speed)
+        return _simulate(args)
     return _serve(getattr(args, "config", None), getattr(args, "host", None), getattr(args, "port", None))
 
 
@@ -116,13 +131,24 @@ def _tls(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def _simulate(host: str, port: int, speed: float) -> int:
+def _simulate(args: argparse.Namespace) -> int:
+    from dataclasses import fields, replace
+
     from relay.simulator.config import SimulatorConfig
     from relay.simulator.server import run_simulator
+    from relay.simulator.timing import Timing
 
+    profile = Timing.fast() if args.profile == "fast" else Timing.realistic()
+    overrides = {f.name: getattr(args, f.name) for f in fields(Timing) if getattr(args, f.name) is not None}
+    try:
+        timing = replace(profile, **overrides)
+    except ValueError as exc:
+        print(f"relay simulate: {exc}", file=sys.stderr)
+        return 2
     configure_logging("INFO", "console")
-    print(f"relay simulator on ws://{host}:{port}/v1/realtime", file=sys.stderr, flush=True)
-    run_simulator(SimulatorConfig(speed=speed), host, port)
+    where = f"ws://{args.host}:{args.port}/v1/realtime"
+    print(f"relay simulator on {where}, {args.profile} profile: {timing}", file=sys.stderr, flush=True)
+    run_simulator(SimulatorConfig(speed=args.speed, timing=timing), args.host, args.port)
     return 0
 
 
