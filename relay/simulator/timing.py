@@ -10,25 +10,32 @@ delay a client of the live API sees, network included):
 
 ``handshake_ms`` = 300, from the start of the WebSocket upgrade to the 101.
     A new connection to api.openai.com costs three network round trips before the 101 (TCP, TLS
-    1.3, the HTTP upgrade). Round trips to OpenAI's realtime edge measured 60-70 ms (webrtcHacks,
-    "Measuring the response latency of OpenAI's WebRTC-based Realtime API", January 2025), which
-    gives ~200 ms; a TCP connect to api.openai.com measured 125 ms in Open-Less/openless#998
-    (where TLS then took 4.2 s behind SNI inspection: the tail is far longer), which gives ~375 ms.
-    The relay's maintainers saw sessions announced ~0.3 s after the upgrade began.
+    1.3, the HTTP upgrade). Round trips to OpenAI's realtime edge measured 60-70 ms [webrtchacks],
+    which gives ~200 ms; a TCP connect to api.openai.com measured 125 ms [openless] (where TLS then
+    took 4.2 s behind SNI inspection: the tail is far longer), which gives ~375 ms. The relay's
+    maintainers measured failures with an upstream that announced sessions ~0.3 s after the upgrade.
 ``session_created_ms`` = 5, from the 101 to ``session.created``.
-    Captured live: 3-6 ms (reference ``realtime-protocol.md`` §3.2.1).
+    Captured live: 3-6 ms (the project's protocol reference, ``realtime-protocol.md`` §3.2 item 1).
 ``ack_ms`` = 50, before the answer to each client event the API acknowledges.
-    A round trip: 60-70 ms to the realtime edge (webrtcHacks, above; "improved since"), ~50 ms in
-    the maintainers' measurements.
+    One round trip: 60-70 ms to the realtime edge in January 2025, "improved since" [webrtchacks];
+    ~50 ms in the maintainers' measurements.
 ``session_update_ms`` = 210, the extra work of a ``session.update`` on top of ``ack_ms``.
-    Captured live: ``session.updated`` ~260 ms after ``session.update`` (§3.2.2), i.e. 50 + 210.
+    Captured live: ``session.updated`` ~260 ms after ``session.update`` (§3.2 item 2): 50 + 210.
 ``first_delta_ms`` = 450, from ``response.created`` to the response's first output.
-    The model's time to first token: time-to-first-byte from the API is ~500 ms in US regions
-    (Fora Soft's production guide to the Realtime API, 2026), of which ``ack_ms`` already passed
-    before ``response.created``. Artificial Analysis measures more for reasoning models (1.12 s to
-    first audio for gpt-realtime-2 at minimal reasoning, as reported by The Batch).
+    The model's time to first token: time to first byte from the API is ~500 ms in US regions
+    [forasoft], of which ``ack_ms`` has passed by ``response.created``. Reasoning models take
+    longer: 1.12 s to first audio for gpt-realtime-2 at minimal reasoning [batch].
 ``rate_limits_ms`` = 43, from ``response.done`` to ``rate_limits.updated``.
-    Captured live: ~43 ms (§3.2.3).
+    Captured live: ~43 ms (§3.2 item 3).
+
+[webrtchacks] P. Hancke, "Measuring the response latency of OpenAI's WebRTC-based Realtime API",
+    webrtcHacks, January 2025 (STUN round trips in Chrome's webrtc-internals),
+    https://webrtchacks.com/measuring-the-response-latency-of-openais-webrtc-based-real-time-api/
+[openless] https://github.com/Open-Less/openless/issues/998 (one machine on Windows 11, August 2026)
+[forasoft] "OpenAI Realtime API voice agent production guide 2026", Fora Soft,
+    https://www.forasoft.com/blog/article/openai-realtime-api-voice-agent-production-guide-2026
+[batch] "OpenAI Challenges Speech-to-Speech Leaders", The Batch (Artificial Analysis figures),
+    https://www.deeplearning.ai/the-batch/openai-challenges-speech-to-speech-leaders
 
 Audio pacing is :attr:`SimulatorConfig.speed` (1.0 = real time), not a field here: it is the
 speed of the stream once it flows, not a latency.
