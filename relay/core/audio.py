@@ -1,14 +1,15 @@
 """Checks on appended audio, and the commit accounting behind F5 and F6.
 
-``check_append`` decodes strict base64, requires whole samples for the input format, enforces the
-API's 15 MiB limit, and catches the classic bug of sending 32-bit float samples as PCM16: such
-data is valid base64 and the API accepts it, but transcription comes back empty or garbage.
+``InputAudioCheck`` decodes strict base64, enforces the API's 15 MiB limit, and catches the
+classic bug of sending 32-bit float samples as PCM16: such data is valid base64 and the API
+accepts it, but transcription comes back empty or garbage. Samples split across appends are
+legal (the API's buffer is a byte stream) and carried, never refused.
 """
 
 from __future__ import annotations
 
 import binascii
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pybase64
@@ -16,8 +17,8 @@ import pybase64
 from relay.core.errors import InvalidEvent
 from relay.core.protocol import MAX_APPEND_BYTES, MIN_COMMIT_MS
 
-_BYTES_PER_MS = {"pcm16": 48, "pcmu": 8, "pcma": 8}
-_SAMPLE_BYTES = {"pcm16": 2, "pcmu": 1, "pcma": 1}
+BYTES_PER_MS = {"pcm16": 48, "pcmu": 8, "pcma": 8}
+SAMPLE_BYTES = {"pcm16": 2, "pcmu": 1, "pcma": 1}
 # The high byte of a little-endian float32 in [-1, 1] holds the sign and the top of the exponent:
 # 0x20-0x3F (or 0xA0-0xBF when negative) for every magnitude from 2^-63 up to 1.
 _FLOAT_EXPONENT_BYTES = bytes(range(0x20, 0x40)) + bytes(range(0xA0, 0xC0))
@@ -69,8 +70,8 @@ def looks_like_float32(pcm: bytes) -> bool:
     return len(others.translate(None, _FLOAT_EXPONENT_BYTES)) > len(others) * 0.3
 
 
-def check_append(audio_b64: str, encoding: str, client_event_id: str | None) -> int:
-    """Validate one ``input_audio_buffer.append`` payload; returns the decoded byte count."""
+def decode_append(audio_b64: str, client_event_id: str | None) -> bytes:
+    """The bytes of one ``input_audio_buffer.append``, strictly decoded and within the limit."""
     try:
         # SIMD base64 (pybase64): ~5x faster than binascii on a 20 ms append, and as strict:
         # it also refuses padding after a complete quantum, which binascii's strict mode allows.
@@ -90,18 +91,71 @@ def check_append(audio_b64: str, encoding: str, client_event_id: str | None) -> 
             "audio",
             client_event_id,
         )
-    sample = _SAMPLE_BYTES.get(encoding, 2)
-    if len(audio) % sample:
-        raise InvalidEvent(
-            "invalid_value",
-            f"Invalid 'audio': {len(audio)} bytes is not a whole "
-            f"number of {sample}-byte samples for {encoding}.",
-            "audio",
-            client_event_id,
-        )
-    if encoding == "pcm16" and looks_like_float32(audio):
-        raise InvalidEvent("invalid_audio_format", FLOAT32_MESSAGE, "audio", client_event_id)
-    return len(audio)
+    return audio
+
+
+def check_append(audio_b64: str, encoding: str, client_event_id: str | None) -> int:
+    """One append checked on its own (no buffer before it); returns the decoded byte count."""
+    return len(InputAudioCheck(encoding).check(audio_b64, client_event_id))
+
+
+# The float32 detector judges at least this much audio at once (64 float samples): smaller
+# appends are gathered until there is enough to tell, so cutting a stream fine cannot hide it.
+_MIN_JUDGED_BYTES = 256
+
+
+class InputAudioCheck:
+    """The checks on a session's input audio stream, append by append (F6).
+
+    The API's input buffer is a byte stream and apps cut it anywhere (a 1,323-byte PCM16 chunk, a
+    33-byte stub): a sample split across two appends is legal, so alignment is a property of the
+    buffer, not of one append. The float32 detector therefore reads the stream across appends: up
+    to 3 bytes carried from the previous append, small appends gathered until there is enough to
+    judge, and, whenever the stream is off its 4-byte grid, every phase tried. Only what is
+    certainly broken is refused; a split sample is counted.
+    """
+
+    def __init__(self, encoding: str = "pcm16") -> None:
+        self.encoding = encoding
+        self._carry = b""  # the stream's bytes after its last whole 4-byte group (PCM16 only)
+        self.on_split_sample: Callable[[], None] = _nothing  # an append ended mid-sample (legal)
+
+    def set_encoding(self, encoding: str) -> None:
+        if encoding != self.encoding:
+            self.encoding = encoding
+            self.restart()
+
+    def restart(self) -> None:
+        """The API's buffer was emptied (commit, clear): alignment starts again."""
+        self._carry = b""
+
+    def check(self, audio_b64: str, client_event_id: str | None) -> bytes:
+        """Validate one append's payload; returns its bytes. Raises InvalidEvent to refuse it."""
+        audio = decode_append(audio_b64, client_event_id)
+        if self.encoding != "pcm16":
+            return audio  # G.711: a byte is a sample, and float32 cannot pass for it unnoticed
+        carry = self._carry
+        if not carry and not len(audio) & 3 and len(audio) >= _MIN_JUDGED_BYTES:
+            if looks_like_float32(audio):  # the common 20 ms append: judged as it is, no copy
+                raise InvalidEvent("invalid_audio_format", FLOAT32_MESSAGE, "audio", client_event_id)
+            return audio
+        stream = carry + audio
+        whole = len(stream) & ~3
+        judged = whole >= _MIN_JUDGED_BYTES
+        # Too little to judge: keep it all (under 260 bytes) for the next append's verdict. The
+        # phase is the client's stream's, refused appends included: the app sends one stream.
+        self._carry = stream[whole:] if judged else stream
+        if judged and _float32_at_any_phase(stream):
+            raise InvalidEvent("invalid_audio_format", FLOAT32_MESSAGE, "audio", client_event_id)
+        if len(audio) & 1:
+            self.on_split_sample()
+        return audio
+
+
+def _float32_at_any_phase(stream: bytes) -> bool:
+    """Float samples need not start on the buffer's 4-byte grid (PCM went before them, or the app
+    cut its stream oddly): off the common path, every phase is tried."""
+    return any(looks_like_float32(stream[p : p + ((len(stream) - p) & ~3)]) for p in range(4))
 
 
 class AudioAccount:
@@ -126,7 +180,7 @@ class AudioAccount:
 
     @property
     def buffered_ms(self) -> float:
-        return self.bytes / _BYTES_PER_MS.get(self.encoding, 48)
+        return self.bytes / BYTES_PER_MS.get(self.encoding, 48)
 
     def check_commit(self, turn_detection_on: bool, client_event_id: str | None) -> None:
         """The API's exact error for a commit under 100 ms, when the relay knows it is one.
@@ -144,3 +198,7 @@ class AudioAccount:
             None,
             client_event_id,
         )
+
+
+def _nothing() -> None:
+    return None

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.core.audio import AudioAccount, check_append, encoding_of, looks_like_float32
+from relay.core.audio import AudioAccount, InputAudioCheck, check_append, encoding_of, looks_like_float32
 from relay.core.errors import InvalidEvent
 from tests.support.speech import speech_pcm16
 
@@ -66,12 +66,50 @@ def test_check_append() -> None:
         "audio",
         "e1",
     )
-    with pytest.raises(InvalidEvent, match="whole number of 2-byte samples"):
-        check_append(base64.b64encode(b"\x01\x02\x03").decode(), "pcm16", None)
+    assert check_append(base64.b64encode(b"\x01\x02\x03").decode(), "pcm16", None) == 3  # a split sample
     assert check_append(base64.b64encode(b"\x01\x02\x03").decode(), "pcmu", None) == 3
     floats = base64.b64encode(_float32(0.3 * np.sin(np.arange(960) / 5))).decode()
     with pytest.raises(InvalidEvent, match="32-bit float"):
         check_append(floats, "pcm16", None)
+
+
+def _pieces(data: bytes, size: int) -> list[str]:
+    return [base64.b64encode(data[i : i + size]).decode() for i in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize("size", [33, 1323, 4801])
+def test_samples_split_across_appends_are_legal_and_counted(size: int) -> None:
+    """The API's buffer is a byte stream: the Realtime cookbook's chunker sent 1,323-byte PCM16
+    chunks, recorded sessions cut appends to 33-byte stubs. None of it may be refused."""
+    check = InputAudioCheck("pcm16")
+    splits: list[int] = []
+    check.on_split_sample = lambda: splits.append(1)
+    speech = speech_pcm16("Alignment is a property of the buffer, not of one append.")
+    for piece in _pieces(speech, size):
+        check.check(piece, None)
+    assert len(splits) == sum(1 for i in range(0, len(speech), size) if len(speech[i : i + size]) % 2)
+
+
+@pytest.mark.parametrize("size", [33, 1323, 4801])
+def test_float32_is_caught_however_the_stream_is_cut(size: int) -> None:
+    """The detector reads the stream across appends and, off the 4-byte grid, at every phase, so
+    cutting float32 data at odd places (or into stubs too small to judge alone) cannot hide it;
+    and real PCM16 cut the same way is never refused."""
+    for name, signal in _signals().items():
+        pcm = InputAudioCheck("pcm16")
+        pcm.check(base64.b64encode(b"\x00\x01\x02").decode(), None)  # throw the grid off first
+        for piece in _pieces(_pcm16(signal), size):
+            pcm.check(piece, None)  # raises on a false positive
+        if name in ("speech", "chord"):
+            check = InputAudioCheck("pcm16")
+            floats = _float32(signal[: RATE // 2])
+            refused = 0
+            for piece in _pieces(floats, size):
+                try:
+                    check.check(piece, None)
+                except InvalidEvent as exc:
+                    refused += exc.code == "invalid_audio_format"
+            assert refused >= len(floats) // max(size, 256) // 2
 
 
 def test_commit_accounting_matches_the_api_message() -> None:
