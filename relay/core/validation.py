@@ -192,7 +192,7 @@ def _invalid_value(event: dict[str, Any], path: str, error: ErrorDetails) -> Inv
         path = path + ".type" if not path.endswith("type") else path
         if value.startswith(_MESSAGE_TAG):  # items are told apart by type and role together
             return _invalid_role(event, path.removesuffix("type") + "role", value, options)
-    shown = value if isinstance(value, str) else orjson.dumps(value).decode()
+    shown = value if isinstance(value, str) else _json_text(value)
     message = f"Invalid value: '{shown}'. Supported values are: {quote_list(options)}."
     return InvalidEvent("invalid_value", message, path, _event_id(event))
 
@@ -226,6 +226,14 @@ def event_value(event: dict[str, Any], path: str) -> Any:
         elif index:
             return None
     return value
+
+
+def _json_text(value: Any) -> str:
+    """How the API quotes a non-string value; anything orjson cannot write is shown by repr."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # e.g. an integer beyond 64 bits (only from Python callers: orjson reads floats)
+        return repr(value)
 
 
 def _too_long(path: str, value: Any, ctx: dict[str, Any], eid: str | None) -> InvalidEvent:
