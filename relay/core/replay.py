@@ -1,32 +1,47 @@
 """The events that make a fresh upstream identical to the old one, and the echoes they cause.
 
 Order (design.md "Replay, precisely"): the full ``session.update``; one
-``conversation.item.create`` per item with its original id, chained by ``previous_item_id``;
-then the audio appended since the last commit. Assistant audio becomes ``output_text`` with its
-transcript (the API cannot take assistant audio); user audio becomes its transcript or, when
-retained, the audio itself. Client events the old upstream never acknowledged are re-sent after
-the switch, as the client's own (their answers are the client's to see).
+``conversation.item.create`` per item with its original id, chained by ``previous_item_id``
+(:func:`plan_replay`); what changed since, when the replay was prepared while the old upstream
+kept serving (:func:`plan_delta`); then the input audio the API still held, with the client
+events it had not answered re-sent at their places in it (:func:`plan_tail`; their answers are
+the client's to see). Assistant audio becomes ``output_text`` with its transcript (the API cannot
+take assistant audio); user audio becomes its transcript or, when retained, the audio itself.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
+
+import pybase64
 
 from relay.core.session import SessionState, clone
 
 Event = dict[str, Any]
 _ITEM_ECHOES = frozenset({"conversation.item.added", "conversation.item.done", "conversation.item.created"})
-_APPEND_CHUNK_CHARS = 1024 * 1024
+_APPEND_CHUNK_BYTES = 768 * 1024  # 1 MiB of base64
 
 
 @dataclass
 class ReplayPlan:
-    events: list[Event]
-    item_ids: list[str]
-    replayed: int
-    trimmed: int
-    resend: list[Event] = field(default_factory=list)
+    """A session's configuration and conversation as events for a fresh upstream."""
+
+    update: Event  # the full session.update
+    creates: dict[str, Event]  # item id -> its conversation.item.create, in conversation order
+    trimmed: int  # oldest items left out by the budget
+
+    @property
+    def events(self) -> list[Event]:
+        return [self.update, *self.creates.values()]
+
+    @property
+    def item_ids(self) -> list[str]:
+        return list(self.creates)
+
+    @property
+    def replayed(self) -> int:
+        return len(self.creates)
 
 
 def plan_replay(
@@ -38,18 +53,83 @@ def plan_replay(
 ) -> ReplayPlan:
     config = {k: clone(v) for k, v in state.config.items() if not k.startswith("_")}
     config.setdefault("type", "realtime")
-    events: list[Event] = [{"type": "session.update", "session": config}]
     kept = _within_budget(state.items, max_items, max_tokens)
+    creates: dict[str, Event] = {}
     previous: str | None = None
     for item in kept:
         create: Event = {"type": "conversation.item.create", "item": replayable(item, user_audio)}
         if previous is not None:
             create["previous_item_id"] = previous
-        events.append(create)
+        creates[item["id"]] = create
         previous = item["id"]
-    events += _audio_appends(state.uncommitted_audio)
-    resend = [clone(e) for e in (*state.pending_updates, *state.pending_creates)]
-    return ReplayPlan(events, [i["id"] for i in kept], len(kept), len(state.items) - len(kept), resend)
+    return ReplayPlan({"type": "session.update", "session": config}, creates, len(state.items) - len(kept))
+
+
+def plan_delta(prepared: ReplayPlan, current: ReplayPlan) -> list[Event]:
+    """What turns an upstream that received ``prepared`` into one matching ``current``.
+
+    A rotation replays a snapshot while the old upstream keeps serving; the conversation may move
+    on meanwhile (a turn, a truncation, a deletion, the budget trimming an old item). The delta is
+    small: the configuration if it changed, items gone or changed deleted, items new or changed
+    created after their predecessor.
+    """
+    events: list[Event] = []
+    if current.update != prepared.update:
+        events.append(clone(current.update))
+    kept: set[str] = set()
+    for item_id, create in prepared.creates.items():
+        now = current.creates.get(item_id)
+        if now is not None and now["item"] == create["item"]:
+            kept.add(item_id)
+        else:
+            events.append({"type": "conversation.item.delete", "item_id": item_id})
+    previous: str | None = None
+    for item_id, create in current.creates.items():
+        if item_id not in kept:
+            event = {"type": "conversation.item.create", "item": clone(create["item"])}
+            event["previous_item_id"] = previous if previous is not None else "root"
+            events.append(event)
+        previous = item_id
+    return events
+
+
+@dataclass
+class Tail:
+    """The input audio the old upstream still held, with the client events it had not answered
+    at their places in it: the last part of every replay."""
+
+    events: list[Event]
+    audio: bytes  # all of it, in stream order: the replacement upstream's stream starts with it
+    positions: list[int]  # where each in-flight event now sits in that stream
+
+
+def plan_tail(state: SessionState) -> Tail:
+    audio = state.audio
+    events: list[Event] = []
+    sent: list[bytes] = []
+    positions: list[int] = []
+    position = audio.replay_from()
+    size = 0
+    for entry in state.in_flight.pending:
+        at = max(entry.position, position)
+        if entry.event.get("type") == "input_audio_buffer.clear":
+            position = at  # the audio before a clear would be cleared at once: not re-sent
+        else:
+            size += _append(events, sent, audio.segment(position, at))
+            position = at
+        positions.append(size)
+        events.append(clone(entry.event))
+    _append(events, sent, audio.segment(position, audio.end))
+    return Tail(events, b"".join(sent), positions)
+
+
+def _append(events: list[Event], sent: list[bytes], segment: bytes) -> int:
+    """Re-send ``segment`` as appends of at most 1 MiB of audio each."""
+    for start in range(0, len(segment), _APPEND_CHUNK_BYTES):
+        chunk = segment[start : start + _APPEND_CHUNK_BYTES]
+        events.append({"type": "input_audio_buffer.append", "audio": pybase64.b64encode_as_string(chunk)})
+        sent.append(chunk)
+    return len(segment)
 
 
 def replayable(item: dict[str, Any], user_audio: str) -> dict[str, Any]:
@@ -139,46 +219,72 @@ def _within_budget(items: list[dict[str, Any]], max_items: int, max_tokens: int)
     return [i for i in kept if i.get("type") != "function_call_output" or i.get("call_id") in calls]
 
 
-def _audio_appends(chunks: list[str]) -> list[Event]:
-    """Uncommitted audio re-sent as appends, joined into few large events."""
-    appends: list[Event] = []
-    current = ""
-    for chunk in chunks:
-        if current and len(current) + len(chunk) > _APPEND_CHUNK_CHARS:
-            appends.append({"type": "input_audio_buffer.append", "audio": current})
-            current = ""
-        current += chunk
-    if current:
-        appends.append({"type": "input_audio_buffer.append", "audio": current})
-    return appends
-
-
 class EchoFilter:
-    """Recognises the new upstream's answers to a replay, which the client must not see."""
+    """Recognises the new upstream's answers to what the relay itself sent, which the client must
+    not see: the ``session.updated`` of a replayed configuration, the echoes of replayed items
+    and deletions, and the errors of events carrying the relay's own event ids. ``strict`` (while
+    a replay is being prepared) also takes any other error as the replay's failure."""
 
-    def __init__(self, plan: ReplayPlan) -> None:
-        self.waiting_update = True
-        self.waiting_items = set(plan.item_ids)
-        self.replayed_items = set(plan.item_ids)
-        self.error: str | None = None
+    def __init__(self, events: list[Event], *, relay_ids: str, strict: bool = True) -> None:
+        self.relay_ids = relay_ids  # the prefix of the event ids the relay gives its own events
+        self.strict = strict
+        self.updates = 0
+        self.items: set[str] = set()  # created: echoed by item.added, then item.done
+        self.deletions: set[str] = set()
+        self.causes: dict[str, tuple[str, str]] = {}  # relay event id -> what it waits for
+        self.errors: list[str] = []
+        for event in events:
+            self._expect(event)
+
+    def _expect(self, event: Event) -> None:
+        kind, event_id = event.get("type"), str(event.get("event_id"))
+        if kind == "session.update":
+            self.updates += 1
+            self.causes[event_id] = ("update", "")
+        elif kind == "conversation.item.create":
+            self.items.add(event["item"]["id"])
+            self.causes[event_id] = ("item", event["item"]["id"])
+        elif kind == "conversation.item.delete":
+            self.deletions.add(event["item_id"])
+            self.causes[event_id] = ("delete", event["item_id"])
 
     @property
     def done(self) -> bool:
-        return not self.waiting_update and not self.waiting_items
+        return not (self.updates or self.items or self.deletions)
 
     def suppress(self, event: Event) -> bool:
         kind = event.get("type")
-        if kind == "session.updated" and self.waiting_update:
-            self.waiting_update = False
+        if kind == "session.updated" and self.updates:
+            self.updates -= 1
             return True
         if kind in _ITEM_ECHOES:
             item_id = (event.get("item") or {}).get("id")
-            if item_id in self.replayed_items:
+            if item_id in self.items:
                 if kind != "conversation.item.added":
-                    self.waiting_items.discard(item_id)
+                    self.items.discard(item_id)
                 return True
-        if kind == "error":
-            error = event.get("error") or {}
-            self.error = f"{error.get('code')}: {error.get('message')}"
+        elif kind == "conversation.item.deleted" and event.get("item_id") in self.deletions:
+            self.deletions.discard(event["item_id"])
             return True
+        elif kind == "error":
+            return self._error(event.get("error") or {})
         return False
+
+    def _error(self, error: dict[str, Any]) -> bool:
+        event_id = error.get("event_id")
+        ours = isinstance(event_id, str) and event_id.startswith(self.relay_ids)
+        if not (ours or self.strict):
+            return False  # the client's own: its to see
+        self.errors.append(f"{error.get('code')}: {error.get('message')}")
+        cause = self.causes.pop(str(event_id), None)
+        if cause is not None:  # no echo will follow for what was refused
+            kind, item_id = cause
+            if kind == "update":
+                self.updates -= 1
+            self.items.discard(item_id)
+            self.deletions.discard(item_id)
+        return True
+
+    @property
+    def error(self) -> str | None:
+        return self.errors[-1] if self.errors else None

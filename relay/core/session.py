@@ -2,23 +2,27 @@
 
 Fed every client event the relay forwards and every server event it receives (except audio
 deltas), it keeps the effective config (from the server's echoes), the conversation mirror with
-original ids in order, the response in flight, the audio appended since the last commit, and
-the client events the old upstream had not acknowledged yet. No I/O; ``relay.core.replay``
-turns it into the events a new upstream needs.
+original ids in order, the response in flight, the input audio the API still holds
+(``relay.core.retention``), and the client events the upstream has not answered yet
+(``relay.core.inflight``). No I/O; ``relay.core.replay`` turns it into the events a new
+upstream needs.
 """
 
 from __future__ import annotations
 
 import copy
-from collections import deque
 from typing import Any, TypeVar
 
 import orjson
+import pybase64
+
+from relay.core.audio import encoding_of
+from relay.core.inflight import InFlight, Pending
+from relay.core.retention import AudioRetention
 
 Event = dict[str, Any]
 T = TypeVar("T")
 READ_ONLY_SESSION_FIELDS = ("id", "object", "expires_at", "client_secret")
-MAX_UNCOMMITTED_AUDIO_CHARS = 20 * 1024 * 1024  # ~15 MiB of audio as base64
 
 
 def clone(value: T) -> T:
@@ -36,16 +40,15 @@ class SessionState:
         self.retain_user_audio = retain_user_audio
         self.config: dict[str, Any] = {}
         self.items: list[dict[str, Any]] = []
-        self.uncommitted_audio: list[str] = []
-        self._uncommitted_chars = 0
-        self.retained_audio: dict[str, list[str]] = {}
-        self.pending_creates: deque[Event] = deque()
-        self.pending_updates: deque[Event] = deque()
+        self.audio = AudioRetention()
+        self.in_flight = InFlight()
+        self.retained_audio: dict[str, bytes] = {}  # committed user audio, by item id
         self.active_response: dict[str, Any] | None = None  # response.created's response
         self.partial: dict[str, Any] | None = None  # the output item being streamed
         self.partial_text = ""
         self.partial_audio_bytes = 0  # of the item being streamed, from its deltas' sizes
         self.response_requested = False
+        self.out_of_band_requested = 0  # the app's own response.create with conversation "none"
         self.speech_in_progress = False
         self._vad_turn_ended = False
         # Server events that changed the state: a replay planned before any of them is stale.
@@ -57,49 +60,38 @@ class SessionState:
         return self.active_response is not None or self.response_requested
 
     def is_quiet(self) -> bool:
-        """A safe moment to switch upstreams: nothing in flight in either direction."""
-        return not (
-            self.response_active
-            or self.speech_in_progress
-            or self.uncommitted_audio
-            or self.pending_creates
-            or self.pending_updates
-        )
+        """A safe moment to switch upstreams: no response, no speech, no client event in flight.
+
+        Audio that is not committed is allowed: it is replayed (with VAD only the padding the
+        API keeps between utterances, so an open microphone never stops a rotation).
+        """
+        return not (self.response_active or self.speech_in_progress or self.in_flight)
 
     def at_response_boundary(self) -> bool:
-        """No response, speech or unacknowledged event in flight (uncommitted audio allowed)."""
-        return not (
-            self.response_active or self.speech_in_progress or self.pending_creates or self.pending_updates
-        )
+        """No response in flight (speech and client events may be: they are replayed)."""
+        return not self.response_active
 
     def find(self, item_id: str) -> dict[str, Any] | None:
         return next((item for item in self.items if item.get("id") == item_id), None)
 
     # ------------------------------------------------------------------ client side
     def on_client_event(self, event: Event) -> None:
+        """A client event sent to the current upstream (appends: :meth:`append_audio`)."""
         kind = event.get("type")
-        if kind in ("input_audio_buffer.append", "session.input_audio_buffer.append"):
-            self.append_audio(event.get("audio"))
-        elif kind == "conversation.item.create":
-            self.pending_creates.append(clone(event))
-        elif kind == "session.update":
-            self.pending_updates.append(clone(event))
-        elif kind == "response.create":
+        if kind == "response.create":
             params = event.get("response")
-            if not (isinstance(params, dict) and params.get("conversation") == "none"):
+            if isinstance(params, dict) and params.get("conversation") == "none":
+                self.out_of_band_requested += 1
+            else:
                 self.response_requested = True
-        elif kind == "input_audio_buffer.clear":
-            self._drop_uncommitted()
+            return
+        self.in_flight.sent(clone(event), self.audio.end)
+        if kind == "input_audio_buffer.commit":
+            self.audio.pinned_from = self.audio.origin
 
-    def append_audio(self, audio: Any) -> None:
-        """Audio sent upstream and not committed yet: a replacement upstream gets it again."""
-        if isinstance(audio, str) and self._uncommitted_chars + len(audio) <= MAX_UNCOMMITTED_AUDIO_CHARS:
-            self.uncommitted_audio.append(audio)
-            self._uncommitted_chars += len(audio)
-
-    def _drop_uncommitted(self) -> None:
-        self.uncommitted_audio = []
-        self._uncommitted_chars = 0
+    def append_audio(self, audio: bytes, now: float | None = None) -> None:
+        """Audio sent upstream (at ``now``, monotonic): a replacement upstream may need it again."""
+        self.audio.append(audio, now)
 
     # ------------------------------------------------------------------ server side
     def on_server_event(self, event: Event) -> None:
@@ -108,23 +100,31 @@ class SessionState:
             self.server_changes += 1
             handler(self, event)
 
+    def _answered(self, event: Event) -> Pending | None:
+        answered = self.in_flight.answered(event)
+        if answered is not None and answered.event.get("type") == "input_audio_buffer.commit":
+            self._unpin()
+        return answered
+
+    def _unpin(self) -> None:
+        commits = self.in_flight.of_type("input_audio_buffer.commit")
+        self.audio.pinned_from = self.audio.origin if commits else None
+
     def _session(self, event: Event) -> None:
         session = event.get("session")
         if isinstance(session, dict):
             self.config = {k: clone(v) for k, v in session.items() if k not in READ_ONLY_SESSION_FIELDS}
-        if event.get("type") == "session.updated" and self.pending_updates:
-            self.pending_updates.popleft()
+            self.audio.configure(encoding_of(session), _turn_detection(session))
+        if event.get("type") == "session.updated":
+            self._answered(event)
 
     def _error(self, event: Event) -> None:
         raw = event.get("error")
         error: dict[str, Any] = raw if isinstance(raw, dict) else {}
-        param = str(error.get("param") or "")
-        if self.pending_updates and (
-            param.startswith("session") or error.get("code") == "cannot_update_voice"
-        ):
-            self.pending_updates.popleft()
-        elif self.pending_creates and (param.startswith("item") or param == "previous_item_id"):
-            self.pending_creates.popleft()
+        rejected = self.in_flight.rejected(error)
+        if rejected is not None:
+            if rejected.event.get("type") == "input_audio_buffer.commit":
+                self._unpin()
         elif error.get("code") == "conversation_already_has_active_response":
             self.response_requested = self.active_response is not None
 
@@ -132,7 +132,7 @@ class SessionState:
         item = event.get("item")
         if not isinstance(item, dict) or not item.get("id"):
             return
-        self._settle_pending_create(item)
+        self._answered(event)
         existing = self.find(item["id"])
         if existing is not None:
             existing.update(clone(item))
@@ -148,19 +148,10 @@ class SessionState:
         if item.get("role") == "user" and item["id"] in self.retained_audio:
             self._attach_audio(self.items[position])
 
-    def _settle_pending_create(self, item: dict[str, Any]) -> None:
-        for pending in self.pending_creates:
-            wanted = pending.get("item") or {}
-            if wanted.get("id") == item["id"] or (
-                not wanted.get("id")
-                and wanted.get("type") == item.get("type")
-                and wanted.get("role") == item.get("role")
-            ):
-                self.pending_creates.remove(pending)
-                return
-
     def _item_done(self, event: Event) -> None:
         item = event.get("item")
+        if event.get("type") == "conversation.item.retrieved":
+            self._answered(event)
         if isinstance(item, dict) and item.get("id"):
             existing = self.find(item["id"])
             if existing is not None:
@@ -174,18 +165,25 @@ class SessionState:
             content[index]["transcript"] = event.get("transcript")
 
     def _truncated(self, event: Event) -> None:
+        self._answered(event)
         item = self.find(str(event.get("item_id")))
         if item is not None:
             item["_truncated_ms"] = event.get("audio_end_ms")
 
     def _deleted(self, event: Event) -> None:
+        self._answered(event)
         self.items = [item for item in self.items if item.get("id") != event.get("item_id")]
 
     def _committed(self, event: Event) -> None:
+        answered = self._answered(event)
         item_id = event.get("item_id")
         if self.retain_user_audio and isinstance(item_id, str):
-            self.retained_audio[item_id] = self.uncommitted_audio
-        self._drop_uncommitted()
+            stop = answered.position if answered is not None else self.audio.end
+            self.retained_audio[item_id] = self.audio.segment(self.audio.origin, stop)
+        if answered is not None:
+            self.audio.cut(answered.position)
+        else:
+            self.audio.server_committed()
         self.speech_in_progress = False
         vad_turn, self._vad_turn_ended = self._vad_turn_ended, False
         if vad_turn and self._turn_detection_creates_responses():
@@ -194,31 +192,52 @@ class SessionState:
             self.response_requested = True
 
     def _turn_detection_creates_responses(self) -> bool:
-        audio = self.config.get("audio")
-        audio_input = audio.get("input") if isinstance(audio, dict) else None
-        detection = audio_input.get("turn_detection") if isinstance(audio_input, dict) else None
+        detection = _turn_detection(self.config)
         return isinstance(detection, dict) and detection.get("create_response", True) is not False
 
     def _cleared(self, event: Event) -> None:
-        self._drop_uncommitted()
+        answered = self._answered(event)
+        self.audio.cut(answered.position if answered is not None else self.audio.end)
 
     def _speech(self, event: Event) -> None:
-        self.speech_in_progress = event.get("type") == "input_audio_buffer.speech_started"
+        kind = event.get("type")
+        self.speech_in_progress = kind == "input_audio_buffer.speech_started"
+        if self.speech_in_progress:
+            self.audio.speech_started(event.get("audio_start_ms"))
+        else:
+            self.audio.speech_stopped(event.get("audio_end_ms"))
         # A turn the server detected (not a client's manual commit) gets its response from the server.
         self._vad_turn_ended = not self.speech_in_progress
 
     def _attach_audio(self, item: dict[str, Any]) -> None:
         content = item.get("content") or []
         if content and content[0].get("type") == "input_audio":
-            content[0]["audio"] = "".join(self.retained_audio.pop(item["id"]))
+            content[0]["audio"] = pybase64.b64encode_as_string(self.retained_audio.pop(item["id"]))
 
     # ------------------------------------------------------------------ responses
     def _response_created(self, event: Event) -> None:
         response = event.get("response")
-        if isinstance(response, dict) and response.get("conversation_id") is not None:
-            self.active_response = clone(response)
-            self.response_requested = False
-            self.partial, self.partial_text = None, ""
+        if not isinstance(response, dict) or self._out_of_band(response):
+            return
+        self.active_response = clone(response)
+        self.response_requested = False
+        self.partial, self.partial_text = None, ""
+
+    def _out_of_band(self, response: dict[str, Any]) -> bool:
+        """Whether a response writes outside the conversation (reference §2.6).
+
+        The live API says so with ``conversation_id: null``; servers that omit the field leave
+        it to the app's own requests: a response is out-of-band only when the app asked for one
+        (``conversation: "none"``) and no in-conversation response is owed. A response that
+        cannot be attributed counts as in the conversation, so it is never lost track of.
+        """
+        if "conversation_id" in response:
+            out_of_band = response["conversation_id"] is None
+        else:
+            out_of_band = self.out_of_band_requested > 0 and not self.response_requested
+        if out_of_band and self.out_of_band_requested:
+            self.out_of_band_requested -= 1
+        return out_of_band
 
     def _output_item_added(self, event: Event) -> None:
         if self.active_response is not None and event.get("response_id") == self.active_response["id"]:
@@ -336,3 +355,12 @@ _SERVER_HANDLERS = {
     "response.output_item.done": SessionState._output_item_done,
     "response.done": SessionState._response_done,
 }
+
+
+def _turn_detection(session: dict[str, Any]) -> Any:
+    """The effective turn detection (GA ``audio.input.turn_detection``, or the beta key)."""
+    audio = session.get("audio")
+    audio_input = audio.get("input") if isinstance(audio, dict) else None
+    if isinstance(audio_input, dict):
+        return audio_input.get("turn_detection")
+    return session.get("turn_detection", {"type": "server_vad"})

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay.core.audio import AudioAccount, check_append, encoding_of
+from relay.core.audio import AudioAccount, InputAudioCheck, encoding_of
 from relay.core.beta_translator import BetaTranslator
 from relay.core.policy import Policy
 from relay.core.protocol import Interface
@@ -33,7 +33,8 @@ class ClientEventChecker:
         self.validator = Validator(Interface.BETA if translator is not None else interface)
         self.policy = Policy.from_settings(settings)
         self.account = AudioAccount()
-        self.encoding = "pcm16"  # the API's default input format
+        self.input_audio = InputAudioCheck()  # the API's default input format is PCM16
+        self.audio = b""  # the last append's audio, decoded by the checks (kept for a replay)
         self.turn_detection_on = True  # the API's default session has server VAD
 
     def check(self, data: bytes) -> Checked:
@@ -45,7 +46,8 @@ class ClientEventChecker:
         if event["type"] == _APPEND and Validator.is_plain_append(event):
             # The 20 ms append is ~98% of client frames: its keys were just checked, which is
             # all the schema would do, so it goes straight to the audio checks.
-            self.account.bytes += check_append(event["audio"], self.encoding, event.get("event_id"))
+            self.audio = self.input_audio.check(event["audio"], event.get("event_id"))
+            self.account.bytes += len(self.audio)
             return [(data, _APPEND, event)]
         self.validator.check(event)
         if self.translator is not None and event["type"] != _APPEND:
@@ -55,7 +57,8 @@ class ClientEventChecker:
     def _one(self, data: bytes, event: dict[str, Any]) -> tuple[bytes, str, dict[str, Any] | None]:
         event_type = str(event["type"])
         if event_type == _APPEND:
-            self.account.appended(check_append(event["audio"], self.encoding, _eid(event)))
+            self.audio = self.input_audio.check(event["audio"], _eid(event))
+            self.account.appended(len(self.audio))
             return (data, event_type, event)
         self._account_for(event_type, event)
         if self.policy.apply(event):
@@ -65,16 +68,19 @@ class ClientEventChecker:
     def _account_for(self, event_type: str, event: dict[str, Any]) -> None:
         if event_type == "input_audio_buffer.commit":
             self.account.check_commit(self.turn_detection_on, _eid(event))
+            self.input_audio.restart()
         elif event_type == "input_audio_buffer.clear":
             self.account.cleared()
+            self.input_audio.restart()
 
     def on_server_event(self, event_type: str, event: dict[str, Any]) -> None:
         """Keep the input format and buffer count in step with what the server confirmed."""
         if event_type in ("session.created", "session.updated"):
             session = event.get("session")
             if isinstance(session, dict):
-                self.encoding = encoding_of(session)
-                self.account.set_encoding(self.encoding)
+                encoding = encoding_of(session)
+                self.input_audio.set_encoding(encoding)
+                self.account.set_encoding(encoding)
                 self.turn_detection_on = _turn_detection(session) is not None
         elif event_type == "input_audio_buffer.committed":
             self.account.committed()

@@ -75,6 +75,8 @@ class RelaySession:
         )
         self.beta = beta  # set for a beta client translated to a GA upstream
         self.checker = ClientEventChecker(ctx.settings, ctx.upstreams.interface, beta)
+        self.checker.input_audio.on_split_sample = self._split_sample
+        self._split_samples = 0
         self.link: UpstreamLink | None = None
         self.outcome = "client_closed"
         self.started = time.monotonic()
@@ -200,6 +202,25 @@ class RelaySession:
         if self.client.write_paused_since:
             link.conn.pause_reading("client")
 
+    def hold_client(self) -> None:
+        """Hold client events until a replacement upstream is switched in (a recovery)."""
+        self.gate.upstream_lost()
+
+    def switch_to(self, new: UpstreamLink, shown_first: list[bytes], resent: list[dict[str, Any]]) -> None:
+        """Make ``new`` the current upstream (already sent the replay's last part and ``resent``,
+        the client events the old one never answered): its frames go to the client, held client
+        events go to it, in order."""
+        self.gate.on_server_event("session.created")
+        for event in resent:
+            self.gate.sent(event, str(event["type"]))  # a format change still holds later audio
+        old, self.link = self.link, new  # frames from here on are the new upstream's
+        if old is not None and old is not new:
+            old.detach()
+        for data in shown_first:
+            self.on_upstream_text(new, data)
+        self.attach(new)  # what arrived after the replay's echoes, then live frames
+        self.release_held()
+
     def _upstream_closed(self, link: UpstreamLink) -> None:
         if self._closing or self._ended.done() or link is not self.link or link.closed_by_relay:
             return  # ours to close, or a replaced upstream
@@ -305,7 +326,7 @@ class RelaySession:
         if link is None or self.gate.must_hold(event_type):
             self._hold(data, event_type)
         elif event_type == _APPEND and event is not None and link.conn.send(data):
-            self.supervisor.on_append(event)  # the commonest event: it opens no wait at the gate
+            self.supervisor.on_append(self.checker.audio)  # the commonest event: no wait at the gate
         else:
             self.send_now(link, data, event_type, event)
 
@@ -358,6 +379,13 @@ class RelaySession:
                 return
             event = translated
         self.client.send(dumps(event))
+
+    def _split_sample(self) -> None:
+        """Legal, but worth knowing: apps that cut samples often have other audio bugs."""
+        self.metrics.audio_split_samples_total.inc()
+        self._split_samples += 1
+        if self._split_samples == 1:
+            self.log.info("audio_sample_split", detail="an append ended mid-sample; it is carried over")
 
     def _report_dropped_beta_fields(self) -> None:
         if self.beta is None or not self.beta.dropped_fields:

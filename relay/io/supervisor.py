@@ -1,12 +1,21 @@
 """The supervisor: replaces a session's upstream proactively and after any drop (F3).
 
-Proactive rotation is make-before-break: at a quiet point a new upstream is opened and replayed
-while the old one still serves; client events arriving meanwhile are held; then traffic switches
-atomically and the old upstream is closed with 1000. Reactive recovery reconnects with backoff
-after an unexpected close, closes any response the client saw start (one ``response.done``),
-replays, and resumes. The client keeps one connection and one session id throughout.
+Both paths prepare a new upstream the same way: connect, await its ``session.created``, replay
+the configuration and conversation from a plan, and await the echoes. A proactive rotation does
+this while the old upstream keeps serving the client (the live API takes hundreds of
+milliseconds to announce a session; the app's audio must not wait for that), then, at a quiet
+point, switches in one synchronous step: the delta since the plan, the input audio the old
+upstream still held, the client events it had not answered, and traffic moves to the new one.
+A recovery after an unexpected close holds the client's events while it prepares (there is no
+upstream to serve them), closes any response the client saw start (one ``response.done``), and
+switches the same way. The client keeps one connection and one session id throughout.
 
-The state and the replay plan come from the sans-I/O core (``relay.core.session`` /
+Upstream events that exist only because an upstream is ending (the ``session_expired`` notice)
+and the answers to what the relay itself sent (replay echoes, errors of its own events) are
+consumed here, counted and logged, never shown: a replacement the app would notice is not
+transparent. The opt-in ``relay.upstream_replaced`` event stays the one signal.
+
+The state and the plans come from the sans-I/O core (``relay.core.session``,
 ``relay.core.replay``); this module only moves frames and waits.
 """
 
@@ -17,31 +26,54 @@ import random
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
+import pybase64
 
 from relay.core.backoff import classify_close, delays
-from relay.core.errors import UpstreamError
-from relay.core.replay import EchoFilter, plan_replay
+from relay.core.errors import UpstreamError, new_id
+from relay.core.replay import EchoFilter, ReplayPlan, plan_delta, plan_replay, plan_tail
 from relay.core.session import SessionState, interrupted_response_done
 from relay.io.frames import dumps
 from relay.io.link import UpstreamLink
 from relay.io.upstream import close_error
-
-if TYPE_CHECKING:
-    from relay.io.session import RelaySession
+from relay.observability.metrics import RelayMetrics
+from relay.settings import Settings
 
 REPLAY_TIMEOUT_S = 15.0
-_QUIET_AFTER_CLIENT_EVENT_S = 0.25  # an event still in flight to the old upstream is not quiet
+_QUIET_POLL_S = 0.02  # how often a prepared rotation looks for a quiet moment to switch
+_EXPIRY_MARGIN_S = 120.0  # rotate at least this long before an upstream's announced expiry
+_JITTER_SHARE = 0.1  # rotation jitter is at most this share of the interval
+# Upstream errors that announce the upstream's end, not a problem of the client's: the
+# replacement that follows is the supervisor's business (reference §1.3).
+END_OF_LIFE_CODES = frozenset({"session_expired"})
+
+
+class Conversation(Protocol):
+    """What the supervisor needs of the session it serves (no import cycle between them)."""
+
+    settings: Settings
+    metrics: RelayMetrics
+    log: Any
+    link: UpstreamLink | None
+
+    async def open_link(self) -> UpstreamLink: ...
+    def hold_client(self) -> None: ...
+    def switch_to(
+        self, new: UpstreamLink, shown_first: list[bytes], resent: list[dict[str, Any]]
+    ) -> None: ...
+    def send_client_event(self, event: dict[str, Any]) -> None: ...
+    def forward_upstream(self, data: bytes, event_type: str, event: dict[str, Any] | None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
-class Replayed:
-    """A finished replay: server frames to show after the switch, client events to re-send."""
+class Prepared:
+    """A new upstream that has the replayed plan, and what it sent that the client may see."""
 
-    server_frames: list[bytes]
-    resend: list[dict[str, Any]]
+    link: UpstreamLink
+    plan: ReplayPlan
+    frames: list[bytes]
 
 
 class ReplayFailed(Exception):
@@ -51,7 +83,7 @@ class ReplayFailed(Exception):
 class Supervisor:
     """Owns the succession of upstream links behind one relay session."""
 
-    def __init__(self, session: RelaySession) -> None:
+    def __init__(self, session: Conversation) -> None:
         self.session = session
         settings = session.settings
         self.settings = settings
@@ -60,23 +92,44 @@ class Supervisor:
         self.rotating = False
         self.replacements = 0
         self._rng = random.Random()
-        self._last_client_event = 0.0
+        self._relay_ids = f"relay_{new_id('', 8)}_"  # the event ids of the relay's own events
+        self._sent = 0
+        self._echo: EchoFilter | None = None  # answers to the last switch's events, still due
+        self._expires = float("inf")  # when the current upstream will expire (monotonic)
         self.rotate_at = self._next_rotation(time.monotonic())
 
     # ------------------------------------------------------------------ feeding the state
     def on_client_event(self, event: dict[str, Any] | None, data: bytes) -> None:
-        self._last_client_event = time.monotonic()
-        self.state.on_client_event(event if event is not None else _loads(data))
+        event = event if event is not None else _loads(data)
+        if event.get("type") == "input_audio_buffer.append":
+            self.state.append_audio(_audio_of(event))
+        else:
+            self.state.on_client_event(event)
 
-    def on_append(self, event: dict[str, Any]) -> None:
+    def on_append(self, audio: bytes) -> None:
         """The commonest client event, tracked in short: only its audio is kept (for a replay)."""
-        self._last_client_event = time.monotonic()
-        self.state.append_audio(event["audio"])
+        self.state.audio.append(audio)
 
     def on_server_event(self, event_type: str, event: dict[str, Any], data: bytes) -> bytes | None:
         """Track a server event; returns the frame for the client (None: not shown)."""
+        echo = self._echo
+        if echo is not None and echo.suppress(event):
+            if event_type == "error":
+                self._hidden("relay_caused_error", echo.error)
+            if echo.done:
+                self._echo = None
+            return None
+        if event_type == "error":
+            code = _error_code(event)
+            if code in END_OF_LIFE_CODES:
+                self._hidden(str(code), None)
+                return None
+            if _error_event_id(event).startswith(self._relay_ids):  # e.g. a re-requested response
+                self._hidden("relay_caused_error", code)
+                return None
         self.state.on_server_event(event)
         if event_type == "session.created":
+            self._note_expiry(event)
             if self.first_session_id is None:
                 self.first_session_id = _session_id(event)
                 return data
@@ -85,66 +138,86 @@ class Supervisor:
             return _with_session_id(event, self.first_session_id)
         return data
 
+    def _hidden(self, reason: str, detail: str | None) -> None:
+        self.session.metrics.upstream_events_hidden_total.labels(reason).inc()
+        self.session.log.info("upstream_event_hidden", reason=reason, detail=detail)
+
+    def _note_expiry(self, event: dict[str, Any]) -> None:
+        session = event.get("session")
+        expires_at = session.get("expires_at") if isinstance(session, dict) else None
+        if isinstance(expires_at, int | float) and expires_at > 0:
+            self._expires = time.monotonic() + (expires_at - time.time())
+            self.rotate_at = min(self.rotate_at, self._latest_rotation())
+
+    def _latest_rotation(self) -> float:
+        return self._expires - _EXPIRY_MARGIN_S
+
     # ------------------------------------------------------------------ rotation
     def _next_rotation(self, now: float) -> float:
         after = self.settings.rotate_after_s
         if after <= 0:
-            return float("inf")
-        jitter = self.settings.rotate_jitter_s
-        return now + max(1.0, after + self._rng.uniform(-jitter, jitter))
+            return self._latest_rotation()
+        # Jitter spreads rotations of sessions started together, in proportion to the interval:
+        # 60 s on a 10-minute interval, but never 60 s on a 4-second one.
+        jitter = min(self.settings.rotate_jitter_s, after * _JITTER_SHARE)
+        return min(now + max(0.5, after + self._rng.uniform(-jitter, jitter)), self._latest_rotation())
 
     def rotation_due(self, now: float) -> bool:
-        if self.rotating or now < self.rotate_at:
-            return False
-        waited = now - self.rotate_at
-        quiet = self.state.is_quiet() and now - self._last_client_event > _QUIET_AFTER_CLIENT_EVENT_S
-        # After waiting too long for a quiet point, settle for a response boundary (audio may be
-        # uncommitted: it is replayed; nothing else may be in flight).
-        return quiet or (waited > self.settings.rotate_quiet_max_wait_s and self.state.at_response_boundary())
+        return not self.rotating and now >= self.rotate_at
 
     def start_rotation(self) -> Coroutine[Any, Any, None]:
-        """The rotation to run as a task. Client events are held from this moment, not from when
-        the task first runs: an event slipping through to the old upstream would start something
-        (a response, say) that the switch then cuts off."""
+        """The rotation to run as a task. Nothing is held while it prepares."""
         self.rotating = True
-        self.session.gate.session_ready = False  # hold client events until the switch
-        return self._rotate(self.state.server_changes)
+        return self._rotate()
 
-    async def _rotate(self, changes_before: int) -> None:
-        """Make-before-break: replay onto a new upstream, then switch traffic to it."""
+    async def _rotate(self) -> None:
         session = self.session
         old = session.link
         started = time.monotonic()
         try:
-            new, replayed = await self._open_and_replay(attempts=3)
+            prepared = await self._prepare(attempts=3)
         except UpstreamError as exc:
             session.log.warning("rotation_failed", reason=exc.message)
-            self._resume_after_failed_rotation(old)
+            self.rotating = False
+            self.rotate_at = self._next_rotation(time.monotonic())
             return
+        try:
+            switched = await self._switch_when_quiet(old, prepared)
+        except BaseException:  # cancelled with the session: never leave an upstream open
+            prepared.link.close_now()
+            raise
         finally:
             self.rotating = False
-        if old is None or session.link is not old or old.closed:
-            # The old upstream dropped meanwhile and recovery replaced it (or is doing so): this
-            # replay was planned from an older state, so it must not win.
-            session.log.info("rotation_abandoned", reason="upstream replaced during the rotation")
-            await new.close(1000)
+        if not switched:
+            await prepared.link.close(1000)
             return
-        if self.state.server_changes != changes_before:
-            # The old upstream moved on meanwhile (server VAD committed held-back audio and
-            # started a response, say): switching now would cut that off. Try again later.
-            session.log.info("rotation_abandoned", reason="the old upstream moved on during the replay")
-            self._resume_after_failed_rotation(old, retry_soon=True)
-            await new.close(1000)
-            return
-        self._switch(new, replayed, cause="rotation", started=started)
-        await old.close(1000)
+        session.metrics.rotation_prepare_seconds.observe(time.monotonic() - started)
+        if old is not None:
+            await old.close(1000)
 
-    def _resume_after_failed_rotation(self, old: UpstreamLink | None, *, retry_soon: bool = False) -> None:
-        if not retry_soon:
-            self.rotate_at = self._next_rotation(time.monotonic())
-        if old is not None and self.session.link is old and not old.closed:
-            self.session.gate.session_ready = True
-            self.session.release_held()
+    async def _switch_when_quiet(self, old: UpstreamLink | None, prepared: Prepared) -> bool:
+        """Switch at the first quiet moment; after waiting long, at a response boundary."""
+        session = self.session
+        settle_by = time.monotonic() + self.settings.rotate_quiet_max_wait_s
+        give_up = settle_by + self.settings.rotate_quiet_max_wait_s
+        while True:
+            if old is None or session.link is not old or old.closed:
+                # The old upstream dropped meanwhile and recovery replaced it (or is doing so).
+                session.log.info("rotation_abandoned", reason="upstream replaced during the rotation")
+                return False
+            if prepared.link.closed:
+                session.log.info("rotation_abandoned", reason="the new upstream closed before the switch")
+                self.rotate_at = self._next_rotation(time.monotonic())
+                return False
+            now = time.monotonic()
+            if self.state.is_quiet() or (now > settle_by and self.state.at_response_boundary()):
+                self._switch(prepared, cause="rotation", held_since=now)
+                return True
+            if now > give_up:
+                session.log.info("rotation_abandoned", reason="no quiet moment")
+                self.rotate_at = self._next_rotation(now)
+                return False
+            await asyncio.sleep(_QUIET_POLL_S)
 
     # ------------------------------------------------------------------ reactive recovery
     async def recover(self, dead: UpstreamLink) -> None:
@@ -155,17 +228,19 @@ class Supervisor:
         if fatal:
             raise close_error(dead.close_code, dead.last_error_code)
         started = time.monotonic()
-        session.gate.upstream_lost()
+        session.hold_client()
         not_started = self.state.response_requested and self.state.active_response is None
         done = interrupted_response_done(self.state, "upstream_replaced")
         if done is not None:
             session.send_client_event(done)
-        new, replayed = await self._open_and_replay(attempts=self.settings.reconnect_max_attempts)
-        self._switch(new, replayed, cause=cause, started=started)
+        prepared = await self._prepare(attempts=self.settings.reconnect_max_attempts)
+        self._switch(prepared, cause=cause, held_since=started)
         if not_started and self.settings.rerequest_pending_response:
-            session.forward_upstream(b'{"type":"response.create"}', "response.create", None)
+            request = {"type": "response.create", "event_id": self._relay_event_id()}
+            session.forward_upstream(dumps(request), "response.create", request)
 
-    async def _open_and_replay(self, attempts: int) -> tuple[UpstreamLink, Replayed]:
+    # ------------------------------------------------------------------ preparing
+    async def _prepare(self, attempts: int) -> Prepared:
         """Connect and replay, retrying with backoff; drops during a replay restart it."""
         last: UpstreamError | None = None
         base, cap = self.settings.reconnect_base_delay_s, self.settings.reconnect_max_delay_s
@@ -179,7 +254,7 @@ class Supervisor:
                 last = exc
                 continue
             try:
-                return link, await self._replay(link)
+                return await self._replay(link)
             except ReplayFailed as exc:
                 self.session.log.warning("replay_failed", reason=str(exc))
                 await link.close(1000)
@@ -194,23 +269,26 @@ class Supervisor:
             code="upstream_retries_exhausted",
         )
 
-    async def _replay(self, link: UpstreamLink) -> Replayed:
-        """Replay the session onto ``link``; returns server frames to show after the switch."""
-        started = time.monotonic()
-        created = await self._receive_event(link, until="session.created")
-        link.session_id = _session_id(created)
-        plan = plan_replay(
+    def _plan(self) -> ReplayPlan:
+        return plan_replay(
             self.state,
             max_items=self.settings.replay_max_items,
             max_tokens=self.settings.replay_max_tokens,
             user_audio=self.settings.replay_user_audio,
         )
-        echo = EchoFilter(plan)
-        for event in plan.events:
+
+    async def _replay(self, link: UpstreamLink) -> Prepared:
+        """Replay the configuration and conversation onto ``link`` and await its echoes."""
+        started = time.monotonic()
+        created = await self._receive_event(link, until="session.created")
+        link.session_id = _session_id(created)
+        plan = self._plan()
+        events = [self._own(event) for event in plan.events]
+        echo = EchoFilter(events, relay_ids=self._relay_ids)
+        for event in events:
             if not link.send(dumps(event)):
                 raise ReplayFailed("the new upstream closed while the replay was being sent")
-        pending = await self._await_acknowledgement(link, echo)
-        replayed = Replayed(pending, plan.resend)
+        frames = await self._await_acknowledgement(link, echo)
         metrics = self.session.metrics
         metrics.replay_duration_seconds.observe(time.monotonic() - started)
         metrics.replay_items_total.labels("replayed").inc(plan.replayed)
@@ -222,26 +300,35 @@ class Supervisor:
             trimmed=plan.trimmed,
             duration_s=round(time.monotonic() - started, 4),
         )
-        return replayed
+        return Prepared(link, plan, frames)
+
+    def _own(self, event: dict[str, Any]) -> dict[str, Any]:
+        """A copy of ``event`` as the relay's own: an event id the relay recognises in errors
+        (a copy: the plan it came from is compared with later ones)."""
+        return {**event, "event_id": self._relay_event_id()}
+
+    def _relay_event_id(self) -> str:
+        self._sent += 1
+        return f"{self._relay_ids}{self._sent}"
 
     async def _await_acknowledgement(self, link: UpstreamLink, echo: EchoFilter) -> list[bytes]:
-        pending: list[bytes] = []
+        frames: list[bytes] = []
         deadline = time.monotonic() + REPLAY_TIMEOUT_S
         while not echo.done:
             data = await self._receive(link, deadline)
-            event = _loads(data)
-            if echo.suppress(event):
+            if echo.suppress(_loads(data)):
+                if echo.error is not None:
+                    raise ReplayFailed(f"the upstream rejected the replay: {echo.error}")
                 continue
-            if echo.error is not None:
-                raise ReplayFailed(f"the upstream rejected the replay: {echo.error}")
-            pending.append(data)
-        return pending
+            frames.append(data)
+        return frames
 
     async def _receive_event(self, link: UpstreamLink, until: str) -> dict[str, Any]:
         deadline = time.monotonic() + REPLAY_TIMEOUT_S
         while True:
             event = _loads(await self._receive(link, deadline))
             if event.get("type") == until:
+                self._note_expiry(event)
                 return event
             if event.get("type") == "error":
                 raise ReplayFailed(f"the new upstream refused the session: {event.get('error')}")
@@ -257,40 +344,66 @@ class Supervisor:
         return data
 
     # ------------------------------------------------------------------ switching
-    def _switch(self, new: UpstreamLink, replayed: Replayed, *, cause: str, started: float) -> None:
-        """Make ``new`` the current upstream and let held client events flow to it, in order.
+    def _switch(self, prepared: Prepared, *, cause: str, held_since: float) -> None:
+        """Bring ``prepared`` up to date and make it the current upstream, in one synchronous step.
 
-        Synchronous from start to end: no frame from either upstream or the client can come
-        between the replay's last echo and the held events going out.
+        No frame from either upstream or the client can come between the last event sent here
+        and the client's next one, and the new upstream takes them in that order: no waiting for
+        its answers (they are recognised as they come, :class:`EchoFilter`).
         """
-        session = self.session
+        session, state, new = self.session, self.state, prepared.link
+        delta = [self._own(event) for event in plan_delta(prepared.plan, self._plan())]
+        tail = plan_tail(state)
+        appends = [self._own(e) for e in tail.events if e["type"] == "input_audio_buffer.append"]
+        for event in (*delta, *tail.events):
+            new.send(dumps(event))
+        echo = EchoFilter(delta + appends, relay_ids=self._relay_ids, strict=False)
+        self._echo = None if echo.done else echo
+        state.audio.restart(tail.audio, speaking=state.speech_in_progress)
+        state.in_flight.rebase(tail.positions)
         self.replacements += 1
         session.metrics.upstream_replacements_total.labels(cause).inc()
-        session.gate.on_server_event("session.created")
-        old, session.link = session.link, new  # frames from here on are the new upstream's
-        if old is not None and old is not new:
-            old.detach()
-        for data in replayed.server_frames:
-            session.on_upstream_text(new, data)
-        session.attach(new)  # what arrived after the replay's echoes, then live frames
-        # Client events the old upstream never answered go first; re-sending tracks them again.
-        self.state.pending_updates.clear()
-        self.state.pending_creates.clear()
-        for event in replayed.resend:
-            session.send_now(new, dumps(event), str(event["type"]), event)
-        session.release_held()
-        session.metrics.client_gap_seconds.observe(time.monotonic() - started)
+        resent = [e for e in tail.events if e["type"] != "input_audio_buffer.append"]
+        session.switch_to(new, prepared.frames, resent)
+        session.metrics.client_gap_seconds.observe(time.monotonic() - held_since)
         self.rotate_at = self._next_rotation(time.monotonic())
         if self.settings.notify_replacements:
             session.send_client_event(
                 {"type": "relay.upstream_replaced", "cause": cause, "replacements": self.replacements}
             )
-        session.log.info("upstream_switched", cause=cause, upstream_session=new.session_id)
+        session.log.info(
+            "upstream_switched",
+            cause=cause,
+            upstream_session=new.session_id,
+            delta_events=len(delta),
+            replayed_audio_bytes=len(tail.audio),
+        )
 
 
 def _loads(data: bytes) -> dict[str, Any]:
     value = orjson.loads(data)
     return value if isinstance(value, dict) else {}
+
+
+def _audio_of(event: dict[str, Any]) -> bytes:
+    """An append's audio, already checked (or not to be: validation is off): decoded leniently."""
+    audio = event.get("audio")
+    try:
+        return pybase64.b64decode(audio) if isinstance(audio, str) else b""
+    except ValueError:
+        return b""
+
+
+def _error_code(event: dict[str, Any]) -> str | None:
+    error = event.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    return code if isinstance(code, str) else None
+
+
+def _error_event_id(event: dict[str, Any]) -> str:
+    error = event.get("error")
+    value = error.get("event_id") if isinstance(error, dict) else None
+    return value if isinstance(value, str) else ""
 
 
 def _session_id(event: dict[str, Any]) -> str | None:

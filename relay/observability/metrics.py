@@ -77,6 +77,24 @@ class RelayMetrics:
             buckets=REPLAY_BUCKETS,
             registry=r,
         )
+        self.rotation_prepare_seconds = Histogram(
+            "relay_rotation_prepare_seconds",
+            "Time from a proactive rotation's start to its switch (the old upstream serves meanwhile).",
+            buckets=REPLAY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_events_hidden_total = Counter(
+            "relay_upstream_events_hidden",
+            "Upstream events the supervisor consumed instead of showing: end-of-life notices "
+            "(session_expired) and errors of the relay's own replay events.",
+            ["reason"],
+            registry=r,
+        )
+        self.audio_split_samples_total = Counter(
+            "relay_audio_split_samples",
+            "Audio appends that ended mid-sample (legal: the API's buffer is a byte stream).",
+            registry=r,
+        )
         self.validation_rejections_total = Counter(
             "relay_validation_rejections",
             "Client events rejected by the relay, by error code.",

@@ -11,7 +11,8 @@ import pytest
 
 from relay.core.backoff import classify_close, delays
 from relay.core.protocol import Interface
-from relay.core.replay import EchoFilter, plan_replay
+from relay.core.replay import EchoFilter, plan_delta, plan_replay, plan_tail
+from relay.core.retention import VAD_MARGIN_MS
 from relay.core.session import SessionState, interrupted_response_done
 from relay.core.validation import Validator
 from tests.support.recordings import load, recording_files
@@ -23,7 +24,9 @@ def _feed(path: Any) -> tuple[SessionState, list[dict[str, Any]]]:
     state = SessionState()
     received = []
     for frame in load(path):
-        if frame["direction"] == "sent":
+        if frame["direction"] == "sent" and frame["data"]["type"] == "input_audio_buffer.append":
+            state.append_audio(base64.b64decode(frame["data"]["audio"]))
+        elif frame["direction"] == "sent":
             state.on_client_event(copy.deepcopy(frame["data"]))
         else:
             state.on_server_event(copy.deepcopy(frame["data"]))
@@ -39,8 +42,7 @@ def test_mirror_follows_a_recorded_session(path: Any) -> None:
     last_config = [e["session"] for e in received if e["type"] in ("session.created", "session.updated")][-1]
     assert state.config == {k: v for k, v in last_config.items() if k not in ("id", "object", "expires_at")}
     assert state.is_quiet()
-    assert not state.pending_creates
-    assert not state.pending_updates
+    assert not state.in_flight  # every client event was answered
     for item in state.items:  # content as it was when done (transcripts, function arguments)
         done = [
             e["item"]
@@ -68,7 +70,7 @@ def test_replay_plan_is_valid_and_rebuilds_the_conversation(path: Any) -> None:
         previous = item["id"]
     assert [i["id"] for i in fresh.items] == [i["id"] for i in state.items]
     assert [i.get("call_id") for i in fresh.items] == [i.get("call_id") for i in state.items]
-    echo = EchoFilter(plan)
+    echo = EchoFilter(plan.events, relay_ids="relay_")
     assert echo.suppress({"type": "session.updated", "session": {}})
     for item_id in plan.item_ids:
         assert echo.suppress({"type": "conversation.item.added", "item": {"id": item_id}})
@@ -137,21 +139,170 @@ def test_interrupted_response_gets_one_terminal_done() -> None:
     assert state.is_quiet()
 
 
-def test_unacknowledged_client_events_are_re_sent() -> None:
-    state = SessionState()
+def test_unanswered_client_events_are_re_sent_at_their_place_in_the_audio() -> None:
+    state = _manual_turns()
     update = {"type": "session.update", "session": {"type": "realtime", "instructions": "x"}}
     create = {
         "type": "conversation.item.create",
         "item": {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]},
     }
+    state.append_audio(b"\x01\x00" * 10)
     state.on_client_event(update)
+    state.append_audio(b"\x02\x00" * 10)
     state.on_client_event(create)
-    state.on_client_event({"type": "input_audio_buffer.append", "audio": "AAAA"})
-    plan = plan_replay(state)
-    assert plan.resend == [update, create]
-    assert plan.events[-1] == {"type": "input_audio_buffer.append", "audio": "AAAA"}
-    state.on_server_event({"type": "input_audio_buffer.committed", "item_id": "item_x"})
-    assert plan_replay(state).events[-1]["type"] == "session.update"
+    state.on_client_event({"type": "input_audio_buffer.commit"})
+    state.append_audio(b"\x03\x00" * 10)
+    assert not state.is_quiet()
+    tail = plan_tail(state)
+    assert [e["type"] for e in tail.events] == [
+        "input_audio_buffer.append",
+        "session.update",
+        "input_audio_buffer.append",
+        "conversation.item.create",
+        "input_audio_buffer.commit",
+        "input_audio_buffer.append",
+    ]
+    assert [base64.b64decode(e["audio"]) for e in tail.events if "audio" in e] == [
+        b"\x01\x00" * 10,
+        b"\x02\x00" * 10,
+        b"\x03\x00" * 10,
+    ]
+    assert tail.positions == [20, 40, 40]
+    state.on_server_event({"type": "session.updated", "session": state.config})
+    state.on_server_event({"type": "conversation.item.added", "item": {"id": "item_1", **create["item"]}})
+    state.on_server_event({"type": "input_audio_buffer.committed", "item_id": "item_2"})
+    assert not state.in_flight
+    tail = plan_tail(state)  # the commit cut the buffer where it was sent: only what followed
+    assert [base64.b64decode(e["audio"]) for e in tail.events] == [b"\x03\x00" * 10]
+
+
+def _manual_turns() -> SessionState:
+    state = SessionState()
+    session = {
+        "type": "realtime",
+        "audio": {"input": {"format": {"type": "audio/pcm"}, "turn_detection": None}},
+    }
+    state.on_server_event({"type": "session.created", "session": session})
+    return state
+
+
+def _vad(prefix_padding_ms: int = 300) -> SessionState:
+    state = SessionState()
+    detection = {"type": "server_vad", "prefix_padding_ms": prefix_padding_ms}
+    session = {
+        "type": "realtime",
+        "audio": {"input": {"format": {"type": "audio/pcm"}, "turn_detection": detection}},
+    }
+    state.on_server_event({"type": "session.created", "session": session})
+    return state
+
+
+def test_an_open_microphone_with_vad_keeps_only_the_padding() -> None:
+    """Room noise for minutes, no speech: the relay keeps what the API's VAD keeps as padding."""
+    state = _vad(prefix_padding_ms=300)
+    for n in range(50 * 60):  # a minute of 20 ms appends, in real time
+        state.append_audio(bytes(960), now=n * 0.02)
+    assert state.audio.kept_bytes <= (300 + VAD_MARGIN_MS + 20) * 48
+    assert len(plan_tail(state).audio) >= (300 + VAD_MARGIN_MS - 20) * 48
+    assert state.is_quiet()  # uncommitted padding never blocks a rotation
+
+
+def test_a_burst_the_server_had_no_time_to_judge_is_kept_whole() -> None:
+    """Audio sent faster than real time is judged by the server's VAD on arrival and its events
+    take a round trip back: all of what was sent within the margin is replayed, not its tail."""
+    state = _vad(prefix_padding_ms=300)
+    for n in range(500):
+        state.append_audio(bytes(960), now=n * 0.02)  # 10 s in real time
+    state.append_audio(b"\x01\x00" * 24000 * 3, now=10.0)  # then 3 s of speech in one append
+    assert plan_tail(state).audio.endswith(b"\x01\x00" * 24000 * 3)
+    state.append_audio(bytes(960), now=10.5)  # half a second later the server has had its say
+    assert len(plan_tail(state).audio) <= (300 + VAD_MARGIN_MS + 20) * 48 + 48000 * 3
+
+
+def test_an_utterance_is_kept_whole_from_its_onset_minus_the_padding() -> None:
+    state = _vad(prefix_padding_ms=200)
+    for n in range(100):  # 2 s of silence
+        state.append_audio(bytes(960), now=n * 0.02)
+    # The server reports an onset 100 ms back (its detection lag, within the relay's margin).
+    state.on_server_event(
+        {"type": "input_audio_buffer.speech_started", "audio_start_ms": 1900, "item_id": "i"}
+    )
+    for n in range(250):  # 5 s of speech
+        state.append_audio(b"\x01\x00" * 480, now=2 + n * 0.02)
+    assert not state.is_quiet()
+    tail = plan_tail(state)
+    assert len(tail.audio) == (7000 - 1700) * 48  # from 1900 - 200 ms to the end
+    state.on_server_event({"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 7000, "item_id": "i"})
+    state.on_server_event({"type": "input_audio_buffer.committed", "item_id": "i"})
+    assert state.audio.kept_bytes == 0  # committed: it is an item now
+
+
+def test_manual_turns_keep_everything_since_the_commit_on_the_sample_grid() -> None:
+    state = _manual_turns()
+    state.append_audio(b"\x01\x02\x03")  # a split sample, carried into the next append
+    state.append_audio(b"\x04\x05\x06")
+    assert plan_tail(state).audio == b"\x01\x02\x03\x04\x05\x06"
+    state.on_client_event({"type": "input_audio_buffer.commit"})
+    state.append_audio(b"\x07\x08")
+    state.on_server_event({"type": "input_audio_buffer.committed", "item_id": "i"})
+    assert plan_tail(state).audio == b"\x07\x08"
+
+
+def test_a_format_change_drops_audio_in_the_old_format() -> None:
+    state = _manual_turns()
+    state.append_audio(b"\x01\x00" * 100)
+    session = {
+        "type": "realtime",
+        "audio": {"input": {"format": {"type": "audio/pcmu"}, "turn_detection": None}},
+    }
+    state.on_server_event({"type": "session.updated", "session": session})
+    assert plan_tail(state).audio == b""
+
+
+def test_the_delta_brings_a_prepared_upstream_up_to_date() -> None:
+    state = _items(6)
+    prepared = plan_replay(state)
+    assert plan_delta(prepared, plan_replay(state)) == []
+    state.on_server_event({"type": "conversation.item.deleted", "item_id": "item_0"})
+    state.on_server_event(
+        {
+            "type": "conversation.item.added",
+            "previous_item_id": None,
+            "item": {
+                "id": "item_new",
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "new"}],
+            },
+        }
+    )
+    state.on_server_event({"type": "conversation.item.truncated", "item_id": "item_3", "audio_end_ms": 0})
+    delta = plan_delta(prepared, plan_replay(state))
+    assert [(e["type"], e.get("item_id") or e["item"]["id"]) for e in delta] == [
+        ("conversation.item.delete", "item_0"),
+        ("conversation.item.delete", "item_3"),
+        ("conversation.item.create", "item_3"),
+        ("conversation.item.create", "item_new"),
+    ]
+    assert delta[2]["previous_item_id"] == "item_2"
+    assert delta[3]["previous_item_id"] == "item_5"
+    for event in delta:
+        GA.check(event)
+
+
+def test_echoes_and_errors_of_the_relays_own_events_are_recognised() -> None:
+    plan = plan_replay(_items(3))
+    events = [{**e, "event_id": f"relay_x_{n}"} for n, e in enumerate(plan.events)]
+    echo = EchoFilter(events, relay_ids="relay_x_", strict=False)
+    assert echo.suppress({"type": "session.updated", "session": {}})
+    assert not echo.suppress({"type": "session.updated", "session": {}})  # the client's own
+    bad = {"type": "error", "error": {"code": "invalid_value", "event_id": "relay_x_1", "param": "item.id"}}
+    assert echo.suppress(bad)
+    assert not echo.suppress({"type": "error", "error": {"code": "x", "event_id": "evt_client"}})
+    for item_id in plan.item_ids[1:]:
+        assert echo.suppress({"type": "conversation.item.added", "item": {"id": item_id}})
+        assert echo.suppress({"type": "conversation.item.done", "item": {"id": item_id}})
+    assert echo.done  # the refused create's echoes are not waited for
 
 
 def test_backoff_and_close_classification() -> None:
@@ -250,3 +401,26 @@ def test_delta_size_is_read_without_parsing() -> None:
                 seen += 1
     assert seen > 0
     assert delta_chars(b'{"type":"response.output_audio.delta"}') == 0
+
+
+def test_a_response_without_conversation_id_is_attributed_from_the_apps_requests() -> None:
+    """Realtime-compatible servers may omit ``conversation_id``: out-of-band is known from the
+    app's own request; a response nothing explains counts as in the conversation."""
+    state = SessionState()
+    state.on_server_event({"type": "response.created", "response": {"id": "resp_vad"}})
+    assert state.active_response is not None  # e.g. started by server VAD: tracked
+    state.on_server_event({"type": "response.done", "response": {"id": "resp_vad"}})
+    state.on_client_event({"type": "response.create", "response": {"conversation": "none"}})
+    state.on_server_event({"type": "response.created", "response": {"id": "resp_oob"}})
+    assert state.active_response is None  # the app asked for an out-of-band one
+    assert state.is_quiet()
+    state.on_client_event({"type": "response.create"})
+    state.on_client_event({"type": "response.create", "response": {"conversation": "none"}})
+    state.on_server_event({"type": "response.created", "response": {"id": "resp_1"}})
+    assert state.active_response is not None
+    assert state.active_response["id"] == "resp_1"
+    done = interrupted_response_done(state, "upstream_replaced")
+    assert done is not None
+    assert done["response"]["id"] == "resp_1"
+    state.on_server_event({"type": "response.created", "response": {"id": "resp_2", "conversation_id": None}})
+    assert state.active_response is None  # the live API's own word wins

@@ -1,9 +1,9 @@
 """Seeded chaos: many concurrent conversations, random upstream failures, frequent rotations.
 
 Each conversation mixes text turns, spoken turns (server VAD on synthetic speech) and tool
-rounds while the simulator drops, closes or errors its upstream at random moments and the
-relay rotates every couple of seconds. Every conversation must finish, with the client-visible
-invariants intact and the final upstream holding the whole conversation in order.
+rounds while the simulator (with the live API's timing) drops, closes or expires its upstream
+at random moments and the relay rotates every couple of seconds. Every conversation must finish,
+with the client-visible invariants intact and the final upstream holding the whole conversation in order.
 Bounded for CI; RELAY_CHAOS_SESSIONS / RELAY_CHAOS_SEED run it bigger or differently.
 """
 
@@ -23,6 +23,7 @@ import pytest
 from relay.simulator.audio import synthesize
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
+from relay.simulator.timing import Timing
 from tests.conftest import RelayFactory
 from tests.support.conversation import RecordingClient, text_item
 from tests.support.sim_control import SimControl
@@ -83,6 +84,8 @@ async def _conversation(index: int, relay_url: str, token: str, sim: SimControl,
     await asyncio.gather(*faults)
     await asyncio.sleep(0.5)
     client.assert_invariants()
+    # Nothing of the upstreams' ends shows: no expiry notice, no error of the relay's replays.
+    assert "error" not in client.types(), [e for e in client.events if e["type"] == "error"][:2]
     final = await sim.open_session(client.relay_session)
     assert final["config"]["instructions"] == f"conversation {index}"
     texts = [p.get("text") for i in final["conversation"] for p in i.get("content") or [] if p.get("text")]
@@ -102,7 +105,8 @@ async def _fire(sim: SimControl, relay_session: str, fault: dict[str, Any], dela
 
 @pytest.mark.slow
 async def test_chaos(start_relay: RelayFactory) -> None:
-    runner, port = await start_simulator(SimulatorConfig(speed=20.0, reply_text="Sure, here you go."))
+    config = SimulatorConfig(speed=20.0, reply_text="Sure, here you go.", timing=Timing.realistic())
+    runner, port = await start_simulator(config)
     relay = await start_relay(
         upstream="simulator",
         upstream_url=f"ws://127.0.0.1:{port}/v1/realtime",
@@ -137,7 +141,7 @@ async def test_chaos(start_relay: RelayFactory) -> None:
 
 @pytest.mark.slow
 async def test_a_conversation_lives_through_twenty_rotations(start_relay: RelayFactory) -> None:
-    runner, port = await start_simulator(SimulatorConfig(speed=50.0))
+    runner, port = await start_simulator(SimulatorConfig(speed=50.0, timing=Timing.realistic()))
     relay = await start_relay(
         upstream="simulator",
         upstream_url=f"ws://127.0.0.1:{port}/v1/realtime",

@@ -17,6 +17,7 @@ import pytest
 
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
+from relay.simulator.timing import Timing
 from tests.conftest import RelayFactory, RelayHandle
 from tests.support.conversation import RecordingClient, text_item
 from tests.support.scripted_upstream import ScriptedConnection, ScriptedUpstream
@@ -34,9 +35,27 @@ class Rig:
         return client
 
 
+# The live API's timing (sessions announced ~0.3 s after the upgrade, answers a round trip
+# late): an instant upstream would hide what a replacement costs the app.
+REALISTIC = SimulatorConfig(speed=50.0, timing=Timing.realistic())
+
+
+async def replaced(relay: RelayHandle, times: int, timeout: float = 10) -> None:
+    """Wait until the relay has switched to a new upstream ``times`` times in all."""
+
+    def total() -> float:
+        metric = relay.registry.get_sample_value
+        causes = ("rotation", "1000", "1001", "1006", "1011", "error")
+        return sum(metric("relay_upstream_replacements_total", {"cause": c}) or 0 for c in causes)
+
+    async with asyncio.timeout(timeout):
+        while total() < times:  # noqa: ASYNC110 (a metric has nothing to wait on)
+            await asyncio.sleep(0.02)
+
+
 @pytest.fixture
 async def rig(start_relay: RelayFactory) -> AsyncIterator[Rig]:
-    runner, port = await start_simulator(SimulatorConfig(speed=50.0))
+    runner, port = await start_simulator(REALISTIC)
     relay = await start_relay(
         upstream="simulator",
         upstream_url=f"ws://127.0.0.1:{port}/v1/realtime",
@@ -98,7 +117,7 @@ async def test_idle_drop_is_invisible(rig: Rig, fault: dict[str, Any]) -> None:
     await _turn(client, "first question")
     before = await rig.sim.open_session(client.relay_session)
     await rig.sim.fault(before["id"], **fault)
-    await asyncio.sleep(0.2)
+    await replaced(rig.relay, 1)
     after = await rig.sim.open_session(client.relay_session)
     assert after["id"] != before["id"]
     assert _config(after) == _config(before)
@@ -175,7 +194,8 @@ async def test_events_sent_during_the_outage_arrive_in_order(rig: Rig) -> None:
     texts = [f"during outage {i}" for i in range(5)]
     for text in texts:
         await client.send(text_item(text))
-    await asyncio.sleep(1.2)
+    await replaced(rig.relay, 1)
+    await client.wait_for("conversation.item.done", lambda e: e["item"]["content"][0]["text"] == texts[-1])
     new = await rig.sim.open_session(client.relay_session)
     assert new["id"] != sim_session["id"]
     assert _texts(new)[-5:] == texts
@@ -184,7 +204,7 @@ async def test_events_sent_during_the_outage_arrive_in_order(rig: Rig) -> None:
 
 
 async def test_proactive_rotation_keeps_everything(start_relay: RelayFactory) -> None:
-    runner, port = await start_simulator(SimulatorConfig(speed=50.0))
+    runner, port = await start_simulator(REALISTIC)
     relay = await start_relay(
         upstream="simulator",
         upstream_url=f"ws://127.0.0.1:{port}/v1/realtime",
@@ -227,7 +247,7 @@ async def test_drop_while_a_session_update_is_in_flight(rig: Rig) -> None:
     await client.send(
         {"type": "session.update", "session": {"type": "realtime", "instructions": "in flight"}}
     )
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # the update is on its way to a stalled upstream
     await rig.sim.fault(upstream["id"], kind="drop")
     updated = await client.wait_for("session.updated")
     assert updated["session"]["instructions"] == "in flight"
@@ -261,7 +281,7 @@ async def test_drop_during_a_replay_restarts_it(rig: Rig) -> None:
 
 
 async def test_drop_during_a_proactive_rotation(start_relay: RelayFactory) -> None:
-    runner, port = await start_simulator(SimulatorConfig(speed=50.0))
+    runner, port = await start_simulator(REALISTIC)
     relay = await start_relay(
         upstream="simulator",
         upstream_url=f"ws://127.0.0.1:{port}/v1/realtime",
@@ -371,8 +391,8 @@ async def test_a_response_the_old_upstream_starts_during_a_rotation_is_not_cut_o
 ) -> None:
     """A rotation replays onto the new upstream while the old one still serves. If the old one
     starts something meanwhile (a server-VAD turn's response, say), switching would orphan it:
-    the client would see response.created and never its response.done. The relay must give up
-    that rotation, keep the old upstream, and rotate later."""
+    the client would see response.created and never its response.done. The relay must keep the
+    old upstream until the response is over, and switch then."""
     old_moved_on = asyncio.Event()
 
     async def respond(conn: ScriptedConnection, data: bytes) -> None:
@@ -398,6 +418,9 @@ async def test_a_response_the_old_upstream_starts_during_a_rotation_is_not_cut_o
     done = await client.wait_for("response.done", timeout=10)
     assert done["response"]["id"] == created["response"]["id"] == "resp_old"
     assert done["response"]["status"] == "completed"  # delivered by the old upstream, not cut off
+    async with asyncio.timeout(5):
+        while relay.metric("relay_upstream_replacements_total", {"cause": "rotation"}) < 1:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
     client.assert_invariants()
     await client.close()
     await upstream.close()

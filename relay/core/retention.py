@@ -1,0 +1,162 @@
+"""The input audio a replacement upstream needs, kept by turn detection (design.md, replay step 3).
+
+A fresh upstream must get the audio the old one still held in its input buffer, and nothing more:
+- manual turns (``turn_detection: null``): everything since the buffer last began (a commit or
+  clear the API confirmed), bounded by the API's limit of one append (15 MiB);
+- server or semantic VAD: the current utterance, from ``speech_started.audio_start_ms`` minus
+  ``prefix_padding_ms``, while speech is in progress; between utterances only the last
+  ``prefix_padding_ms`` plus a margin (the server notices speech, and its ``speech_started``
+  reaches the relay, some time after the onset it reports: the margin covers that lag).
+
+Audio sent faster than real time (a file, a buffered burst after a network stall) is different:
+the server judges it on arrival, and its VAD events take a round trip to come back. So whatever
+was sent within the last margin of wall-clock time is kept too, whatever its length in audio: a
+replacement upstream must hear a burst the old one never had time to answer.
+
+So an open microphone costs a fixed few hundred milliseconds of audio per session, however long
+it runs. Positions are bytes of the current upstream's input stream (what the relay has sent it
+since its session began), the clock of the API's ``audio_start_ms``; a replacement upstream's
+stream starts with the replayed audio. Alignment is the buffer's, not an append's: a replay
+starts on a whole sample counted from where the buffer began.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from time import monotonic
+
+from relay.core.audio import BYTES_PER_MS, SAMPLE_BYTES
+from relay.core.protocol import MAX_APPEND_BYTES
+
+DEFAULT_PREFIX_PADDING_MS = 300  # the API's server_vad default; semantic_vad has no setting
+VAD_MARGIN_MS = 300  # covers the VAD's detection lag plus the event's trip to the relay
+_MARK_EVERY_S = 0.05  # how finely the wall-clock send times of the stream are remembered
+
+
+class AudioRetention:
+    def __init__(self) -> None:
+        self._chunks: deque[bytes] = deque()
+        self._start = 0  # stream position of the first kept byte
+        self.end = 0  # stream position after the last byte sent upstream
+        self.origin = 0  # where the API's buffer last began (sample alignment counts from here)
+        self.pinned_from: int | None = None  # kept whatever the VAD window: a commit in flight
+        self._speech_from: int | None = None  # the current utterance is kept from here
+        self._speech_end: int | None = None  # where the server heard the last utterance end
+        self.encoding = "pcm16"
+        self.vad = True  # the API's default session has server VAD
+        self.prefix_ms = DEFAULT_PREFIX_PADDING_MS
+        self.trimmed_bytes = 0  # manual turns beyond the API's limit: the oldest audio let go
+        self._marks: deque[tuple[float, int]] = deque()  # (sent at, stream position before it)
+
+    # ------------------------------------------------------------------ configuration
+    def configure(self, encoding: str, turn_detection: object) -> None:
+        """Follow the session's effective input settings (from the server's echoes)."""
+        if encoding != self.encoding:
+            self.encoding = encoding
+            self.cut(self.end)  # audio in the old format would be garbage under the new one
+        self.vad = isinstance(turn_detection, dict)
+        padding = turn_detection.get("prefix_padding_ms") if isinstance(turn_detection, dict) else None
+        self.prefix_ms = padding if isinstance(padding, int) else DEFAULT_PREFIX_PADDING_MS
+
+    @property
+    def _per_ms(self) -> int:
+        return BYTES_PER_MS.get(self.encoding, 48)
+
+    # ------------------------------------------------------------------ the stream
+    def append(self, audio: bytes, now: float | None = None) -> None:
+        """Audio sent to the current upstream (``now``: when, on the monotonic clock)."""
+        now = monotonic() if now is None else now
+        marks = self._marks
+        if not marks or now - marks[-1][0] >= _MARK_EVERY_S:
+            marks.append((now, self.end))
+        while len(marks) > 1 and now - marks[0][0] > VAD_MARGIN_MS / 1000:
+            marks.popleft()  # the first mark left: where the stream was at most a margin ago
+        self._chunks.append(audio)
+        self.end += len(audio)
+        self._trim()
+
+    def _trim(self) -> None:
+        keep_from = self.keep_from()
+        chunks = self._chunks
+        while chunks and self._start + len(chunks[0]) <= keep_from:
+            size = len(chunks.popleft())
+            self._start += size
+            if not self.vad:
+                self.trimmed_bytes += size
+
+    def keep_from(self) -> int:
+        """The first stream position a replacement upstream needs."""
+        if self.vad:
+            if self._speech_from is not None:
+                needed = self._speech_from
+            else:
+                needed = self.end - (self.prefix_ms + VAD_MARGIN_MS) * self._per_ms
+                if self._marks:  # and everything sent too recently for the server to have answered
+                    needed = min(needed, self._marks[0][1] - self.prefix_ms * self._per_ms)
+            needed = max(needed, self.origin)
+        else:
+            needed = max(self.origin, self.end - MAX_APPEND_BYTES)
+        return needed if self.pinned_from is None else min(needed, self.pinned_from)
+
+    def speech_started(self, audio_start_ms: object) -> None:
+        """The server heard speech start at ``audio_start_ms`` of this upstream's stream."""
+        start_ms = audio_start_ms if isinstance(audio_start_ms, int | float) else self.end / self._per_ms
+        self._speech_from = max(0, int((start_ms - self.prefix_ms) * self._per_ms))
+
+    def speech_stopped(self, audio_end_ms: object) -> None:
+        self._speech_from = None
+        if isinstance(audio_end_ms, int | float):
+            self._speech_end = min(self.end, int(audio_end_ms * self._per_ms))
+
+    def server_committed(self) -> None:
+        """The server committed the buffer on its own (a VAD turn): it ended with the speech."""
+        self.cut(self._speech_end if self._speech_end is not None else self.end)
+
+    def cut(self, position: int) -> None:
+        """The API's buffer began again at ``position`` (a commit or clear it confirmed)."""
+        self._speech_from = self._speech_end = None
+        self.origin = max(self.origin, min(position, self.end))
+        self._trim()
+        if not self.vad or self.pinned_from is not None:
+            self._drop_before(self.origin)
+
+    def _drop_before(self, position: int) -> None:
+        chunks = self._chunks
+        while chunks and self._start + len(chunks[0]) <= position:
+            self._start += len(chunks.popleft())
+        if chunks and self._start < position:
+            chunks[0] = chunks[0][position - self._start :]
+            self._start = position
+
+    # ------------------------------------------------------------------ replay
+    def replay_from(self) -> int:
+        """Where a replay starts: the first needed position, on the buffer's sample grid."""
+        start = max(self.keep_from(), self._start)
+        return start + (self.origin - start) % SAMPLE_BYTES.get(self.encoding, 2)
+
+    def segment(self, start: int, stop: int) -> bytes:
+        """The kept bytes between two stream positions."""
+        start, stop = max(start, self._start), min(stop, self.end)
+        if stop <= start:
+            return b""
+        return b"".join(self._chunks)[start - self._start : stop - self._start]
+
+    def restart(self, replayed: bytes, *, speaking: bool) -> None:
+        """A replacement upstream was sent ``replayed``: its stream (and clock) starts with it."""
+        self._chunks.clear()
+        self._start = self.origin = 0
+        self.end = len(replayed)
+        self._speech_from = 0 if speaking else None
+        self._speech_end = None
+        self._marks.clear()  # sent all at once just now: a burst the new upstream has yet to judge
+        self._marks.append((monotonic(), 0))
+        if replayed:
+            self._chunks.append(replayed)
+
+    @property
+    def speaking(self) -> bool:
+        return self._speech_from is not None
+
+    @property
+    def kept_bytes(self) -> int:
+        return self.end - self._start
