@@ -18,6 +18,7 @@ import heapq
 import os
 import struct
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
@@ -25,11 +26,13 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 from websockets.speedups import apply_mask
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _OP_TEXT, _OP_CLOSE, _OP_PING = 0x1, 0x8, 0x9
 _CONTINUATION, _OP_PONG = 0x0, 0xA
+_RESPONSE_DONE = b'{"type":"response.done"'
 
 
 def client_frame(payload: bytes, opcode: int = _OP_TEXT, key: bytes | None = None) -> bytes:
@@ -53,6 +56,7 @@ class Stamps:
     c2u_recv: dict[str, float] = field(default_factory=dict)
     u2c_sent: dict[str, float] = field(default_factory=dict)
     u2c_recv: dict[str, float] = field(default_factory=dict)
+    response_statuses: Counter[str] = field(default_factory=Counter)  # of response.done, at the apps
 
     def probe(self, kind: str, frame: bytes) -> None:
         """The simulator's hook: when a client frame arrived, when an audio delta left."""
@@ -193,6 +197,9 @@ class VoiceApp(asyncio.Protocol):
             key = event_id(message)
             if key is not None:
                 self.stamps.u2c_recv[key] = time.perf_counter()
+        elif message.startswith(_RESPONSE_DONE):  # one per answer: parsing it costs nothing
+            status = orjson.loads(message)["response"].get("status")
+            self.stamps.response_statuses[str(status)] += 1
 
 
 async def open_app(url: str, stamps: Stamps, headers: dict[str, str], delta_marker: bytes) -> VoiceApp:

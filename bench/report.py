@@ -175,15 +175,22 @@ def _beta_and_rotation(results: dict[str, Any]) -> list[str]:
             f"added u2c p99 {_added(beta, results['paths'][0], 'u2c', 99):.3f} ms, "
             f"lost {beta.lost}",
         ]
-    rotation = results.get("rotation")
-    if rotation:
+    for rotation in results.get("rotation") or []:
         lines.append(
-            f"Rotation every 1 s under 20 ms audio streams: {rotation['rotations']:.0f} rotations, "
-            f"mean client gap {rotation['mean_gap_ms']:.1f} ms, "
-            f"append latency p99 {rotation['c2u_p99_ms']:.1f} ms (max "
-            f"{rotation['c2u_max_ms']:.1f} ms), audio delta latency p99 {rotation['u2c_p99_ms']:.1f} ms "
-            f"(max {rotation.get('u2c_max_ms', math.nan):.1f} ms), "
-            f"lost {rotation['lost']:.0f}"
+            f"Rotation every 3 s under {rotation['sessions']} open microphones (server VAD), upstream "
+            f"announcing sessions {rotation['set_up_ms']:.0f} ms after the upgrade, 50 ms answers: "
+            f"{rotation['rotations']:.0f} rotations, append delay p50 {rotation['append_p50_ms']:.1f} ms, "
+            f"p99 {rotation['append_p99_ms']:.1f} ms, max {rotation['append_max_ms']:.1f} ms "
+            f"(target p99 <= 50, max <= 100), lost {rotation['lost']:.0f}, responses completed "
+            f"{rotation['responses_completed']:.0f}, cut {rotation['responses_cut']:.0f}"
+        )
+    mic = results.get("open_mic")
+    if mic:
+        steps = ", ".join(f"{kib:.1f} KiB after {t:.0f} s" for t, kib in mic["kib_per_session"])
+        lines.append(
+            f"Open microphones (room noise, server VAD), {mic['sessions']} sessions, fresh relay: RSS "
+            f"per session {steps} (idle {mic['idle_kib_per_session']:.1f} KiB; target <= 64 KiB), "
+            f"growth {mic['growth_kib_per_session_minute']:.1f} KiB per session-minute"
         )
     return lines
 
@@ -209,6 +216,7 @@ def _serialisable(results: dict[str, Any]) -> dict[str, Any]:
         "rss_per_session_bytes": results["rss_per_session"],
         "beta": path(results["beta"]) if results.get("beta") else None,
         "rotation": results.get("rotation"),
+        "open_mic": results.get("open_mic"),
         "validation_us": results["validation"],
         "replay_ms": {str(k): v for k, v in results["replay_ms"].items()},
         "wakeup_floor_ms": results.get("wakeup_floor"),

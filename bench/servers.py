@@ -39,7 +39,9 @@ def pin(core: int) -> list[str]:
     return ["taskset", "-c", str(core)] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
 
 
-async def start_relay(sim_port: int, *, validate: bool = True, rotate_after_s: float = 0) -> Proc:
+async def start_relay(
+    sim_port: int, *, validate: bool = True, rotate_after_s: float = 0, quiet_max_wait_s: float = 0.5
+) -> Proc:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "OPENAI_", "AZURE_"))}
     env.update(
@@ -51,7 +53,7 @@ async def start_relay(sim_port: int, *, validate: bool = True, rotate_after_s: f
         RELAY_VALIDATE_EVENTS="true" if validate else "false",
         RELAY_ROTATE_AFTER_S=str(rotate_after_s),
         RELAY_ROTATE_JITTER_S="0",
-        RELAY_ROTATE_QUIET_MAX_WAIT_S="0.5",
+        RELAY_ROTATE_QUIET_MAX_WAIT_S=str(quiet_max_wait_s),
         RELAY_MAX_SESSIONS_PER_IDENTITY="5000",
         RELAY_MAX_SESSIONS="5000",
     )

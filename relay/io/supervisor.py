@@ -354,10 +354,11 @@ class Supervisor:
         session, state, new = self.session, self.state, prepared.link
         delta = [self._own(event) for event in plan_delta(prepared.plan, self._plan())]
         tail = plan_tail(state)
-        appends = [self._own(e) for e in tail.events if e["type"] == "input_audio_buffer.append"]
-        for event in (*delta, *tail.events):
+        # The audio is the relay's to re-send; the events in it are the client's own (its ids).
+        events = [self._own(e) if e["type"] == "input_audio_buffer.append" else e for e in tail.events]
+        for event in (*delta, *events):
             new.send(dumps(event))
-        echo = EchoFilter(delta + appends, relay_ids=self._relay_ids, strict=False)
+        echo = EchoFilter(delta, relay_ids=self._relay_ids, strict=False)
         self._echo = None if echo.done else echo
         state.audio.restart(tail.audio, speaking=state.speech_in_progress)
         state.in_flight.rebase(tail.positions)

@@ -102,13 +102,16 @@ class Simulator:
         if refused is not None:
             return refused
         protocols = _protocols(request)
-        upgraded = await accept(
-            request,
-            subprotocols=("realtime",),
-            headers={},
-            max_size=_MAX_MESSAGE_BYTES,
-            write_limits=_WRITE_LIMITS,
-        )
+        try:
+            upgraded = await accept(
+                request,
+                subprotocols=("realtime",),
+                headers={},
+                max_size=_MAX_MESSAGE_BYTES,
+                write_limits=_WRITE_LIMITS,
+            )
+        except ConnectionResetError:  # the client gave up during the handshake delay
+            return web.Response(status=400)
         if isinstance(upgraded, web.Response):
             return upgraded  # not a WebSocket upgrade: 400 / 426
         conn = upgraded.connection

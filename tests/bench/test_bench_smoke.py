@@ -25,6 +25,11 @@ def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> N
         trials=2,
         budget=30.0,
         floor_rounds=20,
+        rotation_sessions=2,
+        rotation_duration=5.0,
+        rotation_set_up_ms=[300.0],
+        open_mic_sessions=3,
+        open_mic_duration=3.0,
     )
     results = asyncio.run(benchmark(args))
     paths = {p.path: p for p in results["paths"]}
@@ -53,3 +58,10 @@ def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> N
     assert saved["paths"][0]["path"] == "direct"
     assert (tmp_path / "latency.png").stat().st_size > 1000
     assert results["rss_per_session"] > 0
+    (rotation,) = results["rotation"]  # with the live API's timing
+    assert rotation["rotations"] >= 2
+    assert rotation["lost"] == 0
+    assert rotation["appends"] > 400
+    assert rotation["responses_cut"] == 0
+    assert "open microphones (server VAD)" in table
+    assert len(results["open_mic"]["kib_per_session"]) == 3
