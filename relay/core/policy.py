@@ -1,6 +1,10 @@
-"""Operator policy: fields the relay forces or forbids in session.update and response.create.
+"""Operator policy: fields the relay forces or forbids in the session and in every response.
 
-Applied after validation and before forwarding; the ``session.updated`` the client then sees
+A policy must not be dodged: a field forbidden or forced in the session is forbidden or forced in
+``response.create`` too (a response may override instructions, tools, the output token cap...),
+and the forced session fields, with the output token cap, are applied to the session from its
+start (:meth:`Policy.session_baseline`, sent by the relay itself), so responses started by server
+VAD, which no client event describes, are bound as well. The ``session.updated`` the client sees
 comes from the API and so reflects what was actually applied.
 """
 
@@ -12,6 +16,20 @@ from relay.core.errors import InvalidEvent
 from relay.settings import Settings
 
 _TOOL_TYPES = ("function", "mcp")
+# The session fields a response.create can override for that response (reference §2.6).
+RESPONSE_OVERRIDES = frozenset(
+    {
+        "instructions",
+        "tools",
+        "tool_choice",
+        "output_modalities",
+        "max_output_tokens",
+        "prompt",
+        "reasoning",
+        "parallel_tool_calls",
+        "audio",
+    }
+)
 
 
 class Policy:
@@ -25,10 +43,11 @@ class Policy:
         forbidden_session_fields: list[str] | None = None,
     ) -> None:
         self.force_session = force_session or {}
-        self.force_response = force_response or {}
         self.max_output_tokens = max_output_tokens
         self.allowed_tool_types = tuple(allowed_tool_types or _TOOL_TYPES)
         self.forbidden = tuple(forbidden_session_fields or ())
+        # What a response may not override: the session's forced fields, then the response's own.
+        self.force_response = {**_response_part(self.force_session), **(force_response or {})}
         self.active = bool(
             self.force_session
             or self.force_response
@@ -47,6 +66,13 @@ class Policy:
             forbidden_session_fields=settings.policy_forbidden_session_fields,
         )
 
+    def session_baseline(self) -> dict[str, Any] | None:
+        """What the relay applies to every session as soon as it exists (None: nothing)."""
+        baseline = dict(self.force_session)
+        if self.max_output_tokens is not None:
+            baseline["max_output_tokens"] = self.max_output_tokens
+        return baseline or None
+
     def apply(self, event: dict[str, Any]) -> bool:
         """Enforce the policy on ``event`` in place; True if it changed anything."""
         if not self.active:
@@ -55,14 +81,16 @@ class Policy:
         if kind == "session.update" and isinstance(event.get("session"), dict):
             return self._apply(event, event["session"], self.force_session, "session")
         if kind == "response.create":
-            response = event.setdefault("response", {})
+            response = event.get("response")
+            if response is None and (self.force_response or self.max_output_tokens is not None):
+                response = event["response"] = {}
             if isinstance(response, dict):
                 return self._apply(event, response, self.force_response, "response")
         return False
 
     def _apply(self, event: dict[str, Any], body: dict[str, Any], forced: dict[str, Any], where: str) -> bool:
         for name in self.forbidden:
-            if name in body and where == "session":
+            if _has(body, name):
                 raise InvalidEvent(
                     "forbidden_parameter",
                     f"The relay does not allow '{where}.{name}' to be set.",
@@ -84,8 +112,34 @@ class Policy:
                 changed = True
         cap = self.max_output_tokens
         unbounded = body.get("max_output_tokens") in (None, "inf")
-        over = cap is not None and (unbounded or body["max_output_tokens"] > cap)
-        if over and (where == "response" or "max_output_tokens" in body):
-            body["max_output_tokens"] = cap
+        if cap is not None and (unbounded or body["max_output_tokens"] > cap):
+            body["max_output_tokens"] = cap  # the session's from the start, every response's too
             changed = True
         return changed
+
+
+def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """The API's patch semantics: objects merge key by key, anything else replaces."""
+    merged = dict(base)
+    for key, value in patch.items():
+        old = merged.get(key)
+        merged[key] = merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+    return merged
+
+
+def _response_part(session: dict[str, Any]) -> dict[str, Any]:
+    part = {k: v for k, v in session.items() if k in RESPONSE_OVERRIDES and k != "audio"}
+    output = (session.get("audio") or {}).get("output") if isinstance(session.get("audio"), dict) else None
+    if isinstance(output, dict):
+        part["audio"] = {"output": output}  # a response may choose its output voice and format
+    return part
+
+
+def _has(body: dict[str, Any], path: str) -> bool:
+    """Whether a dotted field path (``instructions``, ``audio.output.voice``) is set in ``body``."""
+    value: Any = body
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return False
+        value = value[part]
+    return True

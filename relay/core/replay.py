@@ -233,6 +233,10 @@ class EchoFilter:
         self.deletions: set[str] = set()
         self.causes: dict[str, tuple[str, str]] = {}  # relay event id -> what it waits for
         self.errors: list[str] = []
+        self.expect(events)
+
+    def expect(self, events: list[Event]) -> None:
+        """Also recognise the answers to ``events`` (sent after the ones already expected)."""
         for event in events:
             self._expect(event)
 

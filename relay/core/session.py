@@ -111,12 +111,17 @@ class SessionState:
         self.audio.pinned_from = self.audio.origin if commits else None
 
     def _session(self, event: Event) -> None:
+        self.set_config(event)
+        if event.get("type") == "session.updated":
+            self._answered(event)
+
+    def set_config(self, event: Event) -> None:
+        """The effective configuration, as a ``session.created`` / ``session.updated`` shows it
+        (also for the relay's own updates, whose echoes answer no client event)."""
         session = event.get("session")
         if isinstance(session, dict):
             self.config = {k: clone(v) for k, v in session.items() if k not in READ_ONLY_SESSION_FIELDS}
             self.audio.configure(encoding_of(session), _turn_detection(session))
-        if event.get("type") == "session.updated":
-            self._answered(event)
 
     def _error(self, event: Event) -> None:
         raw = event.get("error")

@@ -25,8 +25,10 @@ from typing import Any
 import orjson
 
 from relay.core.beta_translator import BetaTranslator
-from relay.core.errors import HoldOverflow, InvalidEvent, RelayError, UpstreamError, error_event, new_id
+from relay.core.errors import HoldOverflow, InvalidEvent, RelayError, UpstreamError, new_id
 from relay.core.gate import ReadinessGate
+from relay.core.ratelimit import TokenBucket
+from relay.core.redaction import redact_text
 from relay.core.websocket import OP_BINARY, OP_TEXT
 from relay.io import upstream as upstream_mod
 from relay.io.context import RelayContext
@@ -41,6 +43,9 @@ C2U = "client_to_upstream"
 UNREACHABLE_READINESS_S = 10.0  # /readyz answers 503 this long after a failed upstream connect
 U2C = "upstream_to_client"
 _BINARY_MESSAGE = "Expected a text WebSocket message; binary frames are not supported."
+# Errors the relay itself sends one client: plenty for any app's mistakes, bounded for a flood.
+ERRORS_PER_SECOND = 20.0
+ERROR_BURST = 50.0
 
 
 class ClientGone(Exception):
@@ -77,6 +82,8 @@ class RelaySession:
         self.checker = ClientEventChecker(ctx.settings, ctx.upstreams.interface, beta)
         self.checker.input_audio.on_split_sample = self._split_sample
         self._split_samples = 0
+        self._error_budget = TokenBucket(ERRORS_PER_SECOND, ERROR_BURST)
+        self._suppressed_logged_at = 0.0
         self.link: UpstreamLink | None = None
         self.outcome = "client_closed"
         self.started = time.monotonic()
@@ -156,7 +163,7 @@ class RelaySession:
         self.outcome = getattr(exc, "code", None) or "error"
         self.log.warning("session_failed", code=exc.code, close_code=exc.close_code, reason=exc.message)
         self.send_client_event(exc.to_event())
-        await self.client.close(exc.close_code, exc.message.encode())
+        await self.client.close(exc.close_code, redact_text(exc.message).encode())
 
     async def shutdown(self, code: int = 1001, message: str = "the relay is shutting down") -> None:
         """Close the client (draining); the session then ends."""
@@ -287,12 +294,13 @@ class RelaySession:
         return data
 
     def _scrub_error(self, event: dict[str, Any], data: bytes) -> bytes:
-        """The API's invalid_api_key message quotes part of the key: never pass that on."""
+        """The API's invalid_api_key message quotes part of the key: never pass that on (errors
+        are rare, so each is checked; the bytes are re-encoded only when something changed)."""
         error = event["error"]
-        if error.get("code") == "invalid_api_key" or b"sk-" in data:
+        if error.get("code") == "invalid_api_key":
             error["message"] = "The relay's upstream credentials were rejected by the provider."
             return dumps(event)
-        return data
+        return dumps(event) if _scrub(error) else data
 
     # ------------------------------------------------------------------ client side
     def on_client_message(self, opcode: int, data: bytes) -> None:
@@ -302,16 +310,13 @@ class RelaySession:
         written flat: each call layer saved is a measurable share of the relay's CPU.
         """
         if opcode != OP_TEXT:
-            self.send_client_event(error_event("invalid_event", _BINARY_MESSAGE))
-            self.metrics.validation_rejections_total.labels("invalid_event").inc()
+            self._reject(InvalidEvent("invalid_event", _BINARY_MESSAGE))
             return
         received = time.perf_counter()
         try:
             checked = self.checker.check(data)
         except InvalidEvent as exc:
-            self.metrics.validation_rejections_total.labels(exc.code or "invalid").inc()
-            self.log.info("event_rejected", code=exc.code, param=exc.param)
-            self.send_client_event(exc.to_event())
+            self._reject(exc)
             return
         if self.beta is not None:
             self._report_dropped_beta_fields()
@@ -372,7 +377,27 @@ class RelaySession:
         self.metrics.held_events.set(self.gate.held_count)
         self.metrics.held_bytes.set(self.gate.held_bytes)
 
+    def _reject(self, exc: InvalidEvent) -> None:
+        """Answer a refused client event, within the session's error budget.
+
+        Each answer and log line costs the relay more than the bad frame cost the client; a
+        flood of them (to a client that may not even read) is held to a rate, and what was held
+        back is counted and reported in one line a second.
+        """
+        self.metrics.validation_rejections_total.labels(exc.code or "invalid").inc()
+        now = time.monotonic()
+        if self._error_budget.take(now):
+            self.log.info("event_rejected", code=exc.code, param=exc.param)
+            self.send_client_event(exc.to_event())
+            return
+        self.metrics.client_errors_suppressed_total.inc()
+        if now - self._suppressed_logged_at >= 1.0:
+            self._suppressed_logged_at = now
+            self.log.warning("event_rejections_suppressed", total=self._error_budget.refused)
+
     def send_client_event(self, event: dict[str, Any]) -> None:
+        if event.get("type") == "error":  # the one way the relay's own words reach a client
+            _scrub(event.get("error"))
         if self.beta is not None:
             translated = self.beta.server_to_beta(event)
             if translated is None:
@@ -397,7 +422,13 @@ class RelaySession:
 
     # ------------------------------------------------------------------ flow control
     def _client_write_paused(self, paused: bool) -> None:
-        """The client reads slower than the upstream sends: stop reading the upstream."""
+        """The client reads slower than it is sent to: stop reading the upstream, and the client
+        itself (whatever it sends now, pings included, would only queue answers it does not
+        read: a client that never reads could otherwise grow the relay without bound)."""
+        if paused:
+            self.client.pause_reading("client_backlog")
+        else:
+            self.client.resume_reading("client_backlog")
         link = self.link
         if link is None:
             return
@@ -466,6 +497,17 @@ _AUDIO_DELTA_PREFIX = b'{"type":"response.output_audio.delta"'
 _UNTRACKED_SERVER_TYPES = frozenset({"response.output_audio.delta", "response.audio.delta"})
 _APPEND = "input_audio_buffer.append"
 _RELEASING_SERVER_TYPES = frozenset({"session.created", "session.updated", "error"})
+
+
+def _scrub(error: Any) -> bool:
+    """Redact an error's message in place; True if anything was removed."""
+    if not isinstance(error, dict) or not isinstance(error.get("message"), str):
+        return False
+    scrubbed = redact_text(error["message"])
+    if scrubbed == error["message"]:
+        return False
+    error["message"] = scrubbed
+    return True
 
 
 def _loads(data: bytes) -> dict[str, Any]:

@@ -33,6 +33,8 @@ import pybase64
 
 from relay.core.backoff import classify_close, delays
 from relay.core.errors import UpstreamError, new_id
+from relay.core.gate import ReadinessGate
+from relay.core.policy import Policy, merge
 from relay.core.replay import EchoFilter, ReplayPlan, plan_delta, plan_replay, plan_tail
 from relay.core.session import SessionState, interrupted_response_done
 from relay.io.frames import dumps
@@ -57,6 +59,7 @@ class Conversation(Protocol):
     metrics: RelayMetrics
     log: Any
     link: UpstreamLink | None
+    gate: ReadinessGate
 
     async def open_link(self) -> UpstreamLink: ...
     def hold_client(self) -> None: ...
@@ -97,6 +100,7 @@ class Supervisor:
         self._echo: EchoFilter | None = None  # answers to the last switch's events, still due
         self._expires = float("inf")  # when the current upstream will expire (monotonic)
         self.rotate_at = self._next_rotation(time.monotonic())
+        self.baseline = Policy.from_settings(settings).session_baseline()
 
     # ------------------------------------------------------------------ feeding the state
     def on_client_event(self, event: dict[str, Any] | None, data: bytes) -> None:
@@ -114,8 +118,7 @@ class Supervisor:
         """Track a server event; returns the frame for the client (None: not shown)."""
         echo = self._echo
         if echo is not None and echo.suppress(event):
-            if event_type == "error":
-                self._hidden("relay_caused_error", echo.error)
+            self._answered_own(event_type, event, echo)
             if echo.done:
                 self._echo = None
             return None
@@ -132,11 +135,45 @@ class Supervisor:
             self._note_expiry(event)
             if self.first_session_id is None:
                 self.first_session_id = _session_id(event)
-                return data
+                return self._start(event, data)
             return None
         if event_type == "session.updated" and self.replacements:
             return _with_session_id(event, self.first_session_id)
         return data
+
+    def _answered_own(self, event_type: str, event: dict[str, Any], echo: EchoFilter) -> None:
+        """An answer to the relay's own event: its effects are kept, the client sees nothing."""
+        if event_type == "session.updated":
+            self.state.set_config(event)
+        elif event_type == "error":
+            self._hidden("relay_caused_error", echo.error)
+        if event_type in ("session.updated", "error"):
+            self.session.gate.on_server_event(event_type, event)  # a wait it opened is over
+
+    def _start(self, created: dict[str, Any], data: bytes) -> bytes:
+        """The session exists: apply the operator's baseline before any client event reaches it,
+        and show the client the session as it now is."""
+        link = self.session.link
+        if self.baseline is None or link is None:
+            return data
+        update = {"type": "session.update", "session": {"type": "realtime", **self.baseline}}
+        self._send_own(link, [update])
+        session = created.get("session")
+        if isinstance(session, dict):
+            created["session"] = merge(session, self.baseline)
+        return dumps(created)
+
+    def _send_own(self, link: UpstreamLink, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Send the relay's own events to the current upstream; their answers are not shown."""
+        owned = [self._own(event) for event in events]
+        for event in owned:
+            link.send(dumps(event))
+            self.session.gate.sent(event, str(event["type"]))  # a format change holds later audio
+        if self._echo is None:
+            self._echo = EchoFilter(owned, relay_ids=self._relay_ids, strict=False)
+        else:
+            self._echo.expect(owned)
+        return owned
 
     def _hidden(self, reason: str, detail: str | None) -> None:
         self.session.metrics.upstream_events_hidden_total.labels(reason).inc()
@@ -270,12 +307,15 @@ class Supervisor:
         )
 
     def _plan(self) -> ReplayPlan:
-        return plan_replay(
+        plan = plan_replay(
             self.state,
             max_items=self.settings.replay_max_items,
             max_tokens=self.settings.replay_max_tokens,
             user_audio=self.settings.replay_user_audio,
         )
+        if self.baseline is not None:  # even if the drop came before its echo did
+            plan.update["session"] = merge(plan.update["session"], self.baseline)
+        return plan
 
     async def _replay(self, link: UpstreamLink) -> Prepared:
         """Replay the configuration and conversation onto ``link`` and await its echoes."""
@@ -316,9 +356,10 @@ class Supervisor:
         deadline = time.monotonic() + REPLAY_TIMEOUT_S
         while not echo.done:
             data = await self._receive(link, deadline)
-            if echo.suppress(_loads(data)):
+            event = _loads(data)
+            if echo.suppress(event):
                 if echo.error is not None:
-                    raise ReplayFailed(f"the upstream rejected the replay: {echo.error}")
+                    self._refused(link, event, "the upstream rejected the replay")
                 continue
             frames.append(data)
         return frames
@@ -331,7 +372,17 @@ class Supervisor:
                 self._note_expiry(event)
                 return event
             if event.get("type") == "error":
-                raise ReplayFailed(f"the new upstream refused the session: {event.get('error')}")
+                self._refused(link, event, "the new upstream refused the session")
+
+    def _refused(self, link: UpstreamLink, event: dict[str, Any], what: str) -> None:
+        """An ``error`` from a new upstream: a permanent one (a rejected key, an unknown model)
+        ends the attempts at once; anything else fails this attempt. Only the code is kept: the
+        upstream's text may quote the key (invalid_api_key does)."""
+        code = _error_code(event)
+        link.last_error_code = code
+        if classify_close(None, code)[1]:
+            raise close_error(None, code)
+        raise ReplayFailed(f"{what} ({code or 'no code'})")
 
     async def _receive(self, link: UpstreamLink, deadline: float) -> bytes:
         try:
@@ -340,6 +391,8 @@ class Supervisor:
         except TimeoutError:
             raise ReplayFailed("the new upstream did not answer the replay in time") from None
         if data is None:
+            if classify_close(link.close_code, link.last_error_code)[1]:
+                raise close_error(link.close_code, link.last_error_code)
             raise ReplayFailed(f"the new upstream closed during the replay (code {link.close_code})")
         return data
 
@@ -352,14 +405,14 @@ class Supervisor:
         its answers (they are recognised as they come, :class:`EchoFilter`).
         """
         session, state, new = self.session, self.state, prepared.link
-        delta = [self._own(event) for event in plan_delta(prepared.plan, self._plan())]
-        tail = plan_tail(state)
+        self._echo = None  # the old upstream's answers are not coming any more
+        delta = self._send_own(new, plan_delta(prepared.plan, self._plan()))
         # The audio is the relay's to re-send; the events in it are the client's own (its ids).
-        events = [self._own(e) if e["type"] == "input_audio_buffer.append" else e for e in tail.events]
-        for event in (*delta, *events):
-            new.send(dumps(event))
-        echo = EchoFilter(delta, relay_ids=self._relay_ids, strict=False)
-        self._echo = None if echo.done else echo
+        tail = plan_tail(state)
+        for event in tail.events:
+            new.send(dumps(self._own(event) if event["type"] == "input_audio_buffer.append" else event))
+        if self._echo is not None and self._echo.done:
+            self._echo = None
         state.audio.restart(tail.audio, speaking=state.speech_in_progress)
         state.in_flight.rebase(tail.positions)
         self.replacements += 1

@@ -8,38 +8,16 @@ audio payload by accident.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, Literal, TextIO
 
 import structlog
 
-REDACTED = "[redacted]"
-_secrets: set[str] = set()
+from relay.core.redaction import REDACTED, redact_text, register_secret
+
 _AUDIO_KEYS = frozenset({"audio", "delta"})
 _SECRET_KEYS = frozenset({"authorization", "api_key", "api-key", "token", "password", "secret"})
-# Provider keys (sk-..., sk-proj-...) and bearer credentials, wherever they appear in text.
-_PATTERNS = (
-    re.compile(r"sk-[A-Za-z0-9_\-*]{6,}"),
-    re.compile(r"(?i)bearer\s+[A-Za-z0-9._\-~+/=]+"),
-    re.compile(r"openai-insecure-api-key\.[^\s,'\"]+"),
-)
-
-
-def register_secret(value: str) -> None:
-    """A configured secret (provider key, client token) that must never appear in a log line."""
-    if len(value) >= 4:
-        _secrets.add(value)
-
-
-def redact_text(text: str) -> str:
-    for secret in _secrets:
-        if secret in text:
-            text = text.replace(secret, REDACTED)
-    for pattern in _PATTERNS:
-        text = pattern.sub(REDACTED, text)
-    return text
 
 
 def _redact_value(key: str, value: Any) -> Any:
@@ -93,6 +71,23 @@ def configure_logging(
         format="%(levelname)s %(name)s %(message)s",
         force=True,
     )
+    for handler in logging.getLogger().handlers:  # aiohttp's own messages and tracebacks too
+        handler.setFormatter(RedactingFormatter(handler.formatter))
+
+
+class RedactingFormatter(logging.Formatter):
+    """The stdlib's records (aiohttp's access and error logs, tracebacks) go through the same
+    redaction as the relay's own lines: a key in an exception message must not slip out there."""
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(self.inner.format(record))
+
+
+__all__ = ["REDACTED", "configure_logging", "get_logger", "redact_processor", "register_secret"]
 
 
 def get_logger(**bound: Any) -> Any:

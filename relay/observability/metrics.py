@@ -90,6 +90,12 @@ class RelayMetrics:
             ["reason"],
             registry=r,
         )
+        self.client_errors_suppressed_total = Counter(
+            "relay_client_errors_suppressed",
+            "Error events for refused client events not sent because the client exceeded the "
+            "relay's error rate (a flood of bad frames); each refusal is still counted by code.",
+            registry=r,
+        )
         self.audio_split_samples_total = Counter(
             "relay_audio_split_samples",
             "Audio appends that ended mid-sample (legal: the API's buffer is a byte stream).",

@@ -68,6 +68,7 @@ class LiveLikeUpstream:
         omit_optional: bool = False,
         reply_words: int = 12,
         word_interval_s: float = 0.02,
+        reject_key_after: int | None = None,
     ) -> None:
         self.handshake_s = handshake_s
         self.created_s = created_s
@@ -76,6 +77,7 @@ class LiveLikeUpstream:
         self.omit_optional = omit_optional
         self.reply_words = reply_words
         self.word_interval_s = word_interval_s
+        self.reject_key_after = reject_key_after  # sessions after this many: the key is refused
         self.sessions: list[LiveSession] = []
         self.upgrades_started: list[float] = []
         app = web.Application()
@@ -117,6 +119,13 @@ class LiveLikeUpstream:
         if self.omit_optional:
             session.config.pop("object", None)
         self.sessions.append(session)
+        if self.reject_key_after is not None and len(self.sessions) > self.reject_key_after:
+            # The live API's answer to a revoked key (reference §1.1): it quotes part of the key.
+            message = "Incorrect API key provided: sk-proj-AB****************************WXYZ."
+            await self._send(session, _error("invalid_api_key", message))
+            await ws.close(code=3000, message=b"invalid_request_error.invalid_api_key")
+            session.closed = True
+            return ws
         inbox: asyncio.Queue[Received | None] = asyncio.Queue()
         worker = asyncio.create_task(self._work(session, inbox))
         expiry = asyncio.create_task(self._expire(session)) if self.expire_after_s else None
