@@ -23,6 +23,11 @@ from relay.core.retention import AudioRetention
 Event = dict[str, Any]
 T = TypeVar("T")
 READ_ONLY_SESSION_FIELDS = ("id", "object", "expires_at", "client_secret")
+# The mirror is for replays: items older than the replay budget are never replayed, and audio
+# kept in items (replay_user_audio=audio, or audio items the app created) is bounded per session;
+# beyond it the oldest items fall back to their transcripts.
+MAX_ITEM_AUDIO_CHARS = 8 * 1024 * 1024
+_ITEM_SLACK = 64  # items dropped at once when the mirror is over its bound (amortised)
 
 
 def clone(value: T) -> T:
@@ -36,8 +41,9 @@ def clone(value: T) -> T:
 
 
 class SessionState:
-    def __init__(self, *, retain_user_audio: bool = False) -> None:
+    def __init__(self, *, retain_user_audio: bool = False, max_items: int = 500) -> None:
         self.retain_user_audio = retain_user_audio
+        self.max_items = max(1, max_items)
         self.config: dict[str, Any] = {}
         self.items: list[dict[str, Any]] = []
         self.audio = AudioRetention()
@@ -152,6 +158,20 @@ class SessionState:
         self.items.insert(position, clone(item))
         if item.get("role") == "user" and item["id"] in self.retained_audio:
             self._attach_audio(self.items[position])
+        self._bound()
+
+    def _bound(self) -> None:
+        """Keep the mirror to what a replay can use: the newest items, and bounded audio."""
+        if len(self.items) > self.max_items + _ITEM_SLACK:
+            del self.items[: len(self.items) - self.max_items]
+        budget = MAX_ITEM_AUDIO_CHARS
+        for item in reversed(self.items):  # the newest keep their audio
+            for part in item.get("content") or []:
+                audio = part.get("audio") if isinstance(part, dict) else None
+                if isinstance(audio, str):
+                    budget -= len(audio)
+                    if budget < 0:
+                        del part["audio"]  # replayed from its transcript instead
 
     def _item_done(self, event: Event) -> None:
         item = event.get("item")
@@ -184,7 +204,9 @@ class SessionState:
         item_id = event.get("item_id")
         if self.retain_user_audio and isinstance(item_id, str):
             stop = answered.position if answered is not None else self.audio.end
-            self.retained_audio[item_id] = self.audio.segment(self.audio.origin, stop)
+            audio = self.audio.segment(self.audio.origin, stop)
+            if len(audio) * 4 // 3 <= MAX_ITEM_AUDIO_CHARS:
+                self.retained_audio[item_id] = audio
         if answered is not None:
             self.audio.cut(answered.position)
         else:

@@ -90,7 +90,9 @@ class Supervisor:
         self.session = session
         settings = session.settings
         self.settings = settings
-        self.state = SessionState(retain_user_audio=settings.replay_user_audio == "audio")
+        self.state = SessionState(
+            retain_user_audio=settings.replay_user_audio == "audio", max_items=settings.replay_max_items
+        )
         self.first_session_id: str | None = None
         self.rotating = False
         self.replacements = 0

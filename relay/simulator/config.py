@@ -44,5 +44,9 @@ class SimulatorConfig:
     # {"kind": "drop", "after_event": "response.output_audio.delta", "count": 5}.
     session_faults: tuple[Mapping[str, Any], ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
+    # The inspection and fault API under /_sim/: it can read any session's text and inject
+    # replies, so it is served only when asked for (tests, `relay simulate`), never by the
+    # simulator embedded in the relay.
+    control_api: bool = True
     # Benchmark hook: called with ("recv" | "send", frame) for every frame, on the event loop.
     probe: Callable[[str, bytes], None] | None = None

@@ -35,6 +35,7 @@ _TOKEN_PREFIX = "openai-insecure-api-key."
 # to check what arrived and in which order without holding hours of audio in memory.
 _KEPT_FRAMES = 5000
 _KEPT_FRAME_CHARS = 2000
+_KEPT_FRAMES_CLOSED = 500
 _MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 _WRITE_LIMITS = (64 * 1024, 16 * 1024)  # asyncio's own defaults: sends wait above 64 KiB
 
@@ -209,6 +210,12 @@ class Simulator:
             await session.close()
             conn.abort()  # a cancelled handler must not leave the socket open
             record.open = False
+            # A closed session stays inspectable, but not its audio (only an open session can
+            # retrieve it) nor hours of frames: up to max_sessions_kept records must stay small.
+            session.input_audio.clear()
+            session.input_audio_bytes = 0
+            del record.raw[_KEPT_FRAMES_CLOSED:]
+            del session.received[_KEPT_FRAMES_CLOSED * 10 :]
             if record.close_code is None:
                 record.close_code = conn.close_code
 
@@ -333,6 +340,10 @@ class Simulator:
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
+    # application/json only: a web page can POST text/plain across origins without asking first
+    # (no CORS preflight), so accepting it would let any page steer a local simulator.
+    if request.content_type != "application/json":
+        raise web.HTTPUnsupportedMediaType(text="expected Content-Type: application/json")
     try:
         body = await request.json()
     except ValueError:
@@ -382,11 +393,12 @@ def create_simulator_app(config: SimulatorConfig) -> web.Application:
     app.on_shutdown.append(simulator.shut_down)
     for path in ("/v1/realtime", "/openai/v1/realtime", "/openai/realtime"):
         app.router.add_get(path, simulator.realtime)
-    app.router.add_get("/_sim/sessions", simulator.list_sessions)
-    app.router.add_get("/_sim/sessions/{id}", simulator.get_session)
-    app.router.add_post("/_sim/sessions/{id}/fault", simulator.session_fault)
-    app.router.add_post("/_sim/faults", simulator.global_fault)
-    app.router.add_post("/_sim/script", simulator.set_script)
+    if config.control_api:
+        app.router.add_get("/_sim/sessions", simulator.list_sessions)
+        app.router.add_get("/_sim/sessions/{id}", simulator.get_session)
+        app.router.add_post("/_sim/sessions/{id}/fault", simulator.session_fault)
+        app.router.add_post("/_sim/faults", simulator.global_fault)
+        app.router.add_post("/_sim/script", simulator.set_script)
     return app
 
 

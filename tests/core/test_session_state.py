@@ -424,3 +424,32 @@ def test_a_response_without_conversation_id_is_attributed_from_the_apps_requests
     assert done["response"]["id"] == "resp_1"
     state.on_server_event({"type": "response.created", "response": {"id": "resp_2", "conversation_id": None}})
     assert state.active_response is None  # the live API's own word wins
+
+
+def test_the_mirror_keeps_what_a_replay_can_use_and_bounded_audio() -> None:
+    """A session of hours must not grow the relay: items beyond the replay budget are never
+    replayed, and audio kept in items (replay_user_audio=audio) is bounded; the oldest items
+    fall back to their transcripts."""
+    from relay.core.session import MAX_ITEM_AUDIO_CHARS
+
+    state = SessionState(max_items=100)
+    for n in range(1000):
+        item = {
+            "id": f"item_{n}",
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_text", "text": "t"}],
+        }
+        state.on_server_event({"type": "conversation.item.added", "item": item})
+    assert 100 <= len(state.items) <= 164
+    assert state.items[-1]["id"] == "item_999"
+    audio = "A" * (1024 * 1024)
+    for n in range(20):
+        part = {"type": "input_audio", "audio": audio, "transcript": f"said {n}"}
+        item = {"id": f"audio_{n}", "type": "message", "role": "user", "content": [part]}
+        state.on_server_event({"type": "conversation.item.added", "item": item})
+    kept = [i["id"] for i in state.items if "audio" in i["content"][0]]
+    assert sum(len(audio) for _ in kept) <= MAX_ITEM_AUDIO_CHARS
+    assert kept == [f"audio_{n}" for n in range(12, 20)]  # the newest eight
+    replayed = plan_replay(state, user_audio="audio").creates["audio_0"]["item"]["content"][0]
+    assert replayed == {"type": "input_text", "text": "said 0"}

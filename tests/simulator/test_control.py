@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -134,3 +135,62 @@ async def test_scripted_tool_arguments(sim: SimClient, control: SimControl) -> N
     events = await sim.until("response.done")
     call = next(e for e in events if e["type"] == "response.function_call_arguments.done")
     assert (call["name"], orjson.loads(call["arguments"])) == ("lookup", {"city": "Oslo"})
+
+
+async def test_control_posts_must_be_json_so_a_web_page_cannot_steer_it(sim_port: int) -> None:
+    """A page can POST text/plain across origins without a CORS preflight; JSON it cannot."""
+    async with aiohttp.ClientSession() as http:
+        body = '{"replies": ["injected"]}'
+        plain = {"Content-Type": "text/plain"}
+        async with http.post(f"http://127.0.0.1:{sim_port}/_sim/script", data=body, headers=plain) as resp:
+            assert resp.status == 415
+
+
+async def test_the_control_api_is_served_only_when_asked_for() -> None:
+    from relay.simulator.config import SimulatorConfig
+    from relay.simulator.server import start_simulator
+    from relay.simulator.timing import Timing
+
+    runner, port = await start_simulator(SimulatorConfig(timing=Timing.fast(), control_api=False))
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{port}/_sim/sessions") as resp:
+                assert resp.status == 404
+            async with http.post(f"http://127.0.0.1:{port}/_sim/faults", json={"clear": True}) as resp:
+                assert resp.status in (404, 405)
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_closed_session_keeps_no_audio() -> None:
+    """Closed sessions stay inspectable (up to max_sessions_kept of them) but drop their
+    committed audio: 2000 closed sessions with ~8 MB each used to stay in memory."""
+    import base64
+
+    from relay.simulator.config import SimulatorConfig
+    from relay.simulator.server import start_simulator
+    from relay.simulator.timing import Timing
+
+    runner, port = await start_simulator(SimulatorConfig(timing=Timing.fast()))
+    simulator = next(r.handler.__self__ for r in runner.app.router.routes() if hasattr(r.handler, "__self__"))
+    try:
+        async with websockets.connect(ws_url(port), additional_headers=AUTH) as ws:
+            created = orjson.loads(await ws.recv())
+            update = {
+                "type": "session.update",
+                "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}},
+            }
+            await ws.send(orjson.dumps(update).decode())
+            audio = base64.b64encode(bytes(48000)).decode()
+            await ws.send(orjson.dumps({"type": "input_audio_buffer.append", "audio": audio}).decode())
+            await ws.send('{"type":"input_audio_buffer.commit"}')
+            while orjson.loads(await ws.recv())["type"] != "conversation.item.done":
+                pass
+            record = simulator.records[created["session"]["id"]]
+            assert record.session.input_audio_bytes == 48000  # kept while open (retrieve returns it)
+        while record.open:  # noqa: ASYNC110 (the record has no event to wait on)
+            await asyncio.sleep(0.01)
+        assert record.session.input_audio == {}
+        assert record.session.input_audio_bytes == 0
+    finally:
+        await runner.cleanup()
