@@ -33,6 +33,19 @@ GA_CLIENT_EVENT_TYPES: Final[tuple[str, ...]] = (
     "response.cancel",
 )
 
+# What a transcription session (?intent=transcription) takes: its configuration and the input
+# audio buffer; it keeps no conversation and never responds. (The reference lists the realtime
+# session's types; a transcription session refusing the rest is this project's reading of the
+# API's transcription guide: no response, item or conversation events are part of it.)
+TRANSCRIPTION_CLIENT_EVENT_TYPES: Final[tuple[str, ...]] = (
+    "session.update",
+    "session.close",
+    "input_audio_buffer.append",
+    "session.input_audio_buffer.append",
+    "input_audio_buffer.commit",
+    "input_audio_buffer.clear",
+)
+
 BETA_CLIENT_EVENT_TYPES: Final[tuple[str, ...]] = (
     "session.update",
     "transcription_session.update",

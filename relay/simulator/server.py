@@ -147,7 +147,7 @@ class Simulator:
         if _wants_beta(request, protocols) and not self._speaks_beta(request):
             return "beta_api_shape_disabled", BETA_DISABLED_MESSAGE, 4000
         model = request.query.get("model") or request.query.get("deployment")
-        if not model:
+        if not model and request.query.get("intent") != "transcription":
             return (
                 "missing_model",
                 (
@@ -156,7 +156,7 @@ class Simulator:
                 ),
                 4000,
             )
-        if model not in self.config.models and not request.path.startswith("/openai/"):
+        if model and model not in self.config.models and not request.path.startswith("/openai/"):
             # Azure names deployments freely; OpenAI only knows its models.
             return "invalid_model", f'Model "{model}" is not supported in realtime mode.', 4000
         return None
@@ -187,7 +187,10 @@ class Simulator:
                 record.raw.append(frame[:_KEPT_FRAME_CHARS])
 
         beta, azure = self._speaks_beta(request), request.path.startswith("/openai/")
-        session = SimSession(self.config, model, emit, self.script, beta=beta, azure=azure)
+        transcription = request.query.get("intent") == "transcription"
+        session = SimSession(
+            self.config, model, emit, self.script, beta=beta, azure=azure, transcription=transcription
+        )
         channel = SimChannel(
             conn, arrived=arrived, take_now=session.append_now, ping_interval_s=self.config.ping_interval_s
         )

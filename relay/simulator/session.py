@@ -17,8 +17,8 @@ import pybase64
 
 from relay.core.beta_translator import BetaTranslator
 from relay.core.errors import InvalidEvent, new_id
-from relay.core.protocol import Interface
-from relay.core.validation import Validator, parse_client_frame
+from relay.core.protocol import TRANSCRIPTION_CLIENT_EVENT_TYPES, Interface
+from relay.core.validation import Validator, parse_client_frame, quote_list
 from relay.simulator.audio import bytes_per_ms
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.responding import Responding
@@ -27,12 +27,16 @@ from relay.simulator.state import (
     Conversation,
     apply_session_update,
     default_session,
+    default_transcription_session,
     input_encoding,
 )
 from relay.simulator.timing import Outbox
 from relay.simulator.vad import VadEvent, VoiceActivityDetector
 
 _KEPT_TYPES = 200_000
+# A transcription takes longer for a longer utterance: Timing.transcription_ms more for each
+# this many ms of audio (an estimate; the API publishes no figure).
+TRANSCRIPTION_MS_PER_BASE = 6000
 _KEPT_INPUT_AUDIO_BYTES = 8 * 1024 * 1024  # ~3 minutes of PCM16 per session
 # Azure's GA endpoint repeats a content part under a second key (recordings: azure-*.yaml).
 _AZURE_PART_EVENTS = frozenset({"response.content_part.added", "response.content_part.done"})
@@ -51,13 +55,19 @@ class SimSession(Responding):
         *,
         beta: bool = False,
         azure: bool = False,
+        transcription: bool = False,
     ) -> None:
         self.config = config
         self.azure = azure
         # The beta interface is served by speaking GA inside and converting at the edge with the
         # protocol's own mapping table (beta shapes in, beta names out), as the API did.
         self.beta = BetaTranslator() if beta else None
-        self.session = default_session(model, config.session_max_s)
+        self.transcription = transcription  # ?intent=transcription: transcripts, no responses
+        self.session = (
+            default_transcription_session(config.session_max_s)
+            if transcription
+            else default_session(model, config.session_max_s)
+        )
         self.id: str = self.session["id"]
         self.conversation = Conversation()
         self.conversation_id = new_id("conv_")
@@ -148,6 +158,10 @@ class SimSession(Responding):
             self.received.append(event_type)
 
     async def _dispatch(self, event: dict[str, Any]) -> None:
+        if self.transcription and event["type"] not in TRANSCRIPTION_CLIENT_EVENT_TYPES:
+            supported = quote_list(TRANSCRIPTION_CLIENT_EVENT_TYPES)
+            message = f"Invalid value: '{event['type']}'. Supported values are: {supported}."
+            raise self._fail(event, "invalid_value", message, "type")
         name = _HANDLER_NAMES.get(event["type"])
         if name is None:
             name = _HANDLER_NAMES[event["type"]] = "_on_" + event["type"].replace(".", "_")
@@ -161,14 +175,15 @@ class SimSession(Responding):
 
     async def _on_session_update(self, event: dict[str, Any]) -> None:
         update = event["session"]
-        if update.get("type", "realtime") != "realtime":
+        kind = "transcription" if self.transcription else "realtime"
+        if update.get("type", "realtime") != kind:
             raise self._fail(
                 event,
                 "invalid_parameter",
-                "Passing a transcription session update event to a realtime session is not allowed.",
+                f"Passing a {update.get('type')} session update event to a {kind} session is not allowed.",
                 "session.type",
             )
-        if "model" in update and update["model"] != self.session["model"]:
+        if "model" in update and update["model"] != self.session.get("model"):
             raise self._fail(event, "invalid_value", "Cannot update a session's model.", "session.model")
         new = apply_session_update(self.session, update)
         if (
@@ -235,7 +250,7 @@ class SimSession(Responding):
         await self._commit(item_id)
         # One response at a time writes to the conversation (reference §2.6): a turn that ends
         # while one is still running (interrupt_response false) does not start a second.
-        if detection.get("create_response", True) and self.active is None:
+        if detection.get("create_response", True) and self.active is None and not self.transcription:
             await self.start_response({})
 
     async def _speech_started(self, vad: VadEvent, detection: dict[str, Any]) -> None:
@@ -288,10 +303,26 @@ class SimSession(Responding):
             "role": "user",
             "content": [{"type": "input_audio", "transcript": None}],
         }
+        audio_ms = len(audio) / bytes_per_ms(input_encoding(self.session))
+        if self.transcription:  # no conversation: the utterance only gets transcribed
+            self._spawn(self._transcribe_later(item, audio_ms))
+            return
         await self._add_item(item, None, audio=audio)
         transcription = self.session["audio"]["input"].get("transcription")
         if transcription:
-            await self._transcribe(item, len(audio) / bytes_per_ms(input_encoding(self.session)))
+            await self._transcribe(item, audio_ms)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self.streaming.add(task)  # owned: close() cancels what is still running
+        task.add_done_callback(self.streaming.discard)
+
+    async def _transcribe_later(self, item: dict[str, Any], audio_ms: float) -> None:
+        """A transcription session's utterance, transcribed asynchronously as the API does: the
+        next utterances go on meanwhile, and a long one may finish after a short one behind it."""
+        base = self.config.timing.transcription_ms
+        await asyncio.sleep(base * (1 + audio_ms / TRANSCRIPTION_MS_PER_BASE) / 1000)
+        await self._transcribe(item, audio_ms)
 
     async def _transcribe(self, item: dict[str, Any], audio_ms: float) -> None:
         if self.script.transcription_fails():
@@ -312,19 +343,24 @@ class SimSession(Responding):
             return
         text = self.script.next_transcript() or self.config.transcript_text or "Hello there."
         ids = {"item_id": item["id"], "content_index": 0}
-        for piece in words(text):  # " Hello", ",": the live transcriber's pieces (recordings)
+        logprobs = "item.input_audio_transcription.logprobs" in (self.session.get("include") or [])
+        pieces = words(text)  # " Hello", ",": the live transcriber's pieces (recordings)
+        for piece in pieces:
             delta = {"type": "conversation.item.input_audio_transcription.delta", **ids, "delta": piece}
+            if logprobs:
+                delta["logprobs"] = _logprobs([piece])
             await self.emit({**delta, "obfuscation": obfuscation()})
         item["content"][0]["transcript"] = text
-        await self.emit(
-            {
-                "type": "conversation.item.input_audio_transcription.completed",
-                "item_id": item["id"],
-                "content_index": 0,
-                "transcript": text,
-                "usage": {"type": "duration", "seconds": math.ceil(audio_ms / 1000)},
-            }
-        )
+        completed = {
+            "type": "conversation.item.input_audio_transcription.completed",
+            "item_id": item["id"],
+            "content_index": 0,
+            "transcript": text,
+            "usage": {"type": "duration", "seconds": math.ceil(audio_ms / 1000)},
+        }
+        if logprobs:
+            completed["logprobs"] = _logprobs(pieces)
+        await self.emit(completed)
 
     async def _on_input_audio_buffer_clear(self, event: dict[str, Any]) -> None:
         self._take_buffer()
@@ -426,3 +462,8 @@ class SimSession(Responding):
             "conversation": [public_item(i) for i in self.conversation.items],
             "received_types": list(self.received),
         }
+
+
+def _logprobs(pieces: list[str]) -> list[dict[str, Any]]:
+    """The shape the API gives with ``include: ["item.input_audio_transcription.logprobs"]``."""
+    return [{"token": p, "logprob": -0.01, "bytes": list(p.encode())} for p in pieces]

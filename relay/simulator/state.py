@@ -67,6 +67,27 @@ def default_session(model: str, session_max_s: float) -> dict[str, Any]:
     }
 
 
+def default_transcription_session(session_max_s: float) -> dict[str, Any]:
+    """What ``session.created`` shows for ``?intent=transcription`` (reference §1.1: GA answers
+    with ``type: "transcription"``, ``object: "realtime.transcription_session"``; the fields are
+    RealtimeTranscriptionSessionCreateResponseGA's)."""
+    return {
+        "type": "transcription",
+        "object": "realtime.transcription_session",
+        "id": new_id("sess_"),
+        "expires_at": int(time.time() + session_max_s),
+        "audio": {
+            "input": {
+                "format": {"type": "audio/pcm", "rate": 24000},
+                "transcription": {"model": "gpt-4o-transcribe", "language": None, "prompt": ""},
+                "noise_reduction": None,
+                "turn_detection": {**SERVER_VAD_DEFAULTS, "silence_duration_ms": 500},
+            },
+        },
+        "include": None,
+    }
+
+
 def merge(base: Any, patch: Any) -> Any:
     """Patch ``base`` with ``patch``: objects merge key by key, anything else replaces.
 

@@ -25,6 +25,9 @@ delay a client of the live API sees, network included):
     The model's time to first token: time to first byte from the API is ~500 ms in US regions
     [forasoft], of which ``ack_ms`` has passed by ``response.created``. Reasoning models take
     longer: 1.12 s to first audio for gpt-realtime-2 at minimal reasoning [batch].
+``transcription_ms`` = 300, from an utterance's commit to its first transcription delta, and as
+    much again for every 6 s of audio in it. An estimate: the API publishes no figure; its
+    transcriptions run asynchronously and arrive interleaved with later events (§3.2 item 5).
 ``rate_limits_ms`` = 43, from ``response.done`` to ``rate_limits.updated``.
     Captured live: ~43 ms (§3.2 item 3).
 
@@ -76,6 +79,7 @@ class Timing:
     ack_ms: float = 50.0
     session_update_ms: float = 210.0
     first_delta_ms: float = 450.0
+    transcription_ms: float = 300.0
     rate_limits_ms: float = 43.0
 
     def __post_init__(self) -> None:
