@@ -133,6 +133,31 @@ class Settings(BaseSettings):
     console_enabled: bool = True  # the voice console page at /
     simulator_speed: float = Field(1.0, gt=0)  # embedded simulator: 1 = real time
 
+    # --- the HTTP edge: hostile clients -----------------------------------------------------
+    # A request head must arrive whole within this (Slowloris); nginx's client_header_timeout
+    # is 60 s, an honest client needs milliseconds. Also bounds a TLS handshake.
+    header_timeout_s: float = Field(10.0, gt=0, le=60)
+    # Idle keep-alive HTTP connections (console, /metrics scrapes) close after this.
+    keepalive_timeout_s: float = Field(15.0, gt=0)
+    # Connections without a complete request head: beyond these, new ones are closed at once.
+    max_unfinished_heads: int = Field(512, ge=1)
+    max_unfinished_heads_per_peer: int = Field(32, ge=1)  # per IPv4 address or IPv6 /64
+    # Failed authentications per peer (token bucket); beyond it 429 before credentials are read.
+    auth_failures_per_s: float = Field(20.0, ge=0)  # 0: no limit
+    auth_failure_burst: int = Field(50, ge=1)
+    jwt_max_lifetime_s: float = Field(86400.0, gt=0)  # exp at most this far from iat (or now)
+
+    @field_validator(
+        "openai_api_key", "azure_openai_api_key", "azure_openai_endpoint", "jwt_secret", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """``KEY=`` (compose's ``${OPENAI_API_KEY:-}``) means no key, not an empty one: an empty
+        provider key would pick that provider over the simulator, an empty JWT secret would
+        accept tokens anyone can sign."""
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return None if isinstance(raw, str) and not raw.strip() else value
+
     @field_validator(
         "allowed_models",
         "client_token_hashes",
