@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
+import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote
 
 import jwt
@@ -80,6 +83,7 @@ class Authenticator:
         self._jwt_secret = settings.jwt_secret.get_secret_value() if settings.jwt_secret else None
         self._jwt_public_key = _load_key(settings.jwt_public_key)
         self._audience = settings.jwt_audience
+        self._max_lifetime_s = settings.jwt_max_lifetime_s
         self._issuer = settings.jwt_issuer
         self._identity_claim = settings.jwt_identity_claim
         self._tenant_claim = settings.jwt_tenant_claim
@@ -90,6 +94,8 @@ class Authenticator:
             return Identity("anonymous", kind="anonymous")
         if not token:
             raise AuthError("missing_credentials", "missing client credentials")
+        if not _is_utf8(token):
+            raise AuthError("malformed_credentials", "the client credentials are not valid UTF-8")
         if self._static_match(token):
             return Identity(_sha256(token)[:12], kind="token")
         if token.count(".") == 2 and (self._jwt_secret or self._jwt_public_key):
@@ -126,11 +132,26 @@ class Authenticator:
             raise AuthError("invalid_audience", "the client token has the wrong audience") from None
         except jwt.PyJWTError:
             raise AuthError("invalid_token", "invalid client token") from None
+        self._check_times(claims)
         subject = claims.get(self._identity_claim)
         if not isinstance(subject, str) or not subject:
             raise AuthError("invalid_token", f"the client token has no {self._identity_claim!r}")
         tenant = claims.get(self._tenant_claim)
         return Identity(subject, tenant if isinstance(tenant, str) else None)
+
+    def _check_times(self, claims: dict[str, Any]) -> None:
+        """PyJWT takes ``"exp": "1893456000"`` (it calls ``int()``) and any lifetime: the times
+        must be numbers, and a token may live at most ``jwt_max_lifetime_s`` from its issue (or
+        from now, without ``iat``), so a leaked long-lived token is not good for years."""
+        for name in ("exp", "iat", "nbf"):
+            if name in claims and not _is_time(claims[name]):
+                raise AuthError("invalid_token", f"the client token's {name!r} is not a number")
+        issued = claims.get("iat", time.time())
+        if claims["exp"] - issued > self._max_lifetime_s:
+            raise AuthError(
+                "token_lifetime_too_long",
+                f"the client token lives longer than {self._max_lifetime_s:g} s (RELAY_JWT_MAX_LIFETIME_S)",
+            )
 
     def _key_for(self, token: str) -> tuple[str, list[str]]:
         """The key for the token's algorithm: HS256 uses the secret, RS256/ES256 the public key."""
@@ -139,6 +160,54 @@ class Authenticator:
         if key is None:
             raise jwt.InvalidAlgorithmError(f"no key configured for {algorithm}")
         return key, ["HS256"] if algorithm == "HS256" else ["RS256", "ES256"]
+
+
+def _is_utf8(token: str) -> bool:
+    # aiohttp decodes header bytes with surrogateescape: invalid UTF-8 arrives as lone surrogates.
+    try:
+        token.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_time(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class FailureLimiter:
+    """Failed authentications per peer, as a token bucket: ``burst`` at once, then ``rate_per_s``.
+
+    A peer whose bucket is empty is refused before its credentials are even read, so guessing
+    runs at ``rate_per_s`` at most. ``rate_per_s`` 0 turns the limit off. Memory is bounded: the
+    peers that failed least recently are forgotten first (their buckets have refilled).
+    """
+
+    def __init__(self, rate_per_s: float, burst: int, max_peers: int = 10_000) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self._max_peers = max_peers
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # tokens, when
+
+    def blocked(self, peer: str, now: float | None = None) -> bool:
+        return self.rate_per_s > 0 and self._tokens(peer, now) < 1
+
+    def failed(self, peer: str, now: float | None = None) -> None:
+        if self.rate_per_s <= 0:
+            return
+        now = time.monotonic() if now is None else now
+        self._buckets[peer] = (max(self._tokens(peer, now) - 1, 0.0), now)
+        self._buckets.move_to_end(peer)
+        while len(self._buckets) > self._max_peers:
+            self._buckets.popitem(last=False)
+
+    def _tokens(self, peer: str, now: float | None) -> float:
+        entry = self._buckets.get(peer)
+        if entry is None:
+            return float(self.burst)
+        tokens, when = entry
+        now = time.monotonic() if now is None else now
+        return min(float(self.burst), tokens + (now - when) * self.rate_per_s)
 
 
 def _load_key(value: str | None) -> str | None:
