@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import signal
 import ssl
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -19,6 +21,9 @@ from pydantic import ValidationError
 from relay import __version__
 from relay.observability.logging import configure_logging, get_logger
 from relay.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from relay.io.guard import GuardedSite
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         ("ack", "before answering each client event the API acknowledges"),
         ("session-update", "extra time to answer a session.update, on top of --ack-ms"),
         ("first-delta", "from response.created to the response's first output"),
+        ("transcription", "from a commit to its transcript (more for longer audio)"),
         ("rate-limits", "from response.done to rate_limits.updated"),
     ):
         simulate.add_argument(f"--{figure}-ms", type=float, metavar="MS", help=meaning)
@@ -80,7 +86,9 @@ def _serve(config: str | None, host: str | None, port: int | None) -> int:
             print(f"relay: refusing to start: {problem}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    _harden_http_edge()
     _announce(settings)
+    _warn_about(settings)
     _install_uvloop()
     asyncio.run(_run_relay(settings))
     return 0
@@ -99,6 +107,28 @@ def _announce(settings: Settings) -> None:
     )
 
 
+def _harden_http_edge() -> None:
+    """Process-wide, so set here once, like logging: what aiohttp does before the app runs."""
+    import aiohttp.web_response
+
+    from relay.io.guard import MalformedRequestLog
+
+    # aiohttp answers a request it cannot parse with 400 before any hook of the app runs; that
+    # response's Server header is this module constant, naming aiohttp's and Python's versions.
+    aiohttp.web_response.SERVER_SOFTWARE = "relay"  # type: ignore[attr-defined]
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequestLog())
+
+
+def _warn_about(settings: Settings) -> None:
+    """Settings that work but accept more than an operator probably means to."""
+    if (settings.jwt_secret is not None or settings.jwt_public_key) and not settings.jwt_audience:
+        get_logger().warning(
+            "jwt_audience_not_set",
+            message="JWTs are accepted whatever their audience: a token your identity provider "
+            "issued for another service passes too; set RELAY_JWT_AUDIENCE",
+        )
+
+
 def _install_uvloop() -> None:
     with contextlib.suppress(ImportError):
         import uvloop
@@ -106,13 +136,34 @@ def _install_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+async def start_server(app: web.Application, settings: Settings) -> tuple[web.AppRunner, GuardedSite]:
+    """Serve ``app`` as ``relay serve`` does: aiohttp behind the edge guard (tests use it too)."""
+    from relay.app import METRICS
+    from relay.io.guard import GuardedSite
+
+    runner = web.AppRunner(
+        app, handle_signals=False, shutdown_timeout=5.0, keepalive_timeout=settings.keepalive_timeout_s
+    )
+    await runner.setup()
+    site = GuardedSite(
+        runner,
+        settings.host,
+        settings.port,
+        header_timeout_s=settings.header_timeout_s,
+        max_unfinished=settings.max_unfinished_heads,
+        max_unfinished_per_peer=settings.max_unfinished_heads_per_peer,
+        metrics=app[METRICS],
+        ssl_context=_tls(settings),
+    )
+    await site.start()
+    return runner, site
+
+
 async def _run_relay(settings: Settings) -> None:
     from relay.app import create_app, drain
 
     app = create_app(settings)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
-    await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.port, ssl_context=_tls(settings)).start()
+    runner, _ = await start_server(app, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -94,3 +94,46 @@ def test_relay_bench_passes_every_option_to_the_benchmark() -> None:
     )
     assert refused.returncode == 2
     assert "relay bench: error: unrecognized arguments: --no-such-flag" in refused.stderr
+
+
+async def _start_and_stop(**env: str) -> bytes:
+    """Start ``relay serve``, wait until it listens, stop it; its stderr."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relay", "serve"],
+        env=clean_env(RELAY_PORT=str(port), **env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        await wait_listening(port, proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.to_thread(proc.communicate, timeout=20)
+    return err
+
+
+async def test_an_empty_provider_key_means_the_simulator() -> None:
+    """deploy/docker-compose.yml passes ``OPENAI_API_KEY: ${OPENAI_API_KEY:-}``: empty, not unset."""
+    err = await _start_and_stop(RELAY_CLIENT_TOKENS=TOKEN, OPENAI_API_KEY="", AZURE_OPENAI_ENDPOINT="")
+    assert b"upstream: the embedded simulator" in err
+
+
+def test_an_empty_jwt_secret_is_no_authentication() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "relay", "serve"],
+        env=clean_env(RELAY_JWT_SECRET=""),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert b"no client authentication is configured" in done.stderr
+
+
+async def test_jwt_without_an_audience_is_warned_about_at_start_up() -> None:
+    err = await _start_and_stop(RELAY_JWT_SECRET="s" * 32)
+    assert b"jwt_audience_not_set" in err
+    assert b'"level": "warning"' in err
+    err = await _start_and_stop(RELAY_JWT_SECRET="s" * 32, RELAY_JWT_AUDIENCE="relay")
+    assert b"jwt_audience_not_set" not in err

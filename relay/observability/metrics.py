@@ -140,6 +140,21 @@ class RelayMetrics:
         r.register(self.frames)
         self.frame = self.frames.frame
         self.latency = self.frames.latency
+        # The HTTP edge against hostile clients (relay/io/guard.py, the same-origin check of an
+        # unauthenticated relay): closed sets of reasons, never peers.
+        self.edge_refusals_total = Counter(
+            "relay_edge_refusals",
+            "Connections closed or requests refused at the HTTP edge, by reason: header_timeout, "
+            "unfinished_heads, peer_unfinished_heads (slow or idle clients); host_not_allowed, "
+            "cross_site_origin (an unauthenticated relay called from a web page).",
+            ["reason"],
+            registry=r,
+        )
+        self.edge_unfinished_heads = Gauge(
+            "relay_edge_unfinished_heads",
+            "Connections open now whose first request head has not arrived whole.",
+            registry=r,
+        )
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
