@@ -5,17 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry
 
-from relay.core.credentials import Authenticator
+from relay.core.credentials import Authenticator, FailureLimiter
 from relay.io.context import RelayContext, SessionRegistry
-from relay.io.handler import RELAY_CONTEXT, realtime_endpoint
+from relay.io.guard import LogThrottle
+from relay.io.handler import (
+    AUTH_FAILURES,
+    REJECTION_LOG,
+    RELAY_CONTEXT,
+    cross_site_refusal,
+    log_rejection,
+    realtime_endpoint,
+)
 from relay.io.upstream import UpstreamConfig
 from relay.observability.logging import get_logger, register_secret
 from relay.observability.metrics import RelayMetrics
@@ -30,9 +38,12 @@ _log = get_logger()
 
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> web.Application:
     """The relay as an aiohttp application (tests run it on a real localhost port)."""
-    app = web.Application()
+    app = web.Application(middlewares=[] if settings.auth_configured else [_same_site_only])
     app[SETTINGS] = settings
     app[METRICS] = RelayMetrics(registry if registry is not None else CollectorRegistry())
+    app[AUTH_FAILURES] = FailureLimiter(settings.auth_failures_per_s, settings.auth_failure_burst)
+    app[REJECTION_LOG] = LogThrottle()
+    app.on_response_prepare.append(_edge_headers)
     _register_secrets(settings)
     app.cleanup_ctx.append(_embedded_simulator)
     app.cleanup_ctx.append(_relay_context)
@@ -100,6 +111,36 @@ async def _entra_token_provider(settings: Settings):  # type: ignore[no-untyped-
     from relay.io.entra import EntraTokenProvider
 
     return EntraTokenProvider().token
+
+
+# ---------------------------------------------------------------------- the HTTP edge
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# The console loads only its own script, worklet and stylesheet and opens a WebSocket back to
+# the relay ('self' covers ws:/wss: of the same host in CSP Level 3); no page may frame it.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+
+
+@web.middleware
+async def _same_site_only(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Installed only when the relay runs without client authentication (every route)."""
+    refusal = cross_site_refusal(request)
+    if refusal is None:
+        return await handler(request)
+    request.app[METRICS].edge_refusals_total.labels(refusal.reason).inc()
+    log_rejection(request, refusal)
+    return refusal.response()
+
+
+async def _edge_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every response, the 101 included, names only ``relay`` (no aiohttp or Python version)."""
+    response.headers[hdrs.SERVER] = "relay"
+    if response.status != 101:
+        response.headers.setdefault(hdrs.CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY)
+        response.headers.setdefault(hdrs.X_CONTENT_TYPE_OPTIONS, "nosniff")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
 
 
 # ---------------------------------------------------------------------- health and metrics

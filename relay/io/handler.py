@@ -1,18 +1,22 @@
 """The client endpoint, ``GET /v1/realtime?model=...``: admission checks, then the upgrade.
 
 Every refusal happens before the WebSocket upgrade, as a plain HTTP response with a JSON body
-naming the reason: 401 (credentials), 403 (origin or model), 429 (capacity), 503 (draining).
-A refused client never holds a socket open and never reaches the upstream.
+naming the reason: 401 (credentials), 403 (origin or model), 429 (capacity, or a peer over its
+budget of failed authentications: then the connection closes too), 503 (draining). A refused
+client never holds a socket open and never reaches the upstream; a flood of refusals costs a
+log line per peer and reason every few seconds, not one per attempt.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import math
 from dataclasses import dataclass
 
 from aiohttp import hdrs, web
 
 from relay.core.beta_translator import BetaTranslator
-from relay.core.credentials import AuthError, Identity, token_from_request
+from relay.core.credentials import AuthError, FailureLimiter, Identity, token_from_request
 from relay.core.errors import error_event, new_id
 from relay.core.models import ModelNotAllowed, resolve_model
 from relay.core.protocol import (
@@ -24,11 +28,14 @@ from relay.core.protocol import (
 )
 from relay.io.context import CapacityExceeded, RelayContext
 from relay.io.frames import dumps
+from relay.io.guard import LogThrottle, peer_key
 from relay.io.session import RelaySession
 from relay.io.websocket import WebSocketConnection, accept
 from relay.observability.logging import get_logger
 
 RELAY_CONTEXT: web.AppKey[RelayContext] = web.AppKey("relay_context", RelayContext)
+AUTH_FAILURES: web.AppKey[FailureLimiter] = web.AppKey("auth_failures", FailureLimiter)
+REJECTION_LOG: web.AppKey[LogThrottle] = web.AppKey("rejection_log", LogThrottle)
 SESSION_HEADER = "X-Relay-Session-Id"
 
 _log = get_logger()
@@ -44,15 +51,35 @@ class Admission:
 class Rejection(Exception):
     """An upgrade refused at the HTTP level; ``reason`` is a bounded metric label."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, *, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.message = message
+        self.retry_after_s = retry_after_s
 
     def response(self) -> web.Response:
         body = {"error": {"type": "relay_rejection", "code": self.reason, "message": self.message}}
-        return web.json_response(body, status=self.status)
+        response = web.json_response(body, status=self.status)
+        if self.retry_after_s is not None:
+            # A flood on one keep-alive connection ends here: the next attempt needs a new one.
+            response.headers[hdrs.RETRY_AFTER] = str(self.retry_after_s)
+            response.force_close()
+        return response
+
+
+def log_rejection(request: web.Request, rejection: Rejection) -> None:
+    """One line per peer and reason every few seconds, with how many were not logged."""
+    peer = peer_key(request.remote)
+    suppressed = request.app[REJECTION_LOG].allow(f"{rejection.reason} {peer}")
+    if suppressed is not None:
+        _log.info(
+            "upgrade_rejected" if request.path == "/v1/realtime" else "request_rejected",
+            status=rejection.status,
+            reason=rejection.reason,
+            peer=peer,
+            suppressed=suppressed,
+        )
 
 
 def _subprotocols(request: web.Request) -> list[str]:
@@ -76,10 +103,20 @@ def admit(ctx: RelayContext, request: web.Request) -> Admission:
     if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins:
         raise Rejection(403, "origin_not_allowed", f"origin {origin!r} is not allowed")
     subprotocols = _subprotocols(request)
+    failures = request.app[AUTH_FAILURES]
+    peer = peer_key(request.remote)
+    if failures.blocked(peer):  # before the credentials are read: guessing is slowed too
+        raise Rejection(
+            429,
+            "auth_rate_limited",
+            "too many failed authentications from this address; retry later",
+            retry_after_s=math.ceil(1 / failures.rate_per_s),
+        )
     token = token_from_request(request.headers.get(hdrs.AUTHORIZATION), subprotocols)
     try:
         identity = ctx.authenticator.authenticate(token)
     except AuthError as exc:
+        failures.failed(peer)
         raise Rejection(401, exc.reason, exc.message) from None
     beta = is_beta_client(request, subprotocols)
     try:
@@ -104,7 +141,7 @@ async def realtime_endpoint(request: web.Request) -> web.StreamResponse:
             raise Rejection(429, exc.reason, exc.message) from None
     except Rejection as rejection:
         ctx.metrics.auth_rejections_total.labels(rejection.reason).inc()
-        _log.info("upgrade_rejected", status=rejection.status, reason=rejection.reason)
+        log_rejection(request, rejection)
         return rejection.response()
     session: RelaySession | None = None
     try:
@@ -152,3 +189,53 @@ async def _refuse_beta(conn: WebSocketConnection) -> None:
     """The API's own answer to a beta client (reference §0): error event, then close 4000."""
     conn.send(dumps(error_event("beta_api_shape_disabled", BETA_DISABLED_MESSAGE)))
     await conn.close(4000, b"invalid_request_error.beta_api_shape_disabled")
+
+
+# ---------------------------------------------------------------------- unauthenticated relay
+def cross_site_refusal(request: web.Request) -> Rejection | None:
+    """Without client authentication the relay answers only its own pages and native clients.
+
+    Any web page the developer visits could otherwise open ws://127.0.0.1:8080/v1/realtime and
+    spend the provider key, or read /metrics through DNS rebinding. Browsers always send the
+    Host they resolved and, cross-origin, an Origin: only a loopback Host is served, and an
+    Origin only when it is the relay's own (http or https://<Host>).
+    """
+    host = request.headers.get(hdrs.HOST, "")
+    if not _is_loopback_host(host):
+        return Rejection(
+            403,
+            "host_not_allowed",
+            "without client authentication the relay answers only to a loopback Host "
+            "(localhost, 127.0.0.1, [::1]); set RELAY_CLIENT_TOKENS to serve other names",
+        )
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin is not None and origin.lower() not in (f"http://{host}".lower(), f"https://{host}".lower()):
+        return Rejection(
+            403,
+            "cross_site_origin",
+            "without client authentication the relay answers only its own pages and native "
+            "clients (no Origin); set RELAY_CLIENT_TOKENS to serve other origins",
+        )
+    return None
+
+
+def _is_loopback_host(host: str) -> bool:
+    """``localhost``, a loopback address, or ``[::1]``, each with or without a port."""
+    if host.startswith("["):
+        name, bracket, port = host[1:].partition("]")
+        if not bracket or (port and not (port[:1] == ":" and _is_port(port[1:]))):
+            return False
+    else:
+        name, colon, port = host.partition(":")
+        if colon and not _is_port(port):
+            return False
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_port(text: str) -> bool:
+    return text.isascii() and text.isdigit()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 
 import aiohttp
@@ -219,3 +221,71 @@ async def test_a_jwt_user_is_capped_per_identity(
         assert "2 per identity; RELAY_MAX_SESSIONS_PER_IDENTITY" in body["error"]["message"]  # type: ignore[index]
         status, _ = await _upgrade(relay.ws_url, auth("user-2"))
         assert status == 101
+
+
+async def _raw_upgrade(port: int, header: bytes) -> tuple[int, dict[str, object]]:
+    """An upgrade whose credential header is raw bytes (aiohttp's client only sends text)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"GET /v1/realtime HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" + header + b"\r\n\r\n"
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+    body = await asyncio.wait_for(reader.readexactly(length), 5)
+    writer.close()
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"Authorization: Bearer \xff\xfe",
+        b"Sec-WebSocket-Protocol: realtime, openai-insecure-api-key.\xff\xfe",
+    ],
+)
+async def test_credentials_that_are_not_utf8_get_401(
+    start_relay: RelayFactory, upstream: ScriptedUpstream, header: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """They used to raise inside the comparison: HTTP 500 and a traceback at ERROR."""
+    relay = await start_relay(upstream="simulator", upstream_url=upstream.url)
+    with caplog.at_level(logging.ERROR):
+        status, body = await _raw_upgrade(relay.server.port, header)
+    assert (status, body["error"]["code"]) == (401, "malformed_credentials")  # type: ignore[index]
+    assert relay.metric("relay_auth_rejections_total", {"reason": "malformed_credentials"}) == 1
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert upstream.connections == []
+
+
+async def test_jwt_lifetime_and_claim_types_are_enforced(
+    start_relay: RelayFactory, upstream: ScriptedUpstream
+) -> None:
+    """A 10-year token and an ``exp`` written as a string both passed before."""
+    secret = "s" * 32
+    relay = await start_relay(
+        upstream="simulator",
+        upstream_url=upstream.url,
+        client_tokens=[],
+        jwt_secret=secret,
+        jwt_audience="relay",
+        jwt_max_lifetime_s=3600,
+    )
+    now = int(time.time())
+
+    def token(**claims: object) -> dict[str, str]:
+        signed = jwt.encode({"sub": "user-1", "aud": "relay", **claims}, secret, algorithm="HS256")
+        return {"Authorization": f"Bearer {signed}"}
+
+    cases = [
+        (token(exp=now + 600), 101, None),
+        (token(exp=now + 600, iat=now - 60), 101, None),
+        (token(exp=now + 10 * 365 * 86400), 401, "token_lifetime_too_long"),
+        (token(exp=now + 600, iat=now - 7200), 401, "token_lifetime_too_long"),
+        (token(exp=str(now + 600)), 401, "invalid_token"),
+        (token(exp=now + 600, nbf=str(now - 60)), 401, "invalid_token"),
+    ]
+    for headers, expected, reason in cases:
+        status, body = await _upgrade(relay.ws_url, headers)
+        assert status == expected, (headers, body)
+        if reason is not None:
+            assert body["error"]["code"] == reason  # type: ignore[index]
