@@ -93,6 +93,31 @@ def plan_delta(prepared: ReplayPlan, current: ReplayPlan) -> list[Event]:
     return events
 
 
+def plan_transcriptions(state: SessionState) -> tuple[list[Event], list[str]]:
+    """A transcription session's utterances committed on the old upstream and not transcribed
+    yet: re-sent and re-committed, in order, so the new upstream transcribes them (returns the
+    events and the app's item ids they stand for, in commit order). Turn detection is off while
+    they go in: the server's VAD would otherwise cut them its own way."""
+    pending = [(item_id, audio) for item_id, audio in state.transcribing.items() if audio]
+    if not pending:
+        return [], []
+    detection = (state.config.get("audio") or {}).get("input", {}).get("turn_detection")
+    events: list[Event] = []
+    if detection is not None:
+        events.append(_turn_detection_update(None))
+    for _, audio in pending:
+        _append(events, [], audio)
+        events.append({"type": "input_audio_buffer.commit"})
+    if detection is not None:
+        events.append(_turn_detection_update(clone(detection)))
+    return events, [item_id for item_id, _ in pending]
+
+
+def _turn_detection_update(detection: Any) -> Event:
+    session = {"type": "transcription", "audio": {"input": {"turn_detection": detection}}}
+    return {"type": "session.update", "session": session}
+
+
 @dataclass
 class Tail:
     """The input audio the old upstream still held, with the client events it had not answered
@@ -231,6 +256,8 @@ class EchoFilter:
         self.updates = 0
         self.items: set[str] = set()  # created: echoed by item.added, then item.done
         self.deletions: set[str] = set()
+        self.commits = 0  # re-committed utterances: each answered by input_audio_buffer.committed
+        self.committed: list[str] = []  # the item ids the new upstream gave them, in order
         self.causes: dict[str, tuple[str, str]] = {}  # relay event id -> what it waits for
         self.errors: list[str] = []
         self.expect(events)
@@ -251,10 +278,13 @@ class EchoFilter:
         elif kind == "conversation.item.delete":
             self.deletions.add(event["item_id"])
             self.causes[event_id] = ("delete", event["item_id"])
+        elif kind == "input_audio_buffer.commit":
+            self.commits += 1
+            self.causes[event_id] = ("commit", "")
 
     @property
     def done(self) -> bool:
-        return not (self.updates or self.items or self.deletions)
+        return not (self.updates or self.items or self.deletions or self.commits)
 
     def suppress(self, event: Event) -> bool:
         kind = event.get("type")
@@ -269,6 +299,10 @@ class EchoFilter:
                 return True
         elif kind == "conversation.item.deleted" and event.get("item_id") in self.deletions:
             self.deletions.discard(event["item_id"])
+            return True
+        elif kind == "input_audio_buffer.committed" and self.commits:
+            self.commits -= 1
+            self.committed.append(str(event.get("item_id")))
             return True
         elif kind == "error":
             return self._error(event.get("error") or {})
@@ -285,6 +319,9 @@ class EchoFilter:
             kind, item_id = cause
             if kind == "update":
                 self.updates -= 1
+            elif kind == "commit":
+                self.commits -= 1
+                self.committed.append("")  # refused: no id stands for that utterance
             self.items.discard(item_id)
             self.deletions.discard(item_id)
         return True

@@ -108,9 +108,13 @@ class AudioRetention:
         if isinstance(audio_end_ms, int | float):
             self._speech_end = min(self.end, int(audio_end_ms * self._per_ms))
 
+    def committed_stop(self) -> int:
+        """Where the server's own commit (a VAD turn) cut the buffer: where the speech ended."""
+        return self._speech_end if self._speech_end is not None else self.end
+
     def server_committed(self) -> None:
         """The server committed the buffer on its own (a VAD turn): it ended with the speech."""
-        self.cut(self._speech_end if self._speech_end is not None else self.end)
+        self.cut(self.committed_stop())
 
     def cut(self, position: int) -> None:
         """The API's buffer began again at ``position`` (a commit or clear it confirmed)."""

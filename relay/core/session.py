@@ -27,6 +27,7 @@ READ_ONLY_SESSION_FIELDS = ("id", "object", "expires_at", "client_secret")
 # kept in items (replay_user_audio=audio, or audio items the app created) is bounded per session;
 # beyond it the oldest items fall back to their transcripts.
 MAX_ITEM_AUDIO_CHARS = 8 * 1024 * 1024
+MAX_TRANSCRIBING_BYTES = 15 * 1024 * 1024  # utterances committed and not yet transcribed
 _ITEM_SLACK = 64  # items dropped at once when the mirror is over its bound (amortised)
 
 
@@ -49,6 +50,9 @@ class SessionState:
         self.audio = AudioRetention()
         self.in_flight = InFlight()
         self.retained_audio: dict[str, bytes] = {}  # committed user audio, by item id
+        # Transcription sessions: each committed utterance's audio until its transcript is out,
+        # so a replacement upstream can transcribe it again (by the app's item id, commit order).
+        self.transcribing: dict[str, bytes] = {}
         self.active_response: dict[str, Any] | None = None  # response.created's response
         self.partial: dict[str, Any] | None = None  # the output item being streamed
         self.partial_text = ""
@@ -71,11 +75,16 @@ class SessionState:
         Audio that is not committed is allowed: it is replayed (with VAD only the padding the
         API keeps between utterances, so an open microphone never stops a rotation).
         """
-        return not (self.response_active or self.speech_in_progress or self.in_flight)
+        return not (self.response_active or self.speech_in_progress or self.in_flight or self.transcribing)
 
     def at_response_boundary(self) -> bool:
         """No response in flight (speech and client events may be: they are replayed)."""
         return not self.response_active
+
+    @property
+    def transcription(self) -> bool:
+        """A transcription session (``?intent=transcription``): transcripts, no conversation."""
+        return self.config.get("type") == "transcription"
 
     def find(self, item_id: str) -> dict[str, Any] | None:
         return next((item for item in self.items if item.get("id") == item_id), None)
@@ -183,6 +192,7 @@ class SessionState:
                 existing.update(clone(item))
 
     def _transcribed(self, event: Event) -> None:
+        self._transcribed_or_failed(event)
         item = self.find(str(event.get("item_id")))
         content = item.get("content") if item else None
         index = event.get("content_index", 0)
@@ -207,6 +217,9 @@ class SessionState:
             audio = self.audio.segment(self.audio.origin, stop)
             if len(audio) * 4 // 3 <= MAX_ITEM_AUDIO_CHARS:
                 self.retained_audio[item_id] = audio
+        if self.transcription and isinstance(item_id, str):
+            stop = answered.position if answered is not None else self.audio.committed_stop()
+            self._keep_for_transcription(item_id, self.audio.segment(self.audio.origin, stop))
         if answered is not None:
             self.audio.cut(answered.position)
         else:
@@ -218,7 +231,21 @@ class SessionState:
             # arrives it is owed, and a replacement upstream must be asked for it again.
             self.response_requested = True
 
+    def _keep_for_transcription(self, item_id: str, audio: bytes) -> None:
+        self.transcribing[item_id] = audio
+        total = sum(len(a) for a in self.transcribing.values())
+        for older in list(self.transcribing)[:-1]:  # bounded: the oldest's audio goes first
+            if total <= MAX_TRANSCRIBING_BYTES:
+                break
+            total -= len(self.transcribing[older])
+            self.transcribing[older] = b""
+
+    def _transcribed_or_failed(self, event: Event) -> None:
+        self.transcribing.pop(str(event.get("item_id")), None)
+
     def _turn_detection_creates_responses(self) -> bool:
+        if self.transcription:
+            return False
         detection = _turn_detection(self.config)
         return isinstance(detection, dict) and detection.get("create_response", True) is not False
 
@@ -367,6 +394,7 @@ _SERVER_HANDLERS = {
     "conversation.item.done": SessionState._item_done,
     "conversation.item.retrieved": SessionState._item_done,
     "conversation.item.input_audio_transcription.completed": SessionState._transcribed,
+    "conversation.item.input_audio_transcription.failed": SessionState._transcribed_or_failed,
     "conversation.item.truncated": SessionState._truncated,
     "conversation.item.deleted": SessionState._deleted,
     "input_audio_buffer.committed": SessionState._committed,

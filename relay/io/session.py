@@ -258,6 +258,12 @@ class RelaySession:
             data = shown
         else:
             self.supervisor.state.on_audio_delta(delta_chars(data))
+        self.deliver(data, event_type, event, received)
+
+    def deliver(
+        self, data: bytes, event_type: str, event: dict[str, Any] | None = None, received: float = 0.0
+    ) -> None:
+        """Send a tracked server frame to the client (translated for a beta client)."""
         if self.beta is not None:
             beta = self.beta.server_bytes_to_beta(data, event)
             if beta is None:
@@ -266,7 +272,8 @@ class RelaySession:
             data = beta
         self.client.send(data)
         self.metrics.frame(U2C, event_type, len(data))
-        self.metrics.latency(U2C, time.perf_counter() - received)
+        if received:
+            self.metrics.latency(U2C, time.perf_counter() - received)
         self._after_server_event(event_type)
 
     def _after_server_event(self, event_type: str) -> None:

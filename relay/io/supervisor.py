@@ -35,8 +35,9 @@ from relay.core.backoff import classify_close, delays
 from relay.core.errors import UpstreamError, new_id
 from relay.core.gate import ReadinessGate
 from relay.core.policy import Policy, merge
-from relay.core.replay import EchoFilter, ReplayPlan, plan_delta, plan_replay, plan_tail
+from relay.core.replay import EchoFilter, ReplayPlan, plan_delta, plan_replay, plan_tail, plan_transcriptions
 from relay.core.session import SessionState, interrupted_response_done
+from relay.core.transcripts import FINISHED, TranscriptOrder
 from relay.io.frames import dumps
 from relay.io.link import UpstreamLink
 from relay.io.upstream import close_error
@@ -50,6 +51,7 @@ _JITTER_SHARE = 0.1  # rotation jitter is at most this share of the interval
 # Upstream errors that announce the upstream's end, not a problem of the client's: the
 # replacement that follows is the supervisor's business (reference §1.3).
 END_OF_LIFE_CODES = frozenset({"session_expired"})
+_COMMIT_ORDERED = FINISHED | {"input_audio_buffer.committed"}
 
 
 class Conversation(Protocol):
@@ -67,6 +69,7 @@ class Conversation(Protocol):
         self, new: UpstreamLink, shown_first: list[bytes], resent: list[dict[str, Any]]
     ) -> None: ...
     def send_client_event(self, event: dict[str, Any]) -> None: ...
+    def deliver(self, data: bytes, event_type: str) -> None: ...
     def forward_upstream(self, data: bytes, event_type: str, event: dict[str, Any] | None) -> None: ...
 
 
@@ -103,6 +106,9 @@ class Supervisor:
         self._expires = float("inf")  # when the current upstream will expire (monotonic)
         self.rotate_at = self._next_rotation(time.monotonic())
         self.baseline = Policy.from_settings(settings).session_baseline()
+        self.transcripts = TranscriptOrder()
+        # A re-transcribed utterance's id on the new upstream -> the id the app was given.
+        self._alias: dict[str, str] = {}
 
     # ------------------------------------------------------------------ feeding the state
     def on_client_event(self, event: dict[str, Any] | None, data: bytes) -> None:
@@ -132,7 +138,12 @@ class Supervisor:
             if _error_event_id(event).startswith(self._relay_ids):  # e.g. a re-requested response
                 self._hidden("relay_caused_error", code)
                 return None
+        if self._alias and event.get("item_id") in self._alias:
+            event["item_id"] = self._alias[event["item_id"]]  # the app only knows its own id
+            data = dumps(event)
         self.state.on_server_event(event)
+        if event_type in _COMMIT_ORDERED and self.state.transcription:
+            return self._in_commit_order(event_type, event, data)
         if event_type == "session.created":
             self._note_expiry(event)
             if self.first_session_id is None:
@@ -142,6 +153,16 @@ class Supervisor:
         if event_type == "session.updated" and self.replacements:
             return _with_session_id(event, self.first_session_id)
         return data
+
+    def _in_commit_order(self, event_type: str, event: dict[str, Any], data: bytes) -> bytes | None:
+        """Transcription sessions: transcripts reach the app in the order it committed audio."""
+        item_id = str(event.get("item_id"))
+        if event_type == "input_audio_buffer.committed":
+            self.transcripts.committed(item_id)
+            return data
+        for frame in self.transcripts.finished(item_id, data):
+            self.session.deliver(frame, event_type)
+        return None
 
     def _answered_own(self, event_type: str, event: dict[str, Any], echo: EchoFilter) -> None:
         """An answer to the relay's own event: its effects are kept, the client sees nothing."""
@@ -325,12 +346,14 @@ class Supervisor:
         created = await self._receive_event(link, until="session.created")
         link.session_id = _session_id(created)
         plan = self._plan()
-        events = [self._own(event) for event in plan.events]
+        pending, transcribing = plan_transcriptions(self.state)
+        events = [self._own(event) for event in (*plan.events, *pending)]
         echo = EchoFilter(events, relay_ids=self._relay_ids)
         for event in events:
             if not link.send(dumps(event)):
                 raise ReplayFailed("the new upstream closed while the replay was being sent")
         frames = await self._await_acknowledgement(link, echo)
+        self._alias.update((new, old) for new, old in zip(echo.committed, transcribing, strict=False) if new)
         metrics = self.session.metrics
         metrics.replay_duration_seconds.observe(time.monotonic() - started)
         metrics.replay_items_total.labels("replayed").inc(plan.replayed)

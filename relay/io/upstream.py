@@ -57,20 +57,39 @@ class UpstreamConfig:
         azure_preview = self.provider == "azure" and self._settings.azure_api_version
         return Interface.BETA if azure_preview else Interface.GA
 
-    async def target(self, model: str, relay_session_id: str) -> UpstreamTarget:
+    async def target(
+        self, model: str | None, relay_session_id: str, *, intent: str = "realtime"
+    ) -> UpstreamTarget:
+        """Where to open a session: ``model`` names a realtime model (an Azure deployment after
+        mapping); a transcription session (``intent="transcription"``) goes without one, as the
+        API wants it (reference §1.1), or with the Azure deployment the client named."""
         headers = {"X-Relay-Session-Id": relay_session_id}
         if self.provider == "openai":
-            url, auth = self._openai(model)
+            url, auth = self._openai()
         elif self.provider == "azure":
-            url, auth = await self._azure(model)
+            url, auth = await self._azure()
         else:
-            url, auth = self._simulator(model)
+            url, auth = self._simulator()
         headers.update(auth)
         if self.interface is Interface.BETA:
             headers["OpenAI-Beta"] = BETA_HEADER_VALUE
-        return UpstreamTarget(self.provider, url, headers, self.interface)
+        return UpstreamTarget(self.provider, self._query(url, model, intent), headers, self.interface)
 
-    def _openai(self, model: str) -> tuple[URL, dict[str, str]]:
+    def _query(self, url: URL, model: str | None, intent: str) -> URL:
+        s = self._settings
+        if self.provider == "azure":
+            deployment = (
+                azure_deployment(model, s.azure_deployments, s.azure_openai_deployment) if model else None
+            )
+            if s.azure_api_version:  # the older preview form, beta event shapes
+                url = url.update_query({"api-version": s.azure_api_version})
+                return url.update_query(_intent_query("deployment", deployment, intent))
+            return url.update_query(
+                _intent_query("model" if intent == "realtime" else "deployment", deployment, intent)
+            )
+        return url.update_query(_intent_query("model", model, intent))
+
+    def _openai(self) -> tuple[URL, dict[str, str]]:
         s = self._settings
         assert s.openai_api_key is not None  # checked by Settings
         headers = {"Authorization": f"Bearer {s.openai_api_key.get_secret_value()}"}
@@ -78,33 +97,36 @@ class UpstreamConfig:
             headers["OpenAI-Organization"] = s.openai_organization
         if s.openai_project:
             headers["OpenAI-Project"] = s.openai_project
-        return URL(s.upstream_url or OPENAI_REALTIME_URL).update_query(model=model), headers
+        return URL(s.upstream_url or OPENAI_REALTIME_URL), headers
 
-    async def _azure(self, model: str) -> tuple[URL, dict[str, str]]:
+    async def _azure(self) -> tuple[URL, dict[str, str]]:
         s = self._settings
-        deployment = azure_deployment(model, s.azure_deployments, s.azure_openai_deployment)
         if s.upstream_url:
-            base = URL(s.upstream_url)
+            url = URL(s.upstream_url)
         else:
             endpoint = URL(s.azure_openai_endpoint or "")
             scheme = "ws" if endpoint.scheme in ("http", "ws") else "wss"
             path = "/openai/realtime" if s.azure_api_version else "/openai/v1/realtime"
-            base = endpoint.with_scheme(scheme).with_path(path)
-        if s.azure_api_version:  # the older preview form, beta event shapes
-            url = base.update_query({"api-version": s.azure_api_version, "deployment": deployment})
-        else:
-            url = base.update_query(model=deployment)
+            url = endpoint.with_scheme(scheme).with_path(path)
         if s.azure_openai_api_key is not None:
             return url, {"api-key": s.azure_openai_api_key.get_secret_value()}
         if self._token_provider is None:
             raise UpstreamError("Azure Entra ID is enabled but no token provider", retryable=False)
         return url, {"Authorization": f"Bearer {await self._token_provider()}"}
 
-    def _simulator(self, model: str) -> tuple[URL, dict[str, str]]:
+    def _simulator(self) -> tuple[URL, dict[str, str]]:
         url = self._settings.upstream_url or self._simulator_url
         if url is None:
             raise UpstreamError("the embedded simulator is not running", retryable=True)
-        return URL(url).update_query(model=model), {"Authorization": f"Bearer {SIMULATOR_KEY}"}
+        return URL(url), {"Authorization": f"Bearer {SIMULATOR_KEY}"}
+
+
+def _intent_query(key: str, name: str | None, intent: str) -> dict[str, str]:
+    """``model=`` (or ``deployment=``) for a realtime session; ``intent=transcription`` (with the
+    deployment, if one was named) for a transcription session."""
+    if intent == "transcription":
+        return {"intent": "transcription", **({key: name} if name else {})}
+    return {key: name} if name else {}
 
 
 async def connect(target: UpstreamTarget, settings: Settings) -> WebSocketConnection:
