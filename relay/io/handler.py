@@ -37,6 +37,7 @@ RELAY_CONTEXT: web.AppKey[RelayContext] = web.AppKey("relay_context", RelayConte
 AUTH_FAILURES: web.AppKey[FailureLimiter] = web.AppKey("auth_failures", FailureLimiter)
 REJECTION_LOG: web.AppKey[LogThrottle] = web.AppKey("rejection_log", LogThrottle)
 SESSION_HEADER = "X-Relay-Session-Id"
+INTENTS = ("realtime", "transcription")
 
 _log = get_logger()
 
@@ -44,8 +45,9 @@ _log = get_logger()
 @dataclass(frozen=True, slots=True)
 class Admission:
     identity: Identity
-    model: str
+    model: str | None  # None: a transcription session (no model, as the API takes it)
     beta_client: bool
+    intent: str = "realtime"
 
 
 class Rejection(Exception):
@@ -119,16 +121,24 @@ def admit(ctx: RelayContext, request: web.Request) -> Admission:
         failures.failed(peer)
         raise Rejection(401, exc.reason, exc.message) from None
     beta = is_beta_client(request, subprotocols)
+    intent = request.query.get("intent") or "realtime"
+    if intent not in INTENTS:
+        raise Rejection(400, "invalid_intent", f"intent must be 'realtime' or 'transcription', not {intent!r}")
+    # The API's forms: ?model= (realtime), ?intent=transcription without a model, and Azure's
+    # ?deployment=..., which names a deployment where OpenAI names a model.
+    requested = request.query.get("model") or request.query.get("deployment")
+    if intent == "transcription":
+        return Admission(identity, requested, beta, intent)  # its models are in session.update
     try:
         model = resolve_model(
-            request.query.get("model"),
+            requested,
             default=settings.default_model,
             allowed=settings.allowed_models,
             beta_map=settings.beta_model_map if beta else None,
         )
     except ModelNotAllowed as exc:
         raise Rejection(403, "model_not_allowed", str(exc)) from None
-    return Admission(identity, model, beta)
+    return Admission(identity, model, beta, intent)
 
 
 async def realtime_endpoint(request: web.Request) -> web.StreamResponse:
@@ -164,6 +174,7 @@ async def realtime_endpoint(request: web.Request) -> web.StreamResponse:
             session_id=session_id,
             identity_key=admission.identity.key,
             model=admission.model,
+            intent=admission.intent,
             beta=_translator(ctx, admission.beta_client),
         )
         ctx.registry.add(session)

@@ -62,17 +62,19 @@ class RelaySession:
         *,
         session_id: str,
         identity_key: str,
-        model: str,
+        model: str | None,
+        intent: str = "realtime",
         beta: BetaTranslator | None = None,
     ) -> None:
         self.ctx = ctx
         self.client = client
         self.id = session_id
         self.model = model
+        self.intent = intent  # "transcription": transcripts only, no conversation, no responses
         self.identity_key = identity_key
         self.settings = ctx.settings
         self.metrics = ctx.metrics
-        self.log = get_logger(relay_session=session_id, client=identity_key, model=model)
+        self.log = get_logger(relay_session=session_id, client=identity_key, model=model or intent)
         self.gate = ReadinessGate(
             max_events=self.settings.hold_max_events,
             max_bytes=self.settings.hold_max_bytes,
@@ -180,7 +182,7 @@ class RelaySession:
     # ------------------------------------------------------------------ upstream links
     async def open_link(self) -> UpstreamLink:
         """Connect a new upstream session (not yet the current one: it collects its frames)."""
-        target = await self.ctx.upstreams.target(self.model, self.id)
+        target = await self.ctx.upstreams.target(self.model, self.id, intent=self.intent)
         provider = target.provider
         try:
             conn = await upstream_mod.connect(target, self.settings)

@@ -103,7 +103,7 @@ class Supervisor:
         self._relay_ids = f"relay_{new_id('', 8)}_"  # the event ids of the relay's own events
         self._sent = 0
         self._echo: EchoFilter | None = None  # answers to the last switch's events, still due
-        self._expires = float("inf")  # when the current upstream will expire (monotonic)
+        self._expires = float("inf")  # when to have left the current upstream (its cap, less a margin)
         self.rotate_at = self._next_rotation(time.monotonic())
         self.baseline = Policy.from_settings(settings).session_baseline()
         self.transcripts = TranscriptOrder()
@@ -206,11 +206,14 @@ class Supervisor:
         session = event.get("session")
         expires_at = session.get("expires_at") if isinstance(session, dict) else None
         if isinstance(expires_at, int | float) and expires_at > 0:
-            self._expires = time.monotonic() + (expires_at - time.time())
+            lifetime = expires_at - time.time()
+            # Two minutes before a 30- or 60-minute cap; a tenth of a lifetime that is shorter.
+            margin = min(_EXPIRY_MARGIN_S, max(0.0, lifetime) * 0.1)
+            self._expires = time.monotonic() + lifetime - margin
             self.rotate_at = min(self.rotate_at, self._latest_rotation())
 
     def _latest_rotation(self) -> float:
-        return self._expires - _EXPIRY_MARGIN_S
+        return self._expires
 
     # ------------------------------------------------------------------ rotation
     def _next_rotation(self, now: float) -> float:
@@ -235,7 +238,7 @@ class Supervisor:
         old = session.link
         started = time.monotonic()
         try:
-            prepared = await self._prepare(attempts=3)
+            prepared = await self._prepare(attempts=3, recovering=False)
         except UpstreamError as exc:
             session.log.warning("rotation_failed", reason=exc.message)
             self.rotating = False
@@ -293,14 +296,14 @@ class Supervisor:
         done = interrupted_response_done(self.state, "upstream_replaced")
         if done is not None:
             session.send_client_event(done)
-        prepared = await self._prepare(attempts=self.settings.reconnect_max_attempts)
+        prepared = await self._prepare(attempts=self.settings.reconnect_max_attempts, recovering=True)
         self._switch(prepared, cause=cause, held_since=started)
         if not_started and self.settings.rerequest_pending_response:
             request = {"type": "response.create", "event_id": self._relay_event_id()}
             session.forward_upstream(dumps(request), "response.create", request)
 
     # ------------------------------------------------------------------ preparing
-    async def _prepare(self, attempts: int) -> Prepared:
+    async def _prepare(self, attempts: int, *, recovering: bool) -> Prepared:
         """Connect and replay, retrying with backoff; drops during a replay restart it."""
         last: UpstreamError | None = None
         base, cap = self.settings.reconnect_base_delay_s, self.settings.reconnect_max_delay_s
@@ -314,7 +317,7 @@ class Supervisor:
                 last = exc
                 continue
             try:
-                return await self._replay(link)
+                return await self._replay(link, recovering=recovering)
             except ReplayFailed as exc:
                 self.session.log.warning("replay_failed", reason=str(exc))
                 await link.close(1000)
@@ -340,13 +343,15 @@ class Supervisor:
             plan.update["session"] = merge(plan.update["session"], self.baseline)
         return plan
 
-    async def _replay(self, link: UpstreamLink) -> Prepared:
-        """Replay the configuration and conversation onto ``link`` and await its echoes."""
+    async def _replay(self, link: UpstreamLink, *, recovering: bool) -> Prepared:
+        """Replay the configuration and conversation onto ``link`` and await its echoes; after a
+        loss, also the utterances the lost upstream had not transcribed (a rotation's old
+        upstream is alive and transcribes them itself: the switch waits for that)."""
         started = time.monotonic()
         created = await self._receive_event(link, until="session.created")
         link.session_id = _session_id(created)
         plan = self._plan()
-        pending, transcribing = plan_transcriptions(self.state)
+        pending, transcribing = plan_transcriptions(self.state) if recovering else ([], [])
         events = [self._own(event) for event in (*plan.events, *pending)]
         echo = EchoFilter(events, relay_ids=self._relay_ids)
         for event in events:
