@@ -119,3 +119,59 @@ async def test_plain_browser_example(relay: RelayHandle) -> None:
             await browser.close()
     finally:
         await pages.close()
+
+
+async def test_python_transcription_example(relay: RelayHandle, tmp_path: Path) -> None:
+    """The official SDK's transcription session (intent=transcription, no model) through the relay."""
+    import wave
+
+    from relay.simulator.audio import synthesize
+
+    paths = []
+    for n, text in enumerate(("Turn on the lights.", "Thank you.")):
+        path = tmp_path / f"utterance{n}.wav"
+        with wave.open(str(path), "wb") as wav:
+            wav.setnchannels(1)
+            wav.setsampwidth(2)
+            wav.setframerate(24000)
+            wav.writeframes(synthesize(text, "pcm16"))
+        paths.append(str(path))
+    out = await _run(
+        [sys.executable, str(EXAMPLES / "transcription_python.py"), *paths],
+        {"RELAY_URL": f"ws://127.0.0.1:{relay.server.port}/v1", "RELAY_TOKEN": relay.token},
+        EXAMPLES,
+    )
+    lines = out.strip().splitlines()
+    assert len(lines) == 2
+    assert all(line.startswith("item_") and line.endswith(": Hello there.") for line in lines)
+
+
+@pytest.mark.slow
+async def test_browser_live_captions_example(relay: RelayHandle, tmp_path: Path) -> None:
+    """examples/browser/transcription.html: a real microphone (Chromium's fake capture device
+    playing speech), an AudioWorklet to 24 kHz PCM16, server VAD, captions per utterance."""
+    chromium = require_binary("chromium", package="chromium")
+    from playwright.async_api import async_playwright, expect
+
+    from tests.e2e.test_browser import CHROMIUM_ARGS, _microphone_wav
+
+    wav = _microphone_wav(tmp_path)
+    app = web.Application()
+    app.router.add_static("/", EXAMPLES / "browser")
+    pages = TestServer(app, host="127.0.0.1")
+    await pages.start_server()
+    try:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=chromium, args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={wav}"]
+            )
+            page = await browser.new_page()
+            query = f"?relay=ws://127.0.0.1:{relay.server.port}&token={relay.token}"
+            await page.goto(f"http://127.0.0.1:{pages.port}/transcription.html{query}")
+            await page.locator("#start").click()
+            await expect(page.locator("#status")).to_have_text("listening", timeout=10_000)
+            caption = page.locator("#captions li[data-done=true]").first
+            await expect(caption).to_have_text("Hello there.", timeout=30_000)  # the simulator's transcript
+            await browser.close()
+    finally:
+        await pages.close()
