@@ -183,3 +183,68 @@ async def test_a_conversation_lives_through_twenty_rotations(start_relay: RelayF
     client.assert_invariants()
     await client.close()
     await runner.cleanup()
+
+
+TRANSCRIPTION_SESSION = {
+    "type": "session.update",
+    "session": {
+        "type": "transcription",
+        "audio": {"input": {"turn_detection": None, "transcription": {"model": "gpt-4o-transcribe"}}},
+    },
+}
+UTTERANCE = base64.b64encode(synthesize("Please add milk to the shopping list.", "pcm16")).decode()
+COMPLETED = "conversation.item.input_audio_transcription.completed"
+
+
+async def _captions(relay_url: str, token: str, sim: SimControl, rng: random.Random, count: int) -> None:
+    """One transcription app: ``count`` utterances, the upstream failing every couple of seconds."""
+    client = await RecordingClient.connect(relay_url + "?intent=transcription", token)
+    await client.wait_for("session.created")
+    await client.send(TRANSCRIPTION_SESSION)
+    await client.wait_for("session.updated")
+    for _ in range(count):
+        await client.send({"type": "input_audio_buffer.clear"})
+        for start in range(0, len(UTTERANCE), 6400):  # 200 ms appends
+            await client.send({"type": "input_audio_buffer.append", "audio": UTTERANCE[start : start + 6400]})
+        await client.send({"type": "input_audio_buffer.commit"})
+        if rng.random() < 0.25:
+            await _fire(sim, client.relay_session, dict(rng.choice(FAULTS)), 0.0)
+        await asyncio.sleep(rng.uniform(0.1, 0.4))
+    async with asyncio.timeout(60):
+        while client.types().count(COMPLETED) < count:  # noqa: ASYNC110 (counted, not awaited)
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.5)
+    committed = [e["item_id"] for e in client.events if e["type"] == "input_audio_buffer.committed"]
+    completed = [e["item_id"] for e in client.events if e["type"] == COMPLETED]
+    assert len(committed) == count
+    assert completed == committed  # each utterance transcribed once, under its id, in order
+    assert "error" not in client.types()
+    await client.close()
+
+
+@pytest.mark.slow
+async def test_transcription_through_chaos(start_relay: RelayFactory) -> None:
+    """Dozens of utterances per app while the upstream drops, closes or expires every few seconds
+    (field failure F3: a transcription session dying with 1006 after 5-15 minutes)."""
+    runner, port = await start_simulator(SimulatorConfig(speed=20.0, timing=Timing.realistic()))
+    relay = await start_relay(
+        upstream="simulator",
+        upstream_url=f"ws://127.0.0.1:{port}/v1/realtime",
+        rotate_after_s=3.0,
+        reconnect_base_delay_s=0.05,
+        reconnect_max_delay_s=0.5,
+    )
+    sim = SimControl(f"http://127.0.0.1:{port}")
+    rng = random.Random(SEED)
+    try:
+        await asyncio.gather(
+            *(_captions(relay.ws_url, relay.token, sim, random.Random(rng.random()), 30) for _ in range(5))
+        )
+    finally:
+        await runner.cleanup()
+    replaced = sum(
+        relay.metric("relay_upstream_replacements_total", {"cause": c})
+        for c in ("rotation", "1000", "1001", "1006", "1011")
+    )
+    assert replaced >= 10, replaced
+    print(f"\ntranscription chaos: 5 apps x 30 utterances, {replaced:.0f} upstream replacements")
