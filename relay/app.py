@@ -73,7 +73,8 @@ async def _embedded_simulator(app: web.Application) -> AsyncIterator[None]:
     from relay.simulator.config import SimulatorConfig
     from relay.simulator.server import start_simulator
 
-    runner, port = await start_simulator(SimulatorConfig(speed=settings.simulator_speed))
+    # No /_sim/ control API here: a local page or process could read sessions and inject replies.
+    runner, port = await start_simulator(SimulatorConfig(speed=settings.simulator_speed, control_api=False))
     app[SIMULATOR_URL] = f"ws://127.0.0.1:{port}/v1/realtime"
     _log.info("embedded_simulator_started", port=port)
     try:

@@ -19,6 +19,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from relay import __version__
+from relay.core.redaction import redact_text
 from relay.observability.logging import configure_logging, get_logger
 from relay.settings import Settings, load_settings
 
@@ -77,8 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(config: str | None, host: str | None, port: int | None) -> int:
     try:
         settings = load_settings(config, host=host, port=port)
-    except (ValidationError, ValueError, OSError) as exc:
-        print(f"relay: invalid settings:\n{exc}", file=sys.stderr)
+    except ValidationError as exc:
+        print(f"relay: invalid settings:\n{settings_errors(exc)}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError) as exc:
+        print(f"relay: invalid settings: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     problems = settings.startup_problems()
     if problems:
@@ -94,9 +98,19 @@ def _serve(config: str | None, host: str | None, port: int | None) -> int:
     return 0
 
 
+def settings_errors(exc: ValidationError) -> str:
+    """What is wrong, without the values given: a mistyped key name must not print the key."""
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        where = ".".join(str(part) for part in error["loc"]) or "settings"
+        lines.append(f"  {where}: {redact_text(error['msg'])}")
+    return "\n".join(lines)
+
+
 def _announce(settings: Settings) -> None:
     kind = settings.upstream_kind
-    where = settings.upstream_url or {"openai": "OpenAI", "azure": "Azure OpenAI"}.get(kind)
+    names = {"openai": "OpenAI", "azure": "Azure OpenAI"}
+    where = redact_text(settings.upstream_url or "") or names.get(kind)  # Azure's ?api-key= form
     if kind == "simulator" and not settings.upstream_url:
         where = "the embedded simulator (no OPENAI_API_KEY or Azure credentials are set)"
     print(

@@ -137,3 +137,44 @@ async def test_jwt_without_an_audience_is_warned_about_at_start_up() -> None:
     assert b'"level": "warning"' in err
     err = await _start_and_stop(RELAY_JWT_SECRET="s" * 32, RELAY_JWT_AUDIENCE="relay")
     assert b"jwt_audience_not_set" not in err
+
+
+def test_settings_errors_and_the_start_up_line_never_print_a_secret(tmp_path: object) -> None:
+    """A mistyped setting name used to print the value given (a provider key), and the upstream
+    URL was printed verbatim (Azure's ?api-key= form)."""
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    config = tmp_path / "relay.toml"
+    config.write_text('[relay]\nopenai_api_keyy = "sk-proj-SECRETSECRETSECRET"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "relay", "serve", "--config", str(config)],
+        env=clean_env(RELAY_CLIENT_TOKENS=TOKEN),
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert b"openai_api_keyy" in done.stderr  # what is wrong is still said
+    assert b"SECRET" not in done.stderr
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relay", "serve"],
+        env=clean_env(
+            RELAY_PORT=str(port),
+            RELAY_CLIENT_TOKENS=TOKEN,
+            RELAY_UPSTREAM="azure",
+            RELAY_UPSTREAM_URL="wss://example.invalid/openai/realtime?api-key=azure-SECRET-KEY&deployment=d",
+            AZURE_OPENAI_ENDPOINT="https://example.invalid",
+            AZURE_OPENAI_API_KEY="azure-SECRET-KEY",
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        asyncio.run(wait_listening(port, proc))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert b"upstream: wss://example.invalid/openai/realtime?" in err
+    assert b"SECRET" not in err

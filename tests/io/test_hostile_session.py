@@ -119,3 +119,22 @@ async def test_errors_and_log_lines_for_a_flood_are_bounded(start_relay: RelayFa
     assert relay.metric("relay_validation_rejections_total", {"code": "invalid_value"}) == 2000
     assert relay.metric("relay_client_errors_suppressed_total") == 2000 - errors
     await upstream.close()
+
+
+async def test_the_embedded_simulator_serves_no_control_api(start_relay: RelayFactory) -> None:
+    """The control API reads any session's text and injects replies: a local page or process
+    guessing the embedded simulator's port must find nothing there."""
+    import aiohttp
+
+    from relay.app import SIMULATOR_URL
+
+    relay = await start_relay(upstream="simulator")
+    sim_port = relay.app[SIMULATOR_URL].split(":")[2].split("/")[0]
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{sim_port}/_sim/sessions") as resp,
+    ):
+        assert resp.status == 404
+    client = await RecordingClient.connect(relay.ws_url, relay.token)  # the relay itself works
+    await client.wait_for("session.created")
+    await client.close()
