@@ -48,5 +48,9 @@ class SimulatorConfig:
     # replies, so it is served only when asked for (tests, `relay simulate`), never by the
     # simulator embedded in the relay.
     control_api: bool = True
+    # Phone calls: the live API's old behaviour behind field failure F4, for every call (a call
+    # may also ask for it): an accept or session.update with tools but no audio formats resets
+    # the formats to PCM, and an invalid accept is taken with the default PCM session.
+    call_format_reset: bool = False
     # Benchmark hook: called with ("recv" | "send", frame) for every frame, on the event loop.
     probe: Callable[[str, bytes], None] | None = None

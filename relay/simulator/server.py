@@ -22,6 +22,7 @@ from relay.core.errors import error_event
 from relay.core.protocol import BETA_DISABLED_MESSAGE, BETA_HEADER_VALUE, BETA_SUBPROTOCOL
 from relay.core.websocket import OP_TEXT
 from relay.io.websocket import WebSocketConnection, accept
+from relay.simulator.calls import CallBoard
 from relay.simulator.channel import SimChannel
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.faults import Fault, FaultBoard
@@ -87,12 +88,14 @@ class Simulator:
         self.refuse_until = 0.0
         self.refuse_kind = ""
         self.new_session_faults: list[Fault] = []  # armed on the next sessions, one each
+        self.calls = CallBoard(config, self.script, key_of=lambda request: _key(request, []))
 
     async def shut_down(self, app: web.Application) -> None:
         """Going away: every open session is closed with 1001, as a restarting server does."""
         for record in list(self.records.values()):
             if record.open:
                 record.channel.conn.close_now(1001)
+        await self.calls.close()
 
     # ------------------------------------------------------------------ websocket
     async def realtime(self, request: web.Request) -> web.StreamResponse:
@@ -100,6 +103,8 @@ class Simulator:
         resets = refused is not None and self.refuse_kind == "connect"
         if not resets:  # a reset comes before TLS; every HTTP answer comes after the handshake
             await _pause(self.config.timing.handshake_ms)
+        if refused is None and "call_id" in request.query:  # a phone call's control socket
+            refused = self.calls.socket_refusal(request)
         if refused is not None:
             return refused
         protocols = _protocols(request)
@@ -121,6 +126,9 @@ class Simulator:
             code, message, close = problem
             conn.send(orjson.dumps(error_event(code, message)))
             await conn.close(close, f"invalid_request_error.{code}".encode())
+            return upgraded.response
+        if "call_id" in request.query:
+            await self.calls.serve_socket(request, conn)
             return upgraded.response
         model = request.query.get("model") or request.query.get("deployment") or ""
         await self._serve(request, conn, model)
@@ -147,7 +155,7 @@ class Simulator:
         if _wants_beta(request, protocols) and not self._speaks_beta(request):
             return "beta_api_shape_disabled", BETA_DISABLED_MESSAGE, 4000
         model = request.query.get("model") or request.query.get("deployment")
-        if not model and request.query.get("intent") != "transcription":
+        if not model and request.query.get("intent") != "transcription" and "call_id" not in request.query:
             return (
                 "missing_model",
                 (
@@ -396,12 +404,17 @@ def create_simulator_app(config: SimulatorConfig) -> web.Application:
     app.on_shutdown.append(simulator.shut_down)
     for path in ("/v1/realtime", "/openai/v1/realtime", "/openai/realtime"):
         app.router.add_get(path, simulator.realtime)
+    for path in ("/v1/realtime/calls", "/openai/v1/realtime/calls"):
+        app.router.add_post(path + "/{call_id}/{action:accept|reject|refer|hangup}", simulator.calls.action)
     if config.control_api:
         app.router.add_get("/_sim/sessions", simulator.list_sessions)
         app.router.add_get("/_sim/sessions/{id}", simulator.get_session)
         app.router.add_post("/_sim/sessions/{id}/fault", simulator.session_fault)
         app.router.add_post("/_sim/faults", simulator.global_fault)
         app.router.add_post("/_sim/script", simulator.set_script)
+        app.router.add_post("/_sim/calls", simulator.calls.create)
+        app.router.add_get("/_sim/calls/{call_id}", simulator.calls.inspect)
+        app.router.add_post("/_sim/calls/{call_id}/caller", simulator.calls.caller)
     return app
 
 

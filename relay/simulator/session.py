@@ -173,6 +173,13 @@ class SimSession(Responding):
     async def start(self) -> None:
         await self.emit({"type": "session.created", "session": self.session})
 
+    def configure(self, session: dict[str, Any]) -> None:
+        """Start from ``session`` instead of the default one (a phone call, accepted with its
+        configuration before any socket is attached: ``relay.simulator.calls``)."""
+        self.session = session
+        self.id = session["id"]
+        self._reset_vad()
+
     async def _on_session_update(self, event: dict[str, Any]) -> None:
         update = event["session"]
         kind = "transcription" if self.transcription else "realtime"
@@ -227,6 +234,14 @@ class SimSession(Responding):
                 "audio bytes (mono PCM16 at 24kHz) but got an invalid value.",
                 "audio",
             ) from None
+        self._buffer_audio(audio)
+        if self.vad is not None:
+            for vad_event in self.vad.feed(audio):
+                await self._on_vad(vad_event)
+
+    async def take_line_audio(self, audio: bytes) -> None:
+        """A phone caller's audio, arriving from the call's line rather than a client socket:
+        buffered and fed to turn detection exactly as an append's audio is."""
         self._buffer_audio(audio)
         if self.vad is not None:
             for vad_event in self.vad.feed(audio):
