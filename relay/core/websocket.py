@@ -35,7 +35,7 @@ _CONTROL_OPCODES = (OP_CLOSE, OP_PING, OP_PONG)
 # Close codes (RFC 6455 section 7.4, and the IANA registry for 1012-1014).
 NORMAL_CLOSURE, GOING_AWAY, PROTOCOL_ERROR = 1000, 1001, 1002
 NO_STATUS, ABNORMAL_CLOSURE, INVALID_DATA = 1005, 1006, 1007
-MESSAGE_TOO_BIG, INTERNAL_ERROR = 1009, 1011
+POLICY_VIOLATION, MESSAGE_TOO_BIG, INTERNAL_ERROR = 1008, 1009, 1011
 _SENDABLE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -45,6 +45,15 @@ _HEADER10 = struct.Struct("!BBQ")
 _mask_bits = random.Random().getrandbits  # see encode_frame
 
 MAX_REASON_BYTES = 123  # a control frame's 125 bytes, less the close code
+# Fragments: browsers and the SDKs send each event as one frame, but the RFC lets a peer cut a
+# message into any number of pieces, empty ones included, which cost a call each and add nothing
+# to the size. So each fragment is charged FRAGMENT_COST bytes towards ``max_size`` (at the
+# relay's 24 MiB, at most 49,152 fragments per message), and a message may have at most
+# MAX_FRAGMENTS, for larger ``max_size``s (Autobahn 9.3.1 / 9.4.1 send 4 MiB in 64-byte
+# fragments and an empty final one, 65,537 frames, to a reader of 64 MiB).
+FRAGMENT_COST = 512
+MAX_FRAGMENTS = 131_072
+LARGE_FRAME = 65_536  # payloads from this size are written apart from their header: no joined copy
 _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
 
 Message = tuple[int, bytes]  # (opcode, payload): whole data messages and single control frames
@@ -86,6 +95,24 @@ def encode_frame(payload: bytes, opcode: int = OP_TEXT, *, mask: bool = False) -
     return header + key + apply_mask(payload, key)
 
 
+def encode_frame_parts(payload: bytes, opcode: int = OP_TEXT, *, mask: bool = False) -> tuple[bytes, bytes]:
+    """One final frame as (header, body), to be written one after the other: for a large payload
+    this saves the copy ``header + payload`` would make (20 MiB for a large conversation item).
+    The header is built as in :func:`encode_frame`, which keeps it inline: it runs per frame."""
+    size = len(payload)
+    mask_bit = 0x80 if mask else 0
+    if size < 126:
+        header = _HEADER2.pack(0x80 | opcode, mask_bit | size)
+    elif size < 65536:
+        header = _HEADER4.pack(0x80 | opcode, mask_bit | 126, size)
+    else:
+        header = _HEADER10.pack(0x80 | opcode, mask_bit | 127, size)
+    if not mask:
+        return header, payload
+    key = _mask_bits(32).to_bytes(4, "little")
+    return header + key, apply_mask(payload, key)
+
+
 def close_reason(reason: str | bytes, limit: int = MAX_REASON_BYTES) -> bytes:
     """``reason`` as UTF-8 cut to ``limit`` bytes on a character boundary.
 
@@ -125,17 +152,29 @@ class FrameReader:
     """Turns a byte stream into messages: fragments joined, control frames passed one by one.
 
     ``masked`` is what the peer must do: a server reads masked frames from clients, a client
-    reads unmasked frames from servers (section 5.1). ``max_size`` bounds a whole message.
+    reads unmasked frames from servers (section 5.1). ``max_size`` bounds a whole message, with
+    each fragment charged ``fragment_cost`` bytes more; ``max_fragments`` bounds their number.
     """
 
-    def __init__(self, *, masked: bool, max_size: int) -> None:
+    def __init__(
+        self,
+        *,
+        masked: bool,
+        max_size: int,
+        max_fragments: int = MAX_FRAGMENTS,
+        fragment_cost: int = FRAGMENT_COST,
+    ) -> None:
         self._mask_bit = 0x80 if masked else 0
         self.max_size = max_size
+        self.max_fragments = max_fragments
+        self.fragment_cost = fragment_cost
         self._pending = bytearray()  # an incomplete frame, kept until ``_need`` bytes are here
         self._need = 0  # counted from that frame's first byte, where ``_pending`` begins
-        self._fragments: list[bytes] = []
+        # A fragmented message is joined as it comes: one buffer, whatever the number of pieces.
+        self._fragments = bytearray()
         self._fragment_opcode = 0
-        self._fragment_size = 0
+        self._fragment_size = 0  # the payload so far plus ``fragment_cost`` per fragment
+        self._fragment_count = 0
         # A fragmented text message is checked fragment by fragment, so an invalid sequence
         # fails at once (Autobahn 6.4.x); made at its first non-ASCII fragment.
         self._utf8: codecs.IncrementalDecoder | None = None
@@ -147,12 +186,15 @@ class FrameReader:
         One loop, no helper calls for the common frame (a final, unfragmented data frame): this
         runs for every frame the relay forwards.
         """
+        view: memoryview | None = None
         if self._pending:
             self._pending += data
             if len(self._pending) < self._need:
                 return []  # a large frame arriving in pieces: linear, not re-parsed each time
-            data = bytes(self._pending)
-            self._pending.clear()
+            # Read the frames where they were gathered: a payload is unmasked (or copied) straight
+            # out of this buffer, so a 20 MiB frame costs this buffer and its payload, no more.
+            data, self._pending = self._pending, bytearray()  # type: ignore[assignment]
+            view = memoryview(data)
         messages: list[Message] = []
         masked = self._mask_bit
         pos, end = 0, len(data)
@@ -182,9 +224,14 @@ class FrameReader:
                 if stop > end:
                     self._need = stop - pos
                     break
-                payload = data[key_end:stop]  # a copy: cheaper to unmask than a memoryview
-                if masked:
-                    payload = apply_mask(payload, data[start:key_end])
+                if view is None:  # the common case: a whole frame in one read
+                    payload = data[key_end:stop]  # a copy: cheaper to unmask than a memoryview
+                    if masked:
+                        payload = apply_mask(payload, data[start:key_end])
+                elif masked:
+                    payload = apply_mask(view[key_end:stop], data[start:key_end])
+                else:
+                    payload = bytes(view[key_end:stop])
                 pos = stop
                 if first == 0x81 and not self._fragment_opcode:  # final text, no RSV bits
                     if not payload.isascii():  # a C scan; decoding only for the rare non-ASCII text
@@ -202,7 +249,11 @@ class FrameReader:
         except ProtocolError as exc:
             exc.messages = messages
             raise
-        if pos < end:
+        if view is not None:
+            view.release()
+            if pos < end:  # keep only the rest (at most one read), not the large buffer it came in
+                self._pending = data[pos:] if pos else data  # type: ignore[assignment]
+        elif pos < end:
             self._pending += data[pos:] if pos else data
         return messages
 
@@ -221,22 +272,31 @@ class FrameReader:
                 self._check_text(payload, final)
             if final:  # only reached for frames ``feed`` leaves here; kept for completeness
                 return opcode, payload
-            self._fragment_opcode, self._fragments, self._fragment_size = opcode, [payload], len(payload)
+            self._fragment_opcode, self._fragment_count = opcode, 1
+            self._fragment_size = len(payload) + self.fragment_cost
+            self._fragments += payload
             return None
         if opcode != OP_CONTINUATION:
             raise ProtocolError(PROTOCOL_ERROR, f"unknown opcode {opcode}")
         if not self._fragment_opcode:
             raise ProtocolError(PROTOCOL_ERROR, "continuation frame outside a fragmented message")
-        self._fragment_size += len(payload)
+        self._fragment_count += 1
+        if self._fragment_count > self.max_fragments:
+            raise ProtocolError(POLICY_VIOLATION, f"message in more than {self.max_fragments} fragments")
+        self._fragment_size += len(payload) + self.fragment_cost
         if self._fragment_size > self.max_size:
-            raise ProtocolError(MESSAGE_TOO_BIG, f"message exceeds {self.max_size} bytes")
+            raise ProtocolError(
+                MESSAGE_TOO_BIG,
+                f"message exceeds {self.max_size} bytes ({self.fragment_cost} counted per fragment)",
+            )
         if self._fragment_opcode == OP_TEXT:
             self._check_text(payload, final)
-        self._fragments.append(payload)
+        self._fragments += payload
         if not final:
             return None
-        message = (self._fragment_opcode, b"".join(self._fragments))
-        self._fragment_opcode, self._fragments, self._fragment_size = 0, [], 0
+        message = (self._fragment_opcode, bytes(self._fragments))
+        self._fragment_opcode, self._fragment_size, self._fragment_count = 0, 0, 0
+        self._fragments = bytearray()
         return message
 
     def _check_text(self, fragment: bytes, final: bool) -> None:

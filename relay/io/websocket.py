@@ -29,6 +29,7 @@ from yarl import URL
 
 from relay.core.websocket import (
     ABNORMAL_CLOSURE,
+    LARGE_FRAME,
     NO_STATUS,
     NORMAL_CLOSURE,
     OP_CLOSE,
@@ -45,12 +46,18 @@ from relay.core.websocket import (
     client_request,
     close_payload,
     encode_frame,
+    encode_frame_parts,
     parse_close,
     parse_response,
     select_subprotocol,
 )
 
 CLOSE_TIMEOUT_S = 5.0  # how long a close waits for the peer's answer before dropping the socket
+# Messages kept for a handler not set yet (the client side's first frames, a server side before
+# its session starts): past this many, or this many bytes, reading pauses until it takes them.
+MAX_EARLY_MESSAGES = 16
+MAX_EARLY_BYTES = 1024 * 1024
+_EARLY = "early"  # the read-pause reason while the early messages wait
 
 MessageHandler = Callable[[int, bytes], None]
 
@@ -74,6 +81,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.subprotocol: str | None = None
         self._handler: MessageHandler | None = None
         self._early: list[Message] = []  # messages that arrived before a handler was set
+        self._early_bytes = 0
         self._failure: ProtocolError | None = None  # a bad frame behind early messages
         self._read_pauses: set[str] = set()
         self._previous: asyncio.BaseProtocol | None = None  # aiohttp's, told when the socket goes
@@ -87,13 +95,15 @@ class WebSocketConnection(asyncio.Protocol):
         """Deliver text and binary messages to ``handler`` from now on, first any that waited
         (and then fail the connection if a bad frame came after them)."""
         self._handler = handler
-        early, self._early = self._early, []
+        early, self._early, self._early_bytes = self._early, [], 0
         try:
             for opcode, payload in early:
                 handler(opcode, payload)
         finally:
             if self._failure is not None:
                 self._protocol_error(self._failure)
+            else:
+                self.resume_reading(_EARLY)
 
     def take_over(self, transport: asyncio.Transport, previous: asyncio.BaseProtocol | None) -> None:
         """Become the protocol of an already-connected transport (a server-side upgrade)."""
@@ -107,7 +117,12 @@ class WebSocketConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or self.closing:
             return False
-        transport.write(encode_frame(data, opcode, mask=self.client_side))
+        if len(data) < LARGE_FRAME:
+            transport.write(encode_frame(data, opcode, mask=self.client_side))
+        else:  # header and payload apart: joining them would copy the whole payload once more
+            header, body = encode_frame_parts(data, opcode, mask=self.client_side)
+            transport.write(header)
+            transport.write(body)
         return True
 
     def ping(self) -> None:
@@ -120,6 +135,7 @@ class WebSocketConnection(asyncio.Protocol):
             self._protocol_error(self._failure)
         if self.transport is not None and not self.closing:
             self.closing = True
+            self._drop_early()  # no handler will take them now; what follows is dropped too
             frame = encode_frame(close_payload(code, reason), OP_CLOSE, mask=self.client_side)
             self.transport.write(frame)
             self.resume_reading_all()  # the peer's close frame must be read
@@ -133,6 +149,7 @@ class WebSocketConnection(asyncio.Protocol):
         if self.transport is not None:
             if not self.closing:
                 self.closing = True
+                self._drop_early()
                 frame = encode_frame(close_payload(code), OP_CLOSE, mask=self.client_side)
                 self.transport.write(frame)
             self.transport.close()
@@ -205,8 +222,15 @@ class WebSocketConnection(asyncio.Protocol):
                 messages, failure = exc.messages, exc
             for opcode, payload in messages:
                 if opcode < OP_CLOSE:  # text or binary
+                    if self.closing:
+                        # Our close is sent: data still arriving is read only to reach the
+                        # peer's close frame, and dropped (RFC 6455 section 1.4), never kept.
+                        continue
                     if self._handler is None:
                         self._early.append((opcode, payload))
+                        self._early_bytes += len(payload)
+                        if len(self._early) >= MAX_EARLY_MESSAGES or self._early_bytes >= MAX_EARLY_BYTES:
+                            self.pause_reading(_EARLY)
                     else:
                         self._handler(opcode, payload)
                 elif opcode == OP_CLOSE:
@@ -249,6 +273,9 @@ class WebSocketConnection(asyncio.Protocol):
         self.on_write_paused(False)
 
     # ------------------------------------------------------------------ internals
+    def _drop_early(self) -> None:
+        self._early, self._early_bytes = [], 0
+
     def _pong(self, payload: bytes) -> None:
         if self.transport is not None and not self.closing:
             self.transport.write(encode_frame(payload, OP_PONG, mask=self.client_side))

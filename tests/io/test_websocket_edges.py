@@ -24,7 +24,7 @@ from websockets.speedups import apply_mask
 from yarl import URL
 
 from relay.core.websocket import accept_key, close_payload, encode_frame
-from relay.io.websocket import connect
+from relay.io.websocket import MAX_EARLY_MESSAGES, WebSocketConnection, connect
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
 from tests.conftest import RelayFactory, RelayHandle
@@ -306,3 +306,98 @@ async def test_a_client_answers_the_messages_that_came_with_the_101_before_a_bad
         assert conn.close_code == 1007
     finally:
         listener.close()
+
+
+# ----------------------------------------------------------------------- buffers a client cannot grow
+class _Transport:
+    """Just enough of an asyncio transport to drive a connection by hand."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.reading = True
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = True
+
+
+def _client_frame(payload: bytes, first: int = 0x81) -> bytes:
+    key = os.urandom(4)
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", first, 0x80 | size)
+    elif size < 65536:
+        header = struct.pack("!BBH", first, 0x80 | 126, size)
+    else:
+        header = struct.pack("!BBQ", first, 0x80 | 127, size)
+    return header + key + apply_mask(payload, key)
+
+
+def _server_connection() -> tuple[WebSocketConnection, _Transport]:
+    conn = WebSocketConnection(client_side=False, max_size=1 << 24)
+    transport = _Transport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    return conn, transport
+
+
+async def test_messages_waiting_for_a_handler_pause_reading_and_are_all_delivered() -> None:
+    conn, transport = _server_connection()
+    frames = [f'{{"n":{i}}}'.encode() for i in range(MAX_EARLY_MESSAGES + 4)]
+    conn.data_received(b"".join(_client_frame(f) for f in frames))  # one read: all of it is kept
+    assert not transport.reading  # but nothing more is read until a handler takes them
+    got: list[bytes] = []
+    conn.set_handler(lambda opcode, payload: got.append(payload))
+    assert got == frames
+    assert transport.reading
+
+
+async def test_large_messages_waiting_for_a_handler_pause_reading_by_their_bytes() -> None:
+    conn, transport = _server_connection()
+    conn.data_received(_client_frame(b"x" * 600_000))
+    assert transport.reading
+    conn.data_received(_client_frame(b"y" * 600_000))
+    assert not transport.reading  # 1.2 MB waiting: over MAX_EARLY_BYTES
+
+
+async def test_data_after_our_close_frame_is_read_but_never_kept() -> None:
+    """A refused client (beta clients under RELAY_BETA_CLIENTS=reject) kept sending during the
+    close wait: every frame was kept for a handler that would never come (1.35 GB in 4.5 s)."""
+    conn, transport = _server_connection()
+    closing = asyncio.create_task(conn.close(4000, b"refused"))
+    await asyncio.sleep(0)
+    assert transport.writes == [encode_frame(close_payload(4000, b"refused"), 0x8)]
+    frame = _client_frame(b"z" * 60_000)
+    for _ in range(100):
+        conn.data_received(frame * 10)
+        assert transport.reading  # still read, to reach the peer's close frame
+    assert conn._early == []  # nothing was kept
+    conn.data_received(_client_frame(close_payload(4000), 0x88))
+    assert transport.closed  # the peer's close arrived: the socket goes
+    conn.connection_lost(None)
+    await closing
+
+
+async def test_a_large_message_is_written_apart_from_its_header() -> None:
+    conn, transport = _server_connection()
+    payload = os.urandom(200_000)
+    conn.send(payload, 0x2)
+    assert len(transport.writes) == 2
+    assert transport.writes[1] is payload
+    assert b"".join(transport.writes) == encode_frame(payload, 0x2)
+    conn.send(b"small")
+    assert transport.writes[2] == encode_frame(b"small")  # small ones: one write, as before
