@@ -21,6 +21,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from relay.core.usage import Budget, PriceOverride
+
 UpstreamKind = Literal["openai", "azure", "simulator"]
 
 _CSV = Annotated[list[str], NoDecode]
@@ -146,6 +148,42 @@ class Settings(BaseSettings):
     auth_failures_per_s: float = Field(20.0, ge=0)  # 0: no limit
     auth_failure_burst: int = Field(50, ge=1)
     jwt_max_lifetime_s: float = Field(86400.0, gt=0)  # exp at most this far from iat (or now)
+
+    # --- usage and budgets (relay/core/usage.py, relay/io/budgets.py) -----------------------
+    # Per model: USD per 1M tokens (per_minute: per minute of duration-priced transcription),
+    # merged over the built-in table; the key "default" prices models the table lacks.
+    prices: dict[str, PriceOverride] = Field(default_factory=dict)
+    # e.g. [{scope = "identity", period = "day", max_cost_usd = 5.0}]; environment: JSON.
+    budgets: list[Budget] = Field(default_factory=list)
+    # Shared by every worker and replica (budgets now, session resume later). Unset: in process.
+    redis_url: SecretStr | None = None
+    redis_timeout_s: float = Field(0.25, gt=0, le=10)  # per Redis command, connecting included
+    # Redis unreachable: "open" allows and counts relay_budget_store_failures_total, "closed" refuses.
+    budget_redis_failure: Literal["open", "closed"] = "open"
+    budget_recheck_s: float = Field(10.0, gt=0)  # a session re-reads its budgets at most this often
+    admin_token: SecretStr | None = None  # GET /admin/usage; unset: refused
+    # Identity keys and groups with their own series in relay_identity_*/relay_group_* (else "other").
+    usage_metrics_identities: _CSV = Field(default_factory=list)
+    usage_metrics_groups: _CSV = Field(default_factory=list)
+
+    @field_validator("redis_url", "admin_token", mode="before")
+    @classmethod
+    def _empty_secret_is_unset(cls, value: Any) -> Any:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return None if isinstance(raw, str) and not raw.strip() else value
+
+    @field_validator("usage_metrics_identities", "usage_metrics_groups", mode="before")
+    @classmethod
+    def _split_usage_csv(cls, value: Any) -> Any:
+        return cls._split_csv(value)
+
+    @model_validator(mode="after")
+    def _check_usage(self) -> Settings:
+        if self.admin_token is not None:
+            admin = self.admin_token.get_secret_value()
+            if any(admin == token.get_secret_value() for token in self.client_tokens):
+                raise ValueError("admin_token must not be one of the client tokens")
+        return self
 
     @field_validator(
         "openai_api_key", "azure_openai_api_key", "azure_openai_endpoint", "jwt_secret", mode="before"
