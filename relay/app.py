@@ -14,6 +14,8 @@ from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry
 
 from relay.core.credentials import Authenticator, FailureLimiter
+from relay.io.admin import add_usage_routes
+from relay.io.budgets import budgets_context
 from relay.io.context import RelayContext, SessionRegistry
 from relay.io.guard import LogThrottle
 from relay.io.handler import (
@@ -46,11 +48,14 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app.on_response_prepare.append(_edge_headers)
     _register_secrets(settings)
     app.cleanup_ctx.append(_embedded_simulator)
+    # Before the sessions' context: torn down after them, so their last spends are counted.
+    app.cleanup_ctx.append(budgets_context(settings, app[METRICS]))
     app.cleanup_ctx.append(_relay_context)
     app.router.add_get("/v1/realtime", realtime_endpoint)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
+    add_usage_routes(app, settings)  # /admin/usage, /v1/relay/prices
     if settings.console_enabled:
         _add_console(app)
     return app

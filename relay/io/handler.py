@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import time
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import hdrs, web
 
@@ -26,6 +28,7 @@ from relay.core.protocol import (
     REALTIME_SUBPROTOCOL,
     Interface,
 )
+from relay.io.budgets import BUDGETS, BudgetsUnavailable
 from relay.io.context import CapacityExceeded, RelayContext
 from relay.io.frames import dumps
 from relay.io.guard import LogThrottle, peer_key
@@ -53,15 +56,25 @@ class Admission:
 class Rejection(Exception):
     """An upgrade refused at the HTTP level; ``reason`` is a bounded metric label."""
 
-    def __init__(self, status: int, reason: str, message: str, *, retry_after_s: int | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        message: str,
+        *,
+        retry_after_s: int | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.message = message
         self.retry_after_s = retry_after_s
+        self.details = details  # more fields of the error body, e.g. the budget exceeded
 
     def response(self) -> web.Response:
-        body = {"error": {"type": "relay_rejection", "code": self.reason, "message": self.message}}
+        error: dict[str, Any] = {"type": "relay_rejection", "code": self.reason, "message": self.message}
+        body = {"error": error | self.details if self.details else error}
         response = web.json_response(body, status=self.status)
         if self.retry_after_s is not None:
             # A flood on one keep-alive connection ends here: the next attempt needs a new one.
@@ -123,7 +136,9 @@ def admit(ctx: RelayContext, request: web.Request) -> Admission:
     beta = is_beta_client(request, subprotocols)
     intent = request.query.get("intent") or "realtime"
     if intent not in INTENTS:
-        raise Rejection(400, "invalid_intent", f"intent must be 'realtime' or 'transcription', not {intent!r}")
+        raise Rejection(
+            400, "invalid_intent", f"intent must be 'realtime' or 'transcription', not {intent!r}"
+        )
     # The API's forms: ?model= (realtime), ?intent=transcription without a model, and Azure's
     # ?deployment=..., which names a deployment where OpenAI names a model.
     requested = request.query.get("model") or request.query.get("deployment")
@@ -141,10 +156,39 @@ def admit(ctx: RelayContext, request: web.Request) -> Admission:
     return Admission(identity, model, beta, intent)
 
 
+async def within_budget(request: web.Request, identity: Identity) -> None:
+    """A client over a budget gets no new session: 429 naming the limit, its period and when it
+    resets (``Retry-After``). One in-process lookup, or one Redis round trip; none without budgets."""
+    budgets = request.app[BUDGETS]
+    if not budgets.enabled:
+        return
+    now = time.time()
+    try:
+        exceeded = await budgets.over(budgets.keys_for(identity), now)
+    except BudgetsUnavailable:
+        budgets.refused(None, "upgrade")
+        raise Rejection(
+            503,
+            "budget_unavailable",
+            "the relay cannot check this client's budget right now; retry shortly",
+            retry_after_s=5,
+        ) from None
+    if exceeded is not None:
+        budgets.refused(exceeded, "upgrade")
+        raise Rejection(
+            429,
+            "budget_exceeded",
+            exceeded.message(),
+            retry_after_s=exceeded.retry_after_s(now),
+            details={"budget": exceeded.as_json(now)},
+        )
+
+
 async def realtime_endpoint(request: web.Request) -> web.StreamResponse:
     ctx = request.app[RELAY_CONTEXT]
     try:
         admission = admit(ctx, request)
+        await within_budget(request, admission.identity)
         try:
             ctx.registry.reserve(admission.identity)
         except CapacityExceeded as exc:

@@ -155,6 +155,66 @@ class RelayMetrics:
             "Connections open now whose first request head has not arrived whole.",
             registry=r,
         )
+        # Usage and budgets (relay/io/budgets.py), counted once per response or transcription.
+        # Models are the price table's names or "other"; identities and groups have their own
+        # series only when listed in RELAY_USAGE_METRICS_IDENTITIES / _GROUPS, else "other".
+        self.tokens_total = Counter(
+            "relay_tokens",
+            "Tokens the provider reported, by kind (input_text, input_audio, input_image, "
+            "input_cached, output_text, output_audio; exclusive) and model.",
+            ["kind", "model"],
+            registry=r,
+        )
+        self.cost_usd_total = Counter(
+            "relay_cost_usd", "Estimated cost in USD from the price table, by model.", ["model"], registry=r
+        )
+        self.transcription_seconds_total = Counter(
+            "relay_transcription_seconds",
+            "Audio seconds of duration-priced input transcription, by model.",
+            ["model"],
+            registry=r,
+        )
+        self.identity_tokens_total = Counter(
+            "relay_identity_tokens", "Tokens by listed client identity.", ["identity"], registry=r
+        )
+        self.identity_cost_usd_total = Counter(
+            "relay_identity_cost_usd", "Estimated USD by listed client identity.", ["identity"], registry=r
+        )
+        self.group_tokens_total = Counter(
+            "relay_group_tokens", "Tokens by listed group.", ["group"], registry=r
+        )
+        self.group_cost_usd_total = Counter(
+            "relay_group_cost_usd", "Estimated USD by listed group.", ["group"], registry=r
+        )
+        self.budget_refusals_total = Counter(
+            "relay_budget_refusals",
+            "Upgrades and response.create refused over a budget, by scope, period and where "
+            '(upgrade, response); scope "store" when the counters were unreachable (fail closed).',
+            ["scope", "period", "where"],
+            registry=r,
+        )
+        self.budget_store_failures_total = Counter(
+            "relay_budget_store_failures",
+            "Budget counter operations that failed (Redis unreachable), by operation: check, spend, report.",
+            ["operation"],
+            registry=r,
+        )
+        # Phone calls (relay/io/calls.py): the call endpoints' requests, and the G.711 formats
+        # the relay wrote into a call's session (field failure F4).
+        self.call_requests_total = Counter(
+            "relay_call_requests",
+            "Requests to /v1/realtime/calls/{call_id}/{action}, by action and result: ok, "
+            "upstream_4xx, upstream_5xx, upstream_error (unreachable or timed out), refused (by the "
+            "relay: a bad accept or call id), unauthorized.",
+            ["action", "result"],
+            registry=r,
+        )
+        self.call_format_fills_total = Counter(
+            "relay_call_format_fills",
+            "Accepts and call session.updates into which the relay wrote the call's G.711 formats.",
+            ["where"],
+            registry=r,
+        )
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
