@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from relay.core.credentials import Authenticator, FailureLimiter
 from relay.io.admin import add_usage_routes
 from relay.io.budgets import budgets_context
+from relay.io.calls import add_call_routes
 from relay.io.context import RelayContext, SessionRegistry
 from relay.io.guard import LogThrottle
 from relay.io.handler import (
@@ -52,6 +53,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app.cleanup_ctx.append(budgets_context(settings, app[METRICS]))
     app.cleanup_ctx.append(_relay_context)
     app.router.add_get("/v1/realtime", realtime_endpoint)
+    if settings.calls_enabled:
+        add_call_routes(app)  # POST /v1/realtime/calls/{call_id}/accept|reject|refer|hangup
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)

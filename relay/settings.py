@@ -129,6 +129,15 @@ class Settings(BaseSettings):
     # --- beta clients ----------------------------------------------------------------------
     beta_clients: Literal["translate", "reject"] = "translate"
 
+    # --- phone calls (relay/io/calls.py, relay/core/calls.py) --------------------------------
+    calls_enabled: bool = True  # POST /v1/realtime/calls/{call_id}/{action} and ?call_id= sockets
+    # A call's G.711 format when its accept names none (OpenAI's SIP answers with PCMU).
+    calls_audio_format: Literal["audio/pcmu", "audio/pcma"] = "audio/pcmu"
+    # Write the call's formats into an accept (and a call's session.update) that names none: the
+    # API once reset such a session to PCM and callers heard static. PCM is refused either way.
+    calls_fill_formats: bool = True
+    calls_timeout_s: float = Field(10.0, gt=0)  # one call request to the upstream, in all
+
     # --- operations ------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"  # any case
     log_format: Literal["json", "console"] = "json"

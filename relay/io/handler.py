@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from relay.core.beta_translator import BetaTranslator
+from relay.core.calls import is_call_id
 from relay.core.credentials import AuthError, FailureLimiter, Identity, token_from_request
 from relay.core.errors import error_event, new_id
 from relay.core.models import ModelNotAllowed, resolve_model
@@ -51,6 +52,7 @@ class Admission:
     model: str | None  # None: a transcription session (no model, as the API takes it)
     beta_client: bool
     intent: str = "realtime"
+    call_id: str | None = None  # ?call_id=: the control socket of a phone call
 
 
 class Rejection(Exception):
@@ -109,15 +111,13 @@ def is_beta_client(request: web.Request, subprotocols: list[str]) -> bool:
     )
 
 
-def admit(ctx: RelayContext, request: web.Request) -> Admission:
-    """Decide at the HTTP level whether this upgrade may proceed; raises :class:`Rejection`."""
+def authenticate(ctx: RelayContext, request: web.Request) -> Identity:
+    """Who the client is, or the refusal: origin, the failed-auth budget, credentials. The
+    upgrade and the phone-call endpoints (``relay.io.calls``) admit alike."""
     settings = ctx.settings
-    if ctx.draining:
-        raise Rejection(503, "draining", "the relay is shutting down; reconnect to another instance")
     origin = request.headers.get(hdrs.ORIGIN)
     if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins:
         raise Rejection(403, "origin_not_allowed", f"origin {origin!r} is not allowed")
-    subprotocols = _subprotocols(request)
     failures = request.app[AUTH_FAILURES]
     peer = peer_key(request.remote)
     if failures.blocked(peer):  # before the credentials are read: guessing is slowed too
@@ -127,13 +127,21 @@ def admit(ctx: RelayContext, request: web.Request) -> Admission:
             "too many failed authentications from this address; retry later",
             retry_after_s=math.ceil(1 / failures.rate_per_s),
         )
-    token = token_from_request(request.headers.get(hdrs.AUTHORIZATION), subprotocols)
+    token = token_from_request(request.headers.get(hdrs.AUTHORIZATION), _subprotocols(request))
     try:
-        identity = ctx.authenticator.authenticate(token)
+        return ctx.authenticator.authenticate(token)
     except AuthError as exc:
         failures.failed(peer)
         raise Rejection(401, exc.reason, exc.message) from None
-    beta = is_beta_client(request, subprotocols)
+
+
+def admit(ctx: RelayContext, request: web.Request) -> Admission:
+    """Decide at the HTTP level whether this upgrade may proceed; raises :class:`Rejection`."""
+    settings = ctx.settings
+    if ctx.draining:
+        raise Rejection(503, "draining", "the relay is shutting down; reconnect to another instance")
+    identity = authenticate(ctx, request)
+    beta = is_beta_client(request, _subprotocols(request))
     intent = request.query.get("intent") or "realtime"
     if intent not in INTENTS:
         raise Rejection(
@@ -142,6 +150,8 @@ def admit(ctx: RelayContext, request: web.Request) -> Admission:
     # The API's forms: ?model= (realtime), ?intent=transcription without a model, and Azure's
     # ?deployment=..., which names a deployment where OpenAI names a model.
     requested = request.query.get("model") or request.query.get("deployment")
+    if "call_id" in request.query:
+        return _call_admission(ctx, request.query["call_id"], Admission(identity, requested, beta, intent))
     if intent == "transcription":
         return Admission(identity, requested, beta, intent)  # its models are in session.update
     try:
@@ -226,6 +236,40 @@ async def realtime_endpoint(request: web.Request) -> web.StreamResponse:
         return upgraded.response
     finally:
         ctx.registry.release(session, admission.identity.key)
+
+
+def _call_admission(ctx: RelayContext, call_id: str, asked: Admission) -> Admission:
+    """``?call_id=``: the control socket of a phone call. As on the API, exactly one of
+    ``model``, ``call_id`` and ``intent=transcription``: a call's model and session type were
+    chosen when it was accepted."""
+    if asked.model or asked.intent == "transcription":
+        raise Rejection(
+            400,
+            "call_id_conflict",
+            "give one of ?model=, ?call_id= and ?intent=transcription: a call's model and session "
+            "were chosen when it was accepted",
+        )
+    if not ctx.settings.calls_enabled:
+        raise Rejection(
+            403, "calls_disabled", "phone calls are switched off on this relay (RELAY_CALLS_ENABLED)"
+        )
+    if not is_call_id(call_id):
+        raise Rejection(
+            400, "invalid_call_id", "call_id must be 1-128 letters, digits, '_' or '-', as the API's are"
+        )
+    admission = Admission(asked.identity, None, asked.beta_client, "realtime", call_id)
+    _refuse_until_sessions_attach_calls(admission)
+    return admission
+
+
+def _refuse_until_sessions_attach_calls(admission: Admission) -> None:
+    """The session code does not attach to calls yet (it would open ?model= upstream, a new
+    session beside the call): 501 until it does. Wiring it removes this call."""
+    raise Rejection(
+        501,
+        "call_sessions_unavailable",
+        "this relay serves the call endpoints, but not yet a call's control socket",
+    )
 
 
 def _translate_beta(ctx: RelayContext) -> bool:

@@ -215,6 +215,22 @@ class RelayMetrics:
             ["where"],
             registry=r,
         )
+        # Phone calls (relay/io/calls.py): the call endpoints' requests, and the G.711 formats
+        # the relay wrote into a call's session (field failure F4).
+        self.call_requests_total = Counter(
+            "relay_call_requests",
+            "Requests to /v1/realtime/calls/{call_id}/{action}, by action and result: ok, "
+            "upstream_4xx, upstream_5xx, upstream_error (unreachable or timed out), refused (by the "
+            "relay: a bad accept or call id), unauthorized.",
+            ["action", "result"],
+            registry=r,
+        )
+        self.call_format_fills_total = Counter(
+            "relay_call_format_fills",
+            "Accepts and call session.updates into which the relay wrote the call's G.711 formats.",
+            ["where"],
+            registry=r,
+        )
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
