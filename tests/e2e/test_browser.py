@@ -92,6 +92,12 @@ async def test_console_conversation_in_chromium(
         log = page.get_by_test_id("event-log")
         await expect(log).to_contain_text("input_audio_buffer.speech_started")
         await expect(log).to_contain_text("response.done", timeout=20_000)
+        # The running usage, from response.done's usage and the relay's price list.
+        await expect(page.get_by_test_id("usage-tokens")).not_to_have_text("0")
+        cost = await page.get_by_test_id("usage-cost").text_content()
+        assert cost is not None
+        assert cost.startswith("$")
+        assert float(cost[1:]) > 0
         played = await page.get_by_test_id("played").text_content()
         assert played is not None
         assert int(played.split()[0]) > 500

@@ -1,4 +1,6 @@
 // The relay's voice console: plain browser JavaScript, the way a frontend app talks to the relay.
+import { loadPrices, priceFor, responseUsage, transcriptionUsage } from "./usage.js";
+
 const $ = (id) => document.getElementById(id);
 const testid = (name) => document.querySelector(`[data-testid="${name}"]`);
 
@@ -8,6 +10,22 @@ let capture = null;
 let playhead = 0; // when the next response chunk starts, on the AudioContext clock
 let playedMs = 0;
 const lines = new Map(); // item id -> transcript <li>
+let prices = null; // the relay's price list (GET /v1/relay/prices)
+loadPrices().then((loaded) => (prices = loaded));
+const usage = { tokens: 0, cost: 0, model: null, transcriptionModel: null };
+
+function addUsage({ tokens, cost }) {
+  usage.tokens += tokens;
+  usage.cost = cost === null || usage.cost === null ? null : usage.cost + cost;
+  testid("usage-tokens").textContent = String(usage.tokens);
+  testid("usage-cost").textContent = usage.cost === null ? "n/a" : `$${usage.cost.toFixed(4)}`;
+}
+
+function learnModels(session) {
+  if (session.model && session.type !== "transcription") usage.model = session.model;
+  const transcription = session.audio && session.audio.input && session.audio.input.transcription;
+  if (transcription && transcription.model) usage.transcriptionModel = transcription.model;
+}
 
 function log(direction, event, isError = false) {
   const li = document.createElement("li");
@@ -63,6 +81,11 @@ const handlers = {
   "session.created": (e) => {
     testid("session-id").textContent = e.session.id;
     testid("session-model").textContent = e.session.model;
+    learnModels(e.session);
+  },
+  "session.updated": (e) => learnModels(e.session),
+  "response.done": (e) => {
+    if (e.response.usage) addUsage(responseUsage(e.response.usage, priceFor(prices, usage.model)));
   },
   "input_audio_buffer.speech_started": () => (testid("vad").textContent = "speaking"),
   "input_audio_buffer.speech_stopped": () => (testid("vad").textContent = "silent"),
@@ -74,7 +97,10 @@ const handlers = {
     if (text) li.textContent = text;
   },
   "conversation.item.input_audio_transcription.delta": (e) => (line(e.item_id, "user").textContent += e.delta),
-  "conversation.item.input_audio_transcription.completed": (e) => (line(e.item_id, "user").textContent = e.transcript),
+  "conversation.item.input_audio_transcription.completed": (e) => {
+    line(e.item_id, "user").textContent = e.transcript;
+    if (e.usage) addUsage(transcriptionUsage(e.usage, priceFor(prices, usage.transcriptionModel)));
+  },
   "response.output_audio_transcript.delta": (e) => (line(e.item_id, "assistant").textContent += e.delta),
   "response.output_text.delta": (e) => (line(e.item_id, "assistant").textContent += e.delta),
   "response.output_audio.delta": (e) => play(e.delta),
@@ -87,6 +113,8 @@ function connect(token, model) {
   const protocols = token ? ["realtime", `openai-insecure-api-key.${token}`] : ["realtime"];
   ws = new WebSocket(`${scheme}://${location.host}/v1/realtime?model=${encodeURIComponent(model)}`, protocols);
   testid("connection").textContent = "connecting";
+  Object.assign(usage, { tokens: 0, cost: 0, model: model, transcriptionModel: null });
+  addUsage({ tokens: 0, cost: 0 });
   ws.onopen = () => {
     testid("connection").textContent = "connected";
     $("connect").disabled = true;
