@@ -82,6 +82,30 @@ class InvalidEvent(Exception):
         return error_event(self.code, self.message, param=self.param, client_event_id=self.client_event_id)
 
 
+def event_too_large(
+    event_type: str | None, size: int, limit: int, client_event_id: str | None
+) -> InvalidEvent:
+    """A frame over the relay's size limit for its event type (refused before any parse)."""
+    what = f"'{event_type}' events" if event_type else "events"
+    message = (
+        f"Event too large: the relay accepts {what} of up to {limit} bytes, but this one has {size} bytes."
+    )
+    return InvalidEvent("event_too_large", message, None, client_event_id)
+
+
+def event_too_complex(detail: str, client_event_id: str | None) -> InvalidEvent:
+    """An event whose structure is beyond what any real event needs (refused before validation)."""
+    return InvalidEvent(
+        "event_too_complex", f"Event too complex: this event {detail}.", None, client_event_id
+    )
+
+
+def duplicate_key(key: str, client_event_id: str | None) -> InvalidEvent:
+    """An object with a key twice: the relay reads one value and the API might read the other."""
+    message = f"Invalid event: the key '{key}' appears more than once in the same object."
+    return InvalidEvent("duplicate_key", message, None, client_event_id)
+
+
 class UpstreamError(RelayError):
     """The upstream failed; ``retryable`` tells a transient failure from a permanent one."""
 

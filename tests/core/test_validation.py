@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import time
 import typing
 from typing import Any
 
@@ -469,3 +470,37 @@ def test_fuzzed_events_only_ever_raise_invalid_event(base: dict[str, Any], data:
     if outcome is not None:
         assert outcome.code
         assert outcome.message
+
+
+# ---------------------------------------------------------------------------------- one error, found fast
+@pytest.mark.parametrize(
+    ("event", "param"),
+    [
+        (
+            {
+                "type": "conversation.item.create",
+                "item": {"type": "message", "role": "user", "content": [1] * 100_000},
+            },
+            "item.content[0]",
+        ),
+        ({"type": "response.create", "response": {"metadata": {f"k{i}": i for i in range(100_000)}}}, None),
+        (
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "tools": [{"type": "function", "name": 1}] * 100_000},
+            },
+            "session.tools[0].name",
+        ),
+    ],
+)
+def test_validation_stops_at_the_first_bad_element(event: dict[str, Any], param: str | None) -> None:
+    """pydantic collects every error; 100,000 bad elements took ~1 s and ~300 MB to collect and
+    rank, for one reported error. Lists and dicts now stop at their first bad element."""
+    started = time.perf_counter()
+    error = _reject(event)
+    assert time.perf_counter() - started < 0.1  # measured: under 1 ms (before: 1.1 s)
+    if param is not None:
+        assert error.param == param
+    else:
+        assert error.code == "invalid_type"
+        assert error.param is not None
