@@ -1,34 +1,47 @@
 """The client-to-upstream checks, in the order the API would apply them.
 
-Parse once, validate against the interface the client speaks, check audio, apply the operator's
-policy, and report the frames to forward. A frame the relay did not change is forwarded as the
-exact bytes the client sent.
+Bound the frame (size per event type and structure, before any parse: ``relay.core.bounds``),
+parse once, refuse duplicate keys, validate against the interface the client speaks, check
+audio, apply the operator's policy, and report the frames to forward. A frame the relay did not
+change is forwarded as the exact bytes the client sent.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from relay.core import bounds
 from relay.core.audio import AudioAccount, InputAudioCheck, encoding_of
 from relay.core.beta_translator import BetaTranslator
+from relay.core.errors import event_too_large
 from relay.core.policy import Policy
 from relay.core.protocol import Interface
+from relay.core.session_kind import check_session_kind
 from relay.core.validation import Validator, parse_client_frame
-from relay.io.frames import dumps, event_type_of
+from relay.io.frames import dumps, peek_type
 from relay.settings import Settings
 
 Checked = list[tuple[bytes, str, dict[str, Any] | None]]
 
 _APPEND = "input_audio_buffer.append"
+_APPENDS = frozenset({_APPEND, "session.input_audio_buffer.append"})
+_SMALL_EVENT_BYTES = bounds.SMALL_EVENT_BYTES
 
 
 class ClientEventChecker:
     """Validation, audio accounting and policy for one session's client events."""
 
     def __init__(
-        self, settings: Settings, interface: Interface, translator: BetaTranslator | None = None
+        self,
+        settings: Settings,
+        interface: Interface,
+        translator: BetaTranslator | None = None,
+        kind: str = "realtime",
     ) -> None:
+        self.kind = kind  # "transcription" for ?intent=transcription: no responses, no items
         self.enabled = settings.validate_events or translator is not None
+        self.max_bytes = settings.max_message_bytes
+        self._fast_path_bytes = _SMALL_EVENT_BYTES if self.enabled else -1  # -1: never
         self.translator = translator
         self.validator = Validator(Interface.BETA if translator is not None else interface)
         self.policy = Policy.from_settings(settings)
@@ -39,20 +52,81 @@ class ClientEventChecker:
 
     def check(self, data: bytes) -> Checked:
         """The frames to forward for one client frame; raises InvalidEvent to reject it."""
-        if not self.enabled:
-            peeked_type, peeked = event_type_of(data)
-            return [(data, peeked_type, peeked)]
+        # Every event type may be 64 KiB (SMALL_EVENT_BYTES): only larger frames need their type
+        # and structure looked at before the parse, so the 20 ms append pays one comparison.
+        if len(data) > self._fast_path_bytes:
+            return self._check_large_or_unvalidated(data)
         event = parse_client_frame(data)
-        if event["type"] == _APPEND and Validator.is_plain_append(event):
+        if event["type"] == _APPEND and bounds.plain_append(data, event):
             # The 20 ms append is ~98% of client frames: its keys were just checked, which is
-            # all the schema would do, so it goes straight to the audio checks.
+            # all the schema would do, and its length shows none came twice, so it goes
+            # straight to the audio checks.
             self.audio = self.input_audio.check(event["audio"], event.get("event_id"))
             self.account.bytes += len(self.audio)
             return [(data, _APPEND, event)]
+        return self._checked(data, event, False, None)
+
+    def _check_large_or_unvalidated(self, data: bytes) -> Checked:
+        large = len(data) > _SMALL_EVENT_BYTES
+        peeked = self._check_large(data) if large else None
+        if not self.enabled:
+            return self._unvalidated(data, large, peeked)
+        event = parse_client_frame(data)
+        if event["type"] == _APPEND and bounds.plain_append(data, event):
+            self.audio = self.input_audio.check(event["audio"], event.get("event_id"))
+            self.account.bytes += len(self.audio)
+            return [(data, _APPEND, event)]
+        return self._checked(data, event, large, peeked)
+
+    def _checked(self, data: bytes, event: dict[str, Any], large: bool, peeked: str | None) -> Checked:
+        """Every event but the plain append: bounded, validated, translated, policed."""
+        self._check_parsed(data, event, large, peeked)
         self.validator.check(event)
         if self.translator is not None and event["type"] != _APPEND:
-            return [self._one(dumps(ga), ga) for ga in self.translator.client_to_ga(event)]
+            translated = self.translator.client_to_ga(event)
+            for ga in translated:
+                check_session_kind(ga, self.kind)
+            return [self._one(dumps(ga), ga) for ga in translated]
+        check_session_kind(event, self.kind)
         return [self._one(data, event)]
+
+    def _check_large(self, data: bytes) -> str | None:
+        """Size for the event type in the frame's first bytes, then structure: before any parse."""
+        peeked = peek_type(data)
+        bounds.check_size(data, peeked, self._limit(peeked))
+        if len(data) >= bounds.STRUCTURE_CHECK_BYTES:
+            bounds.check_values(data)
+        return peeked
+
+    def _check_parsed(self, data: bytes, event: dict[str, Any], large: bool, peeked: str | None) -> None:
+        event_type = event["type"]
+        if large and peeked != event_type and isinstance(event_type, str):
+            # The type was not first (or not where peek_type looks): its limit applies now.
+            limit = self._limit(event_type)
+            if len(data) > limit:
+                raise event_too_large(event_type, len(data), limit, _eid(event))
+        bounds.check_parsed(data, event)
+
+    def _limit(self, event_type: str | None) -> int:
+        return bounds.size_limit(event_type, self.max_bytes, validating=self.enabled)
+
+    def _unvalidated(self, data: bytes, large: bool, peeked: str | None) -> Checked:
+        """Schema validation is off: appends pass untouched; other events (rare) are parsed and
+        bounded, so that the operator's policy still applies to them."""
+        if not large:
+            peeked = peek_type(data)
+        # An append passes unparsed, unless a second "type" could make it another event for the
+        # API (the policy would not have seen it): then it is parsed, and a duplicate refused.
+        if peeked in _APPENDS and (not self.policy.active or data.find(b'"type"', 7) < 0):
+            return [(data, str(peeked), None)]
+        event = parse_client_frame(data)
+        self._check_parsed(data, event, large, peeked)
+        event_type = event["type"] if isinstance(event["type"], str) else "invalid"
+        if event_type in _APPENDS:  # an append whose type is not first: untouched as well
+            return [(data, event_type, event)]
+        if self.policy.apply(event):
+            data = dumps(event)
+        return [(data, event_type, event)]
 
     def _one(self, data: bytes, event: dict[str, Any]) -> tuple[bytes, str, dict[str, Any] | None]:
         event_type = str(event["type"])
