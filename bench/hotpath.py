@@ -1,6 +1,6 @@
 """The relay's own work per forwarded frame, without sockets: ``python -m bench.hotpath``.
 
-A real ``RelaySession`` (validation on, metrics, supervisor state, readiness gate) sits between two
+A real ``Conversation`` (validation on, metrics, supervisor state, readiness gate) sits between two
 WebSocket connections whose transports only collect what is written. Client frames are fed as a
 browser sends them (masked 20 ms PCM16 appends) and upstream frames as the API sends them (audio
 deltas). What this times is the Python the relay runs per frame; the benchmark's CPU per frame
@@ -23,8 +23,8 @@ from bench.audio import speech_like
 from relay.core.credentials import Authenticator
 from relay.core.websocket import encode_frame
 from relay.io.context import RelayContext, SessionRegistry
+from relay.io.conversation import Conversation
 from relay.io.link import UpstreamLink
-from relay.io.session import RelaySession
 from relay.io.upstream import UpstreamConfig
 from relay.io.websocket import WebSocketConnection
 from relay.observability.metrics import RelayMetrics
@@ -62,7 +62,7 @@ class _Sink:
 class HotPath:
     """One session wired to null transports; ``c2u()`` / ``u2c()`` forward one frame each."""
 
-    def __init__(self, session: RelaySession, client: WebSocketConnection, upstream: WebSocketConnection):
+    def __init__(self, session: Conversation, client: WebSocketConnection, upstream: WebSocketConnection):
         self.session, self.client, self.upstream = session, client, upstream
         self.client_sink, self.upstream_sink = _Sink(), _Sink()
         client.connection_made(self.client_sink)  # type: ignore[arg-type]
@@ -111,10 +111,10 @@ async def open_hot_path(http: aiohttp.ClientSession) -> HotPath:
     )
     client = WebSocketConnection(client_side=False, max_size=settings.max_message_bytes)
     upstream = WebSocketConnection(client_side=True, max_size=settings.max_message_bytes)
-    session = RelaySession(ctx, client, session_id="relay_bench", identity_key="bench", model="gpt-realtime")
-    client.set_handler(session.on_client_message)
+    session = Conversation(ctx, session_id="relay_bench", identity_key="bench", model="gpt-realtime")
     target = await ctx.upstreams.target("gpt-realtime", "relay_bench")
     path = HotPath(session, client, upstream)  # wires the transports before the session uses them
+    session.attach_client(client)
     session.attach(UpstreamLink(upstream, target, time.monotonic()))
     session.gate.session_ready = True
     return path

@@ -109,7 +109,6 @@ async def _relay_context(app: web.Application) -> AsyncIterator[None]:
                 settings.max_sessions, settings.max_sessions_per_identity, settings.max_sessions_per_token
             ),
         )
-        app[RELAY_CONTEXT].registry.empty.set()
         yield
         await close_sessions(app, code=1001)
 
@@ -205,11 +204,6 @@ async def close_sessions(app: web.Application, code: int) -> None:
     ctx = app.get(RELAY_CONTEXT)
     if ctx is None or not ctx.registry.sessions:
         return
-    await asyncio.gather(
-        *(session.shutdown(code) for session in list(ctx.registry.sessions)),
-        return_exceptions=True,
-    )
-    try:
-        await asyncio.wait_for(ctx.registry.empty.wait(), timeout=5.0)
-    except TimeoutError:
-        _log.warning("sessions_did_not_close", remaining=len(ctx.registry.sessions))
+    remaining = await ctx.registry.close_all(code)
+    if remaining:
+        _log.warning("sessions_did_not_close", remaining=remaining)

@@ -126,6 +126,17 @@ class Settings(BaseSettings):
     rerequest_pending_response: bool = True
     notify_replacements: bool = False
 
+    # --- client resume -----------------------------------------------------------------------
+    # A client whose connection ends without a normal close (1006, a reset, a keepalive timeout,
+    # 1001) is detached, not ended: its conversation goes on for this long, waiting for a resume.
+    resume_grace_s: float = Field(60.0, ge=0)  # 0: no resume, a lost client ends the session
+    resume_buffer_bytes: int = Field(16 * 1024 * 1024, ge=1024)  # kept for a detached client
+    resume_buffer_events: int = Field(20_000, ge=1)
+    # Kept while attached: what may still be in flight (socket buffers) when a connection dies.
+    resume_window_bytes: int = Field(256 * 1024, ge=0)
+    resume_window_events: int = Field(256, ge=0)
+    resume_cancel_responses: bool = False  # cancel a response streaming to a detached client
+
     # --- beta clients ----------------------------------------------------------------------
     beta_clients: Literal["translate", "reject"] = "translate"
 

@@ -13,11 +13,14 @@ import re
 REDACTED = "[redacted]"
 _secrets: set[str] = set()
 # Provider keys (sk-..., sk-proj-..., even when masked with *), bearer credentials, the browser
-# subprotocol that carries a token, and key-bearing query parameters (Azure's ?api-key=).
+# subprotocol that carries a token, resume tokens (subprotocol or header), and key-bearing query
+# parameters (Azure's ?api-key=).
 _PATTERNS = (
     re.compile(r"sk-[A-Za-z0-9_\-*.]{3,}"),
     re.compile(r"(?i)bearer\s+[A-Za-z0-9._\-~+/=]+"),
     re.compile(r"openai-insecure-api-key\.[^\s,'\"]+"),
+    re.compile(r"relay-resume\.[^\s,'\"]+"),
+    re.compile(r"relay_[A-Za-z0-9]+\.[A-Za-z0-9_\-]{32,}"),
     re.compile(r"(?i)(?<=[?&])(api[-_]key|access_token|token|key|sig)=[^&\s'\"]+"),
 )
 

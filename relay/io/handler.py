@@ -29,11 +29,12 @@ from relay.core.protocol import (
     REALTIME_SUBPROTOCOL,
     Interface,
 )
+from relay.core.resume import split_token
 from relay.io.budgets import BUDGETS, BudgetsUnavailable
 from relay.io.context import CapacityExceeded, RelayContext
+from relay.io.conversation import Conversation
 from relay.io.frames import dumps
 from relay.io.guard import LogThrottle, peer_key
-from relay.io.session import RelaySession
 from relay.io.websocket import WebSocketConnection, accept
 from relay.observability.logging import get_logger
 
@@ -41,6 +42,10 @@ RELAY_CONTEXT: web.AppKey[RelayContext] = web.AppKey("relay_context", RelayConte
 AUTH_FAILURES: web.AppKey[FailureLimiter] = web.AppKey("auth_failures", FailureLimiter)
 REJECTION_LOG: web.AppKey[LogThrottle] = web.AppKey("rejection_log", LogThrottle)
 SESSION_HEADER = "X-Relay-Session-Id"
+RESUME_TOKEN_HEADER = "X-Relay-Resume-Token"
+RESUME_SUBPROTOCOL_PREFIX = "relay-resume."
+LAST_EVENT_HEADER = "X-Relay-Last-Event-Id"
+RESUME_HEADER = "X-Relay-Resume"
 INTENTS = ("realtime", "transcription")
 
 _log = get_logger()
@@ -196,24 +201,32 @@ async def within_budget(request: web.Request, identity: Identity) -> None:
 
 async def realtime_endpoint(request: web.Request) -> web.StreamResponse:
     ctx = request.app[RELAY_CONTEXT]
+    resume = ResumeRequest.of(request)
     try:
         admission = admit(ctx, request)
-        await within_budget(request, admission.identity)
-        try:
-            ctx.registry.reserve(admission.identity)
-        except CapacityExceeded as exc:
-            raise Rejection(429, exc.reason, exc.message) from None
+        if resume.token is not None:
+            conversation = _resumable(ctx, resume.token, admission.identity.key)
+        else:
+            await within_budget(request, admission.identity)
+            try:
+                ctx.registry.reserve(admission.identity)
+            except CapacityExceeded as exc:
+                raise Rejection(429, exc.reason, exc.message) from None
+            conversation = _conversation(ctx, admission)
     except Rejection as rejection:
         ctx.metrics.auth_rejections_total.labels(rejection.reason).inc()
         log_rejection(request, rejection)
         return rejection.response()
-    session: RelaySession | None = None
+    started = resume.token is not None  # a resumed conversation is already running
     try:
-        session_id = new_id("relay_")
+        token, digest = conversation.credential.prepare()
+        headers = {SESSION_HEADER: conversation.id}
+        if conversation.resumable:
+            headers[RESUME_TOKEN_HEADER] = token
         upgraded = await accept(
             request,
             subprotocols=(REALTIME_SUBPROTOCOL,),
-            headers={SESSION_HEADER: session_id},
+            headers=headers,
             max_size=ctx.settings.max_message_bytes,
             write_limits=(ctx.settings.send_high_water_bytes, ctx.settings.send_low_water_bytes),
         )
@@ -222,20 +235,73 @@ async def realtime_endpoint(request: web.Request) -> web.StreamResponse:
         if admission.beta_client and not _translate_beta(ctx):
             await _refuse_beta(upgraded.connection)
             return upgraded.response
-        session = RelaySession(
-            ctx,
-            upgraded.connection,
-            session_id=session_id,
-            identity_key=admission.identity.key,
-            model=admission.model,
-            intent=admission.intent,
-            beta=_translator(ctx, admission.beta_client),
-        )
-        ctx.registry.add(session)
-        await session.run()
+        if started and conversation.ended:  # it ended while this resume was being upgraded
+            await upgraded.connection.close(1000, b"the session has ended")
+            return upgraded.response
+        conversation.credential.adopt(digest)
+        conversation.attach_client(upgraded.connection, last_event_id=resume.last_event_id)
+        if resume.notify and conversation.resumable:
+            conversation.notify_resume(token)
+        if not started:
+            ctx.registry.start(conversation)
+            started = True
+        # The conversation goes on without this connection (a resume attaches the next one).
+        await upgraded.connection.closed
         return upgraded.response
     finally:
-        ctx.registry.release(session, admission.identity.key)
+        if not started:
+            ctx.registry.release(admission.identity.key)
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeRequest:
+    """What a returning client brings: its resume token (a header, or for browsers the
+    subprotocol ``relay-resume.<token>``), the last event it processed, and whether it wants the
+    opt-in ``relay.session_resumable`` event (``?relay_resume=1``, or the header)."""
+
+    token: str | None
+    last_event_id: str | None
+    notify: bool
+
+    @classmethod
+    def of(cls, request: web.Request) -> ResumeRequest:
+        token = request.headers.get(RESUME_TOKEN_HEADER)
+        for protocol in _subprotocols(request):
+            if protocol.startswith(RESUME_SUBPROTOCOL_PREFIX):
+                token = protocol[len(RESUME_SUBPROTOCOL_PREFIX) :]
+        last = request.query.get("last_event_id") or request.headers.get(LAST_EVENT_HEADER)
+        wants = request.query.get("relay_resume") or request.headers.get(RESUME_HEADER) or ""
+        return cls(token or None, last or None, wants.strip().lower() in ("1", "true", "yes"))
+
+
+def _resumable(ctx: RelayContext, token: str, identity_key: str) -> Conversation:
+    """The conversation a resume token names, or the refusal: 401 for a token that does not open
+    it, 403 for another identity's, 410 for a conversation that is gone."""
+    parts = split_token(token)
+    if parts is None:
+        raise Rejection(401, "invalid_resume_token", "the resume token is malformed")
+    found = ctx.registry.get(parts[0])
+    if not isinstance(found, Conversation) or found.ended:
+        ctx.metrics.resumes_total.labels("gone").inc()
+        raise Rejection(410, "session_gone", "the session to resume has ended (or its grace expired)")
+    refusal = found.credential.check(parts[1], identity_key)
+    if refusal is not None:
+        ctx.metrics.resumes_total.labels(refusal).inc()
+        if refusal == "wrong_identity":
+            raise Rejection(403, "resume_identity_mismatch", "the session belongs to another client")
+        raise Rejection(401, "invalid_resume_token", "the resume token is not valid for this session")
+    return found
+
+
+def _conversation(ctx: RelayContext, admission: Admission) -> Conversation:
+    return Conversation(
+        ctx,
+        session_id=new_id("relay_"),
+        identity_key=admission.identity.key,
+        model=admission.model,
+        intent=admission.intent,
+        beta=_translator(ctx, admission.beta_client),
+    )
 
 
 def _call_admission(ctx: RelayContext, call_id: str, asked: Admission) -> Admission:

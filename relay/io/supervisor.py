@@ -282,6 +282,13 @@ class Supervisor:
                 return False
             await asyncio.sleep(_QUIET_POLL_S)
 
+    def cancel_response(self) -> None:
+        """Stop the response streaming to an app that went away (the setting that prefers a
+        cheaper re-ask to an answer kept for its return)."""
+        link = self.session.link
+        if link is not None:
+            self._send_own(link, [{"type": "response.cancel"}])
+
     # ------------------------------------------------------------------ reactive recovery
     async def recover(self, dead: UpstreamLink) -> None:
         """After an unexpected close: reconnect, replay and resume, or raise why not."""

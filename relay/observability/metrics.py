@@ -96,6 +96,27 @@ class RelayMetrics:
             "relay's error rate (a flood of bad frames); each refusal is still counted by code.",
             registry=r,
         )
+        self.client_detached_total = Counter(
+            "relay_client_detached",
+            "Clients whose connection ended without a normal close, kept for a resume.",
+            registry=r,
+        )
+        self.detached_sessions = Gauge(
+            "relay_detached_sessions", "Conversations waiting for their client to resume.", registry=r
+        )
+        self.resumes_total = Counter(
+            "relay_resumes",
+            "Resumes by result: ok, gap (the client's last event was older than the log), refused "
+            "(wrong_token, wrong_identity, gone), and conversations lost waiting (grace_expired, "
+            "buffer_full).",
+            ["result"],
+            registry=r,
+        )
+        self.client_events_deduplicated_total = Counter(
+            "relay_client_events_deduplicated",
+            "Client events sent again (same event_id or item id) and not forwarded twice.",
+            registry=r,
+        )
         self.audio_split_samples_total = Counter(
             "relay_audio_split_samples",
             "Audio appends that ended mid-sample (legal: the API's buffer is a byte stream).",
@@ -197,22 +218,6 @@ class RelayMetrics:
             "relay_budget_store_failures",
             "Budget counter operations that failed (Redis unreachable), by operation: check, spend, report.",
             ["operation"],
-            registry=r,
-        )
-        # Phone calls (relay/io/calls.py): the call endpoints' requests, and the G.711 formats
-        # the relay wrote into a call's session (field failure F4).
-        self.call_requests_total = Counter(
-            "relay_call_requests",
-            "Requests to /v1/realtime/calls/{call_id}/{action}, by action and result: ok, "
-            "upstream_4xx, upstream_5xx, upstream_error (unreachable or timed out), refused (by the "
-            "relay: a bad accept or call id), unauthorized.",
-            ["action", "result"],
-            registry=r,
-        )
-        self.call_format_fills_total = Counter(
-            "relay_call_format_fills",
-            "Accepts and call session.updates into which the relay wrote the call's G.711 formats.",
-            ["where"],
             registry=r,
         )
         # Phone calls (relay/io/calls.py): the call endpoints' requests, and the G.711 formats

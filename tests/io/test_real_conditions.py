@@ -277,7 +277,7 @@ async def test_an_open_microphone_keeps_only_the_vad_padding(
         {"type": "input_audio_buffer.append", "audio": base64.b64encode(audio[:CHUNK]).decode()}
     )
     await _until(lambda: len(upstream.current.audio) == len(audio) + CHUNK)
-    (session,) = relay.app[RELAY_CONTEXT].registry.sessions
+    (session,) = relay.app[RELAY_CONTEXT].registry.sessions.values()
     kept = session.supervisor.state.audio.kept_bytes
     assert kept <= (300 + 300 + 20) * 48, f"kept {kept} bytes of 30 s of uncommitted room noise"
     await client.close()

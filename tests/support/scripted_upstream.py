@@ -80,6 +80,9 @@ class ScriptedUpstream:
         return self
 
     async def close(self) -> None:
+        # Close the sessions first, as a server going away does: a relay still connected then
+        # sees 1001 at once instead of waiting out its close timeout on a server gone deaf.
+        await asyncio.gather(*(c.ws.close(code=1001) for c in self.connections if not c.ws.closed))
         await self.server.close()
 
     @property

@@ -1,4 +1,8 @@
-"""One relay session: a client WebSocket and the succession of upstream sessions behind it.
+"""One conversation: the succession of upstream sessions behind an app, and the app's connection.
+
+The conversation owns the upstream links, the supervisor, the session state and the resume log;
+the app's connection is attached to it (``relay.io.attachment``) and may drop and come back
+(resume) while the conversation goes on, for a grace period.
 
 Frames are forwarded from the sockets' own callbacks, synchronously: a client frame is parsed,
 checked and written upstream before the next one is read, with no task switch or await on the
@@ -9,9 +13,10 @@ Backpressure is the transports': when one side's send buffer passes its high-wat
 relay stops reading the other side until it drains, and when the hold is full it stops reading
 the client. Nothing is dropped and memory stays bounded.
 
-The session owns its tasks (housekeeping, recovery, rotation) and cancels and awaits them on
-the way out. Anything that ends the session (the client leaving, a fatal upstream failure, a
-stuck peer, a bug in a callback) resolves one future, and :meth:`run` reports it to the client.
+The conversation owns its tasks (housekeeping, recovery, rotation) and cancels and awaits them
+on the way out. Anything that ends it (the client leaving for good, a fatal upstream failure, a
+stuck peer, the resume grace running out, a bug in a callback) resolves one future, and
+:meth:`run` reports it to the client, if one is attached.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from relay.core.errors import HoldOverflow, InvalidEvent, RelayError, UpstreamEr
 from relay.core.gate import ReadinessGate
 from relay.core.ratelimit import TokenBucket
 from relay.core.redaction import redact_text
+from relay.core.resume import ResumeBufferFull, ResumeCredential, SeenClientEvents, SentLog
 from relay.core.websocket import OP_BINARY, OP_TEXT
 from relay.io import upstream as upstream_mod
+from relay.io.attachment import DetachedClient, ended_on_purpose
 from relay.io.context import RelayContext
 from relay.io.frames import delta_chars, dumps, event_type_of, peek_type
 from relay.io.inbound import ClientEventChecker
@@ -52,13 +59,12 @@ class ClientGone(Exception):
     """The client stopped reading, or stopped answering pings, for longer than allowed."""
 
 
-class RelaySession:
-    """Bridges one client connection to upstream Realtime sessions."""
+class Conversation:
+    """Bridges an app (attached, or away for a while) to upstream Realtime sessions."""
 
     def __init__(
         self,
         ctx: RelayContext,
-        client: WebSocketConnection,
         *,
         session_id: str,
         identity_key: str,
@@ -67,7 +73,7 @@ class RelaySession:
         beta: BetaTranslator | None = None,
     ) -> None:
         self.ctx = ctx
-        self.client = client
+        self.client: WebSocketConnection | DetachedClient = DetachedClient()
         self.id = session_id
         self.model = model
         self.intent = intent  # "transcription": transcripts only, no conversation, no responses
@@ -81,7 +87,7 @@ class RelaySession:
             timeout_s=self.settings.hold_timeout_s,
         )
         self.beta = beta  # set for a beta client translated to a GA upstream
-        self.checker = ClientEventChecker(ctx.settings, ctx.upstreams.interface, beta)
+        self.checker = ClientEventChecker(ctx.settings, ctx.upstreams.interface, beta, intent)
         self.checker.input_audio.on_split_sample = self._split_sample
         self._split_samples = 0
         self._error_budget = TokenBucket(ERRORS_PER_SECOND, ERROR_BURST)
@@ -93,6 +99,18 @@ class RelaySession:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
         self.supervisor = Supervisor(self)
+        settings = self.settings
+        self.sent = SentLog(
+            window_bytes=settings.resume_window_bytes,
+            window_frames=settings.resume_window_events,
+            max_bytes=settings.resume_buffer_bytes,
+            max_frames=settings.resume_buffer_events,
+        )
+        self.credential = ResumeCredential(session_id, identity_key)
+        self.seen = SeenClientEvents()
+        self.detached_at: float | None = None
+        self.resumable = settings.resume_grace_s > 0
+        self._notify_resume = False
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
@@ -110,13 +128,6 @@ class RelaySession:
             )
 
     async def _run(self) -> None:
-        client = self.client
-        # Read the client from the start: events sent while the upstream connects are checked
-        # and held (bounded, with backpressure), not left to pile up unread.
-        client.set_handler(self.on_client_message)
-        client.on_failure = self.end
-        client.on_write_paused = self._client_write_paused
-        client.closed.add_done_callback(lambda _: self.end(None))
         self.spawn(self._housekeeping(), "housekeeping")
         try:
             try:
@@ -139,6 +150,82 @@ class RelaySession:
         if not self._ended.done():
             self._ended.set_result(failure)
 
+    # ------------------------------------------------------------------ the app's connection
+    def attach_client(self, conn: WebSocketConnection, *, last_event_id: str | None = None) -> None:
+        """Attach the app's connection: the first one, or a resume's (then everything after the
+        event the app processed last goes out first, once, in order)."""
+        previous, self.client = self.client, conn
+        if isinstance(previous, WebSocketConnection):  # came back before its old socket was seen gone
+            previous.on_failure = _ignore_failure
+            previous.abort()
+        resumed = self.detached_at is not None or isinstance(previous, WebSocketConnection)
+        self.detached_at = None
+        # Read the client from the start: events sent while the upstream connects are checked
+        # and held (bounded, with backpressure), not left to pile up unread.
+        conn.set_handler(self.on_client_message)
+        conn.on_failure = self.end
+        conn.on_write_paused = self._client_write_paused
+        conn.closed.add_done_callback(functools.partial(self._client_closed, conn))
+        if resumed:
+            backlog, found = self.sent.after(last_event_id)
+            for frame in backlog:
+                conn.send(frame)
+            self.metrics.resumes_total.labels("ok" if found or not len(self.sent) else "gap").inc()
+            self.log.info("client_resumed", replayed_events=len(backlog), last_event_found=found)
+        self.sent.attach()
+        self.metrics.detached_sessions.set(self.ctx.registry.detached())
+        if link := self.link:
+            link.conn.resume_reading("client")  # whatever paused it was the old connection's
+
+    def notify_resume(self, token: str) -> None:
+        """The opt-in event that hands a browser its resume token (SDKs ignore unknown types)."""
+        self._notify_resume = True
+        event = {
+            "type": "relay.session_resumable",
+            "event_id": new_id("event_"),
+            "session_id": self.id,
+            "resume_token": token,
+            "grace_s": self.settings.resume_grace_s,
+        }
+        self.client.send(dumps(event))  # not in the resume log: a resume gets a fresh token
+
+    def _client_closed(self, conn: WebSocketConnection, _: object) -> None:
+        if conn is not self.client:
+            return  # an old connection, already replaced by a resume
+        if self._closing or not self.resumable or ended_on_purpose(conn.close_code):
+            self.end(None)
+            return
+        self.client = DetachedClient()
+        self.detached_at = time.monotonic()
+        self.sent.detach()
+        self.metrics.client_detached_total.inc()
+        self.metrics.detached_sessions.set(self.ctx.registry.detached())
+        self.log.info("client_detached", close_code=conn.close_code, grace_s=self.settings.resume_grace_s)
+        if link := self.link:
+            link.conn.resume_reading("client")  # nothing is read: answers go to the resume log
+        if self.settings.resume_cancel_responses and self.supervisor.state.active_response is not None:
+            self.supervisor.cancel_response()
+
+    @property
+    def detached(self) -> bool:
+        return self.detached_at is not None
+
+    @property
+    def ended(self) -> bool:
+        return self._closing or self._ended.done()
+
+    def _to_client(self, data: bytes) -> None:
+        """Every server frame for the app: kept for a resume, sent if it is attached."""
+        try:
+            self.sent.append(data)
+        except ResumeBufferFull as exc:
+            self.outcome = "resume_buffer_full"
+            self.metrics.resumes_total.labels("buffer_full").inc()
+            self.log.warning("resume_buffer_full", detail=str(exc))
+            self.end(None)
+            return
+        self.client.send(data)
+
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         """Run ``coro`` as a task the session owns; its failure ends the session."""
         task = asyncio.create_task(coro, name=f"{self.id}:{name}")
@@ -151,6 +238,10 @@ class RelaySession:
             self.end(task.exception())
 
     async def _report(self, exc: BaseException) -> None:
+        if self.detached:
+            self.outcome = getattr(exc, "code", None) or "error"
+            self.log.warning("session_failed_while_detached", error=repr(exc))
+            return
         if isinstance(exc, RelayError):
             await self._fail(exc)
         elif isinstance(exc, ClientGone):
@@ -242,7 +333,7 @@ class RelaySession:
         if opcode == OP_TEXT:
             self.on_upstream_text(link, data)
         else:  # the API sends no binary frames; pass any through untouched
-            self.client.send(data, OP_BINARY)
+            self.client.send(data, OP_BINARY)  # not kept for a resume: nothing a client can use
 
     def on_upstream_text(self, link: UpstreamLink, data: bytes) -> None:
         received = time.perf_counter()
@@ -272,7 +363,7 @@ class RelaySession:
                 self._after_server_event(event_type)
                 return
             data = beta
-        self.client.send(data)
+        self._to_client(data)
         self.metrics.frame(U2C, event_type, len(data))
         if received:
             self.metrics.latency(U2C, time.perf_counter() - received)
@@ -330,6 +421,10 @@ class RelaySession:
         if self.beta is not None:
             self._report_dropped_beta_fields()
         for frame, event_type, event in checked:
+            if event_type != _APPEND and event is not None and self.seen.repeated(event):
+                # Sent again by an app unsure it arrived before its connection dropped.
+                self.metrics.client_events_deduplicated_total.inc()
+                continue
             self.forward_upstream(frame, event_type, event)
             self.metrics.frame(C2U, event_type, len(frame))
         self.metrics.latency(C2U, time.perf_counter() - received)
@@ -412,7 +507,7 @@ class RelaySession:
             if translated is None:
                 return
             event = translated
-        self.client.send(dumps(event))
+        self._to_client(dumps(event))
 
     def _split_sample(self) -> None:
         """Legal, but worth knowing: apps that cut samples often have other audio bugs."""
@@ -469,6 +564,11 @@ class RelaySession:
                 self.log.warning("hold_timeout", held_events=self.gate.held_count)
                 raise
             self._check_peers(now, interval)
+            if self.detached_at is not None and now - self.detached_at > self.settings.resume_grace_s:
+                self.outcome = "resume_grace_expired"
+                self.metrics.resumes_total.labels("grace_expired").inc()
+                self.log.info("resume_grace_expired", grace_s=self.settings.resume_grace_s)
+                return self.end(None)
             if self.link is not None and self.supervisor.rotation_due(now):
                 self.spawn(self.supervisor.start_rotation(), "rotation")
 
@@ -508,6 +608,10 @@ _APPEND = "input_audio_buffer.append"
 _RELEASING_SERVER_TYPES = frozenset({"session.created", "session.updated", "error"})
 
 
+def _ignore_failure(exc: BaseException) -> None:
+    return None
+
+
 def _scrub(error: Any) -> bool:
     """Redact an error's message in place; True if anything was removed."""
     if not isinstance(error, dict) or not isinstance(error.get("message"), str):
@@ -524,4 +628,4 @@ def _loads(data: bytes) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-__all__ = ["RelaySession", "new_id", "peek_type"]
+__all__ = ["Conversation", "new_id", "peek_type"]

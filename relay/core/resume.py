@@ -1,0 +1,147 @@
+"""Resume bookkeeping, sans I/O: what a client that lost its connection needs to carry on.
+
+A conversation outlives its client's connection (a phone switching networks, an app sent to the
+background, a relay redeployed). Three things make the client's return exact:
+
+- :class:`SentLog`: the server events sent to the client, kept after they were written. While the
+  client is attached only a short window is kept (the frames in flight when a connection dies may
+  never have arrived); while it is away everything is kept, bounded in bytes and count. On its
+  return the client names the last event it processed and gets every later one, once, in order.
+- :class:`ResumeCredential`: a secret the client shows to come back, bound to its identity,
+  replaced at each resume, kept only as a hash and compared in constant time.
+- :class:`SeenClientEvents`: the client events already forwarded, by ``event_id`` and item id, so
+  an app that re-sends what it is unsure about creates no duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any
+
+TOKEN_BYTES = 32
+_EVENT_ID = b'"event_id":"'
+
+
+class ResumeBufferFull(Exception):
+    """The client stayed away while more was said than the buffer holds: it cannot resume."""
+
+
+class SentLog:
+    """Server frames sent (or meant) for the client, oldest first."""
+
+    def __init__(self, *, window_bytes: int, window_frames: int, max_bytes: int, max_frames: int) -> None:
+        self.window_bytes, self.window_frames = window_bytes, window_frames
+        self.max_bytes, self.max_frames = max_bytes, max_frames
+        self._frames: deque[bytes] = deque()
+        self.bytes = 0
+        self.detached = False
+
+    def append(self, frame: bytes) -> None:
+        """Called for every frame to the client: an append and, mostly, nothing else."""
+        self._frames.append(frame)
+        self.bytes += len(frame)
+        if self.detached:
+            if self.bytes > self.max_bytes or len(self._frames) > self.max_frames:
+                raise ResumeBufferFull(f"{len(self._frames)} events, {self.bytes} bytes")
+            return
+        frames = self._frames
+        while self.bytes > self.window_bytes or len(frames) > self.window_frames:
+            self.bytes -= len(frames.popleft())
+
+    def after(self, event_id: str | None) -> tuple[list[bytes], bool]:
+        """The frames after the one carrying ``event_id`` (all of them when it is not found), and
+        whether it was found: a miss means the client may have lost events older than the log."""
+        frames = list(self._frames)
+        if not event_id:
+            return frames, False
+        needle = _EVENT_ID + event_id.encode() + b'"'
+        for index in range(len(frames) - 1, -1, -1):  # the last processed event is usually recent
+            if needle in frames[index]:
+                return frames[index + 1 :], True
+        return frames, False
+
+    def detach(self) -> None:
+        self.detached = True
+
+    def attach(self) -> None:
+        self.detached = False
+        frames = self._frames
+        while self.bytes > self.window_bytes or len(frames) > self.window_frames:
+            self.bytes -= len(frames.popleft())
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+
+@dataclass
+class ResumeCredential:
+    """A conversation's resume secret: ``<session id>.<secret>`` handed out, a hash kept."""
+
+    session_id: str
+    identity_key: str
+    digest: bytes = b""
+
+    def prepare(self) -> tuple[str, bytes]:
+        """A new token and its hash, to :meth:`adopt` once the client has it (an upgrade that
+        fails after this must not have cost the client its old token)."""
+        secret = secrets.token_urlsafe(TOKEN_BYTES)
+        return f"{self.session_id}.{secret}", _digest(secret)
+
+    def adopt(self, digest: bytes) -> None:
+        """The token behind ``digest`` is the one from now on; any earlier one stops working."""
+        self.digest = digest
+
+    def check(self, secret: str, identity_key: str) -> str | None:
+        """None if ``secret`` resumes this conversation for ``identity_key``; else why not
+        (``wrong_token``, then ``wrong_identity``: a stolen token fails on its owner)."""
+        if not (self.digest and hmac.compare_digest(self.digest, _digest(secret))):
+            return "wrong_token"
+        if not hmac.compare_digest(identity_key.encode(), self.identity_key.encode()):
+            return "wrong_identity"
+        return None
+
+
+def split_token(token: str) -> tuple[str, str] | None:
+    """``(session id, secret)`` of a resume token, or None when it is not shaped like one."""
+    session_id, dot, secret = token.partition(".")
+    if not dot or not session_id or len(secret) < TOKEN_BYTES:
+        return None
+    return session_id, secret
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).digest()
+
+
+class SeenClientEvents:
+    """Client event ids and item ids already forwarded upstream (the newest ``limit`` of each)."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self.limit = limit
+        self._event_ids: OrderedDict[str, None] = OrderedDict()
+        self._item_ids: OrderedDict[str, None] = OrderedDict()
+
+    def repeated(self, event: dict[str, Any]) -> bool:
+        """True for an event forwarded before (it is dropped); otherwise it is remembered."""
+        event_id = event.get("event_id")
+        if isinstance(event_id, str) and event_id in self._event_ids:
+            return True
+        item = event.get("item") if event.get("type") == "conversation.item.create" else None
+        item_id = item.get("id") if isinstance(item, dict) else None
+        if isinstance(item_id, str) and item_id in self._item_ids:
+            return True
+        if isinstance(event_id, str):
+            _remember(self._event_ids, event_id, self.limit)
+        if isinstance(item_id, str):
+            _remember(self._item_ids, item_id, self.limit)
+        return False
+
+
+def _remember(seen: OrderedDict[str, None], key: str, limit: int) -> None:
+    seen[key] = None
+    if len(seen) > limit:
+        seen.popitem(last=False)

@@ -1,0 +1,118 @@
+"""The conversations this process holds: caps at the upgrade, lookup for a resume, draining.
+
+A conversation outlives the connection that started it, so it runs as a task of its own, owned
+here (cancelled and awaited at shutdown), not inside the HTTP handler that upgraded it. Its slot
+under the caps is held from the upgrade until the conversation ends, attached or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from relay.core.credentials import Identity
+
+
+class CapacityExceeded(Exception):
+    """Over the global or per-identity session cap: HTTP 429 at the upgrade."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class Live(Protocol):
+    """What the registry needs of a conversation."""
+
+    id: str
+    identity_key: str
+
+    @property
+    def detached(self) -> bool: ...
+    def run(self) -> Coroutine[Any, Any, None]: ...
+    async def shutdown(self, code: int = 1001, message: str = "the relay is shutting down") -> None: ...
+
+
+@dataclass
+class SessionRegistry:
+    """Live conversations, by id, for caps, resume, draining and readiness."""
+
+    max_sessions: int
+    max_per_identity: int  # a JWT identity: one user
+    max_per_token: int | None = None  # a static token: usually a whole app's
+    sessions: dict[str, Live] = field(default_factory=dict)
+    per_identity: Counter[str] = field(default_factory=Counter)
+    empty: asyncio.Event = field(default_factory=asyncio.Event)
+    reserved: int = 0  # admitted at the upgrade, whether or not their session has started yet
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.empty.set()
+
+    def reserve(self, identity: Identity) -> None:
+        if self.reserved >= self.max_sessions:
+            raise CapacityExceeded(
+                "global_session_cap",
+                f"the relay is at its session capacity ({self.max_sessions} sessions; "
+                "RELAY_MAX_SESSIONS raises it)",
+            )
+        limit, setting = self._limit_for(identity)
+        if limit is not None and self.per_identity[identity.key] >= limit:
+            raise CapacityExceeded(
+                "identity_session_cap",
+                f"too many concurrent sessions for this client identity ({limit} per "
+                f"{'token' if identity.kind == 'token' else 'identity'}; {setting} raises it)",
+            )
+        self.per_identity[identity.key] += 1
+        self.reserved += 1
+
+    def _limit_for(self, identity: Identity) -> tuple[int | None, str]:
+        if identity.kind == "token":
+            return self.max_per_token, "RELAY_MAX_SESSIONS_PER_TOKEN"
+        return self.max_per_identity, "RELAY_MAX_SESSIONS_PER_IDENTITY"
+
+    def start(self, conversation: Live) -> None:
+        """Run ``conversation`` (already reserved) until it ends; then free its slot."""
+        self.sessions[conversation.id] = conversation
+        self.empty.clear()
+        task = asyncio.create_task(conversation.run(), name=f"conversation {conversation.id}")
+        self._tasks.add(task)
+        task.add_done_callback(lambda done: self._ended(done, conversation))
+
+    def _ended(self, task: asyncio.Task[None], conversation: Live) -> None:
+        self._tasks.discard(task)
+        self.sessions.pop(conversation.id, None)
+        self.release(conversation.identity_key)
+
+    def release(self, identity_key: str) -> None:
+        """Free a reserved slot (an upgrade that never started its conversation, or one ended)."""
+        self.reserved -= 1
+        self.per_identity[identity_key] -= 1
+        if self.per_identity[identity_key] <= 0:
+            del self.per_identity[identity_key]
+        if not self.sessions:
+            self.empty.set()
+
+    def get(self, session_id: str) -> Live | None:
+        return self.sessions.get(session_id)
+
+    def detached(self) -> int:
+        return sum(1 for conversation in self.sessions.values() if conversation.detached)
+
+    async def close_all(self, code: int, timeout_s: float = 5.0) -> int:
+        """Close every conversation with ``code``; returns how many did not end in time."""
+        await asyncio.gather(
+            *(conversation.shutdown(code) for conversation in list(self.sessions.values())),
+            return_exceptions=True,
+        )
+        if self._tasks:
+            _, pending = await asyncio.wait(list(self._tasks), timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            return len(pending)
+        return 0
