@@ -19,6 +19,7 @@ from tests.conftest import RelayFactory, RelayHandle
 from tests.support.sim_control import SimControl
 from tests.support.speech import speech_pcm16, write_wav
 from tests.support.system import require_binary
+from tests.support.tcp_proxy import CuttableProxy
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 CHROMIUM_ARGS = [
@@ -118,3 +119,50 @@ async def test_console_conversation_in_chromium(
         assert await page.get_by_test_id("session-id").text_content() == session_id
         assert await log.locator("li.error").count() == 0
         await browser.close()
+
+
+@pytest.mark.slow
+async def test_console_resumes_the_same_conversation_after_the_network_drops(
+    stack: tuple[RelayHandle, SimControl], tmp_path: Path
+) -> None:
+    """The page's connection is reset under it (no close frame, as when Wi-Fi goes): the console
+    resumes with its token, and the conversation, the session and the transcript carry on."""
+    chromium = require_binary("chromium", package="chromium")
+    pytest.importorskip("playwright")
+    from playwright.async_api import async_playwright, expect
+
+    relay, _ = stack
+    proxy = await CuttableProxy(relay.server.port).start()
+    try:
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            page = await browser.new_page()
+            await page.goto(f"http://127.0.0.1:{proxy.port}/")
+            await page.get_by_test_id("token").fill(relay.token)
+            await page.get_by_test_id("connect").click()
+            await expect(page.get_by_test_id("connection")).to_have_text("connected", timeout=10_000)
+            await expect(page.get_by_test_id("session-id")).to_contain_text("sess_")
+            session_id = await page.get_by_test_id("session-id").text_content()
+            transcript = page.get_by_test_id("transcript")
+            await page.get_by_test_id("text").fill("What is the weather like?")
+            await page.get_by_test_id("send").click()
+            # Cut the network while the answer streams: the rest must arrive after the resume.
+            await expect(transcript.locator("li.assistant")).not_to_have_text("", timeout=10_000)
+            proxy.cut()
+            await expect(page.get_by_test_id("connection")).to_have_text(
+                "connected (resumed)", timeout=10_000
+            )
+            await expect(transcript.locator("li.assistant")).to_have_text(
+                "It is sunny and warm today.", timeout=20_000
+            )
+            log = page.get_by_test_id("event-log")
+            await expect(log).to_contain_text("response.done", timeout=20_000)
+            await page.get_by_test_id("text").fill("And tomorrow?")
+            await page.get_by_test_id("send").click()
+            await expect(transcript.locator("li.assistant")).to_have_count(2, timeout=20_000)
+            assert await page.get_by_test_id("session-id").text_content() == session_id
+            assert await log.locator("li.error").count() == 0
+            assert relay.metric("relay_resumes_total", {"result": "ok"}) == 1
+            await browser.close()
+    finally:
+        await proxy.close()

@@ -40,6 +40,20 @@ class SimControl:
                 raise AssertionError(f"no open simulator session for {relay_session}")
             await asyncio.sleep(0.05)
 
+    async def replacement(
+        self, relay_session: str, old_id: str, item_id: str, timeout: float = 10
+    ) -> dict[str, Any]:
+        """The open session that replaced ``old_id`` once its replay has reached ``item_id``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            session = await self.open_session(relay_session, timeout)
+            if session["id"] != old_id and any(i["id"] == item_id for i in session["conversation"]):
+                return session
+            if loop.time() > deadline:
+                raise AssertionError(f"no replacement of {old_id} holding {item_id}")
+            await asyncio.sleep(0.05)
+
     async def fault(self, session_id: str, **fault: Any) -> None:
         await self._request("POST", f"/_sim/sessions/{session_id}/fault", fault)
 

@@ -106,30 +106,56 @@ const handlers = {
   "response.output_audio.delta": (e) => play(e.delta),
 };
 
-function connect(token, model) {
+// A connection lost without a close (1006) or going away (1001) is resumed: the relay kept the
+// conversation and sends what was said meanwhile, once (README, "When the app's own connection
+// drops"). The token arrives as the opt-in relay.session_resumable event.
+const resume = { token: null, lastEventId: null, attempts: 0 };
+const RESUMABLE_CLOSES = [1001, 1006];
+
+function connect(token, model, resuming = false) {
   audio = audio || new AudioContext();
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   // Browsers cannot set headers on a WebSocket: the relay token travels as a subprotocol.
   const protocols = token ? ["realtime", `openai-insecure-api-key.${token}`] : ["realtime"];
-  ws = new WebSocket(`${scheme}://${location.host}/v1/realtime?model=${encodeURIComponent(model)}`, protocols);
-  testid("connection").textContent = "connecting";
-  Object.assign(usage, { tokens: 0, cost: 0, model: model, transcriptionModel: null });
-  addUsage({ tokens: 0, cost: 0 });
+  let query = `model=${encodeURIComponent(model)}&relay_resume=1`;
+  if (resuming) {
+    protocols.push(`relay-resume.${resume.token}`);
+    if (resume.lastEventId) query += `&last_event_id=${encodeURIComponent(resume.lastEventId)}`;
+  } else {
+    Object.assign(resume, { token: null, lastEventId: null, attempts: 0 });
+    Object.assign(usage, { tokens: 0, cost: 0, model: model, transcriptionModel: null });
+    addUsage({ tokens: 0, cost: 0 });
+  }
+  ws = new WebSocket(`${scheme}://${location.host}/v1/realtime?${query}`, protocols);
+  testid("connection").textContent = resuming ? "resuming" : "connecting";
   ws.onopen = () => {
-    testid("connection").textContent = "connected";
+    testid("connection").textContent = resuming ? "connected (resumed)" : "connected";
     $("connect").disabled = true;
     $("disconnect").disabled = false;
     $("mic").disabled = false;
+    if (resuming) return; // the conversation, its configuration included, is still there
     send({ type: "session.update", session: { type: "realtime",
       audio: { input: { transcription: { model: "gpt-4o-mini-transcribe" } } } } });
   };
   ws.onmessage = (message) => {
     const event = JSON.parse(message.data);
+    if (event.type === "relay.session_resumable") {
+      resume.token = event.resume_token;
+      resume.attempts = 0;
+      return;
+    }
+    if (event.event_id) resume.lastEventId = event.event_id;
     if (event.type !== "response.output_audio.delta") log("server", event, event.type === "error");
     const handler = handlers[event.type];
     if (handler) handler(event);
   };
   ws.onclose = (close) => {
+    if (RESUMABLE_CLOSES.includes(close.code) && resume.token && resume.attempts < 5) {
+      resume.attempts += 1;
+      testid("connection").textContent = `lost (${close.code}), resuming`;
+      setTimeout(() => connect(token, model, true), 250 * resume.attempts);
+      return;
+    }
     testid("connection").textContent = `closed (${close.code}${close.reason ? ": " + close.reason : ""})`;
     $("connect").disabled = false;
     $("disconnect").disabled = true;
