@@ -262,6 +262,9 @@ class Conversation:
         """Close the client (draining); the session then ends."""
         self.outcome = "drained"
         self._closing = True
+        if self.detached:  # no connection whose close would end it
+            self.end(None)
+            return
         await self.client.close(code, message.encode())
 
     async def _close_all(self) -> None:

@@ -82,6 +82,9 @@ class ScriptedUpstream:
     async def close(self) -> None:
         # Close the sessions first, as a server going away does: a relay still connected then
         # sees 1001 at once instead of waiting out its close timeout on a server gone deaf.
+        # New upgrades (a relay recovering) are refused from here on, or they would hold the
+        # server's shutdown until their keepalive gave up.
+        self.http_status = 503
         await asyncio.gather(*(c.ws.close(code=1001) for c in self.connections if not c.ws.closed))
         await self.server.close()
 
