@@ -38,6 +38,7 @@ from relay.core.resume import ResumeBufferFull, ResumeCredential, SeenClientEven
 from relay.core.websocket import OP_BINARY, OP_TEXT
 from relay.io import upstream as upstream_mod
 from relay.io.attachment import DetachedClient, ended_on_purpose
+from relay.io.budgets import SessionUsage
 from relay.io.context import RelayContext
 from relay.io.frames import delta_chars, dumps, event_type_of, peek_type
 from relay.io.inbound import ClientEventChecker
@@ -71,6 +72,7 @@ class Conversation:
         model: str | None,
         intent: str = "realtime",
         beta: BetaTranslator | None = None,
+        usage: SessionUsage | None = None,
     ) -> None:
         self.ctx = ctx
         self.client: WebSocketConnection | DetachedClient = DetachedClient()
@@ -78,6 +80,7 @@ class Conversation:
         self.model = model
         self.intent = intent  # "transcription": transcripts only, no conversation, no responses
         self.identity_key = identity_key
+        self.usage = usage  # tokens and cost from the API's own accounting; budgets
         self.settings = ctx.settings
         self.metrics = ctx.metrics
         self.log = get_logger(relay_session=session_id, client=identity_key, model=model or intent)
@@ -125,6 +128,7 @@ class Conversation:
                 "session_ended",
                 outcome=self.outcome,
                 duration_s=round(time.monotonic() - self.started, 3),
+                **({"usage": self.usage.summary()} if self.usage is not None else {}),
             )
 
     async def _run(self) -> None:
@@ -380,6 +384,8 @@ class Conversation:
         self, link: UpstreamLink, event_type: str, event: dict[str, Any], data: bytes
     ) -> bytes | None:
         """Track what the relay must know from a server event; returns the frame to forward."""
+        if self.usage is not None:  # before anything is hidden: every response is billed
+            self.usage.on_server_event(event_type, event)
         shown = self.supervisor.on_server_event(event_type, event, data)
         if shown is None:
             return None
@@ -424,10 +430,16 @@ class Conversation:
         if self.beta is not None:
             self._report_dropped_beta_fields()
         for frame, event_type, event in checked:
-            if event_type != _APPEND and event is not None and self.seen.repeated(event):
-                # Sent again by an app unsure it arrived before its connection dropped.
-                self.metrics.client_events_deduplicated_total.inc()
-                continue
+            if event_type != _APPEND and event is not None:
+                if self.seen.repeated(event):
+                    # Sent again by an app unsure it arrived before its connection dropped.
+                    self.metrics.client_events_deduplicated_total.inc()
+                    continue
+                if event_type == "response.create" and self.usage is not None:
+                    refusal = self.usage.refusal(event)
+                    if refusal is not None:  # over budget: refused, the session stays open
+                        self._reject(refusal)
+                        continue
             self.forward_upstream(frame, event_type, event)
             self.metrics.frame(C2U, event_type, len(frame))
         self.metrics.latency(C2U, time.perf_counter() - received)

@@ -30,7 +30,7 @@ from relay.core.protocol import (
     Interface,
 )
 from relay.core.resume import split_token
-from relay.io.budgets import BUDGETS, BudgetsUnavailable
+from relay.io.budgets import BUDGETS, Budgets, BudgetsUnavailable, SessionUsage
 from relay.io.context import CapacityExceeded, RelayContext
 from relay.io.conversation import Conversation
 from relay.io.frames import dumps
@@ -212,7 +212,7 @@ async def realtime_endpoint(request: web.Request) -> web.StreamResponse:
                 ctx.registry.reserve(admission.identity)
             except CapacityExceeded as exc:
                 raise Rejection(429, exc.reason, exc.message) from None
-            conversation = _conversation(ctx, admission)
+            conversation = _conversation(ctx, admission, request.app[BUDGETS])
     except Rejection as rejection:
         ctx.metrics.auth_rejections_total.labels(rejection.reason).inc()
         log_rejection(request, rejection)
@@ -293,7 +293,7 @@ def _resumable(ctx: RelayContext, token: str, identity_key: str) -> Conversation
     return found
 
 
-def _conversation(ctx: RelayContext, admission: Admission) -> Conversation:
+def _conversation(ctx: RelayContext, admission: Admission, budgets: Budgets) -> Conversation:
     return Conversation(
         ctx,
         session_id=new_id("relay_"),
@@ -301,6 +301,7 @@ def _conversation(ctx: RelayContext, admission: Admission) -> Conversation:
         model=admission.model,
         intent=admission.intent,
         beta=_translator(ctx, admission.beta_client),
+        usage=SessionUsage(budgets, admission.identity, admission.model),
     )
 
 
