@@ -17,7 +17,6 @@ configuration uses them too), the simulator's from ``RELAY_UPSTREAM_URL`` or the
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from typing import Any
 
 import aiohttp
@@ -37,6 +36,7 @@ from relay.core.errors import InvalidEvent, UpstreamError, new_id
 from relay.core.policy import Policy
 from relay.core.redaction import redact_text
 from relay.core.validation import Validator
+from relay.io.accepted_calls import ACCEPTED_CALLS, AcceptedCalls
 from relay.io.context import RelayContext
 from relay.io.frames import dumps
 from relay.io.handler import RELAY_CONTEXT, Rejection, authenticate, log_rejection
@@ -44,7 +44,6 @@ from relay.observability.logging import get_logger
 
 ROUTE = "/v1/realtime/calls/{call_id}/{action:accept|reject|refer|hangup}"
 MAX_UPSTREAM_BODY = 64 * 1024  # the API answers these with an empty body or a short error
-_KEPT_CALLS = 10_000
 _VALIDATOR = Validator()
 _BAD_CALL_ID = (
     "Invalid 'call_id': expected the id from the realtime.call.incoming webhook (letters, digits, "
@@ -58,39 +57,9 @@ _BAD_JSON = (
 _log = get_logger()
 
 
-class AcceptedCalls:
-    """The G.711 formats of calls accepted through this relay, for their control sockets; the
-    most recently accepted ``limit`` are kept (calls last minutes, so that is hours of calls)."""
-
-    def __init__(self, limit: int = _KEPT_CALLS) -> None:
-        self.limit = limit
-        self._calls: OrderedDict[str, CallFormats] = OrderedDict()
-
-    def add(self, call_id: str, formats: CallFormats) -> None:
-        self._calls[call_id] = formats
-        self._calls.move_to_end(call_id)
-        while len(self._calls) > self.limit:
-            self._calls.popitem(last=False)
-
-    def get(self, call_id: str) -> CallFormats | None:
-        return self._calls.get(call_id)
-
-    def forget(self, call_id: str) -> None:
-        self._calls.pop(call_id, None)
-
-
-ACCEPTED_CALLS: web.AppKey[AcceptedCalls] = web.AppKey("accepted_calls", AcceptedCalls)
-
-
 def add_call_routes(app: web.Application) -> None:
     app[ACCEPTED_CALLS] = AcceptedCalls()
     app.router.add_post(ROUTE, call_endpoint)
-
-
-def accepted_call_formats(app: web.Application, call_id: str) -> CallFormats | None:
-    """The formats a call was accepted with through this relay (None: not through this one)."""
-    calls = app.get(ACCEPTED_CALLS)
-    return calls.get(call_id) if calls is not None else None
 
 
 async def call_endpoint(request: web.Request) -> web.StreamResponse:

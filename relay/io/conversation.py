@@ -30,6 +30,7 @@ from typing import Any
 import orjson
 
 from relay.core.beta_translator import BetaTranslator
+from relay.core.calls import CallFormats
 from relay.core.errors import HoldOverflow, InvalidEvent, RelayError, UpstreamError, new_id
 from relay.core.gate import ReadinessGate
 from relay.core.ratelimit import TokenBucket
@@ -73,6 +74,8 @@ class Conversation:
         intent: str = "realtime",
         beta: BetaTranslator | None = None,
         usage: SessionUsage | None = None,
+        call: CallFormats | None = None,
+        call_id: str | None = None,
     ) -> None:
         self.ctx = ctx
         self.client: WebSocketConnection | DetachedClient = DetachedClient()
@@ -90,7 +93,10 @@ class Conversation:
             timeout_s=self.settings.hold_timeout_s,
         )
         self.beta = beta  # set for a beta client translated to a GA upstream
-        self.checker = ClientEventChecker(ctx.settings, ctx.upstreams.interface, beta, intent)
+        # A phone call's control socket (?call_id=): the call's G.711 formats are pinned, and its
+        # session, which lives on at the API, is reattached rather than replaced or replayed.
+        self.call_id = call_id
+        self.checker = ClientEventChecker(ctx.settings, ctx.upstreams.interface, beta, intent, call)
         self.checker.input_audio.on_split_sample = self._split_sample
         self._split_samples = 0
         self._error_budget = TokenBucket(ERRORS_PER_SECOND, ERROR_BURST)
@@ -280,7 +286,9 @@ class Conversation:
     # ------------------------------------------------------------------ upstream links
     async def open_link(self) -> UpstreamLink:
         """Connect a new upstream session (not yet the current one: it collects its frames)."""
-        target = await self.ctx.upstreams.target(self.model, self.id, intent=self.intent)
+        target = await self.ctx.upstreams.target(
+            self.model, self.id, intent=self.intent, call_id=self.call_id
+        )
         provider = target.provider
         try:
             conn = await upstream_mod.connect(target, self.settings)

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from relay.core.beta_translator import BetaTranslator
-from relay.core.calls import is_call_id
+from relay.core.calls import CallFormats, is_call_id
 from relay.core.credentials import AuthError, FailureLimiter, Identity, token_from_request
 from relay.core.errors import error_event, new_id
 from relay.core.models import ModelNotAllowed, resolve_model
@@ -30,6 +30,7 @@ from relay.core.protocol import (
     Interface,
 )
 from relay.core.resume import split_token
+from relay.io.accepted_calls import accepted_call_formats
 from relay.io.budgets import BUDGETS, Budgets, BudgetsUnavailable, SessionUsage
 from relay.io.context import CapacityExceeded, RelayContext
 from relay.io.conversation import Conversation
@@ -212,7 +213,9 @@ async def realtime_endpoint(request: web.Request) -> web.StreamResponse:
                 ctx.registry.reserve(admission.identity)
             except CapacityExceeded as exc:
                 raise Rejection(429, exc.reason, exc.message) from None
-            conversation = _conversation(ctx, admission, request.app[BUDGETS])
+            conversation = _conversation(
+                ctx, admission, request.app[BUDGETS], _call_formats(request, admission)
+            )
     except Rejection as rejection:
         ctx.metrics.auth_rejections_total.labels(rejection.reason).inc()
         log_rejection(request, rejection)
@@ -293,7 +296,18 @@ def _resumable(ctx: RelayContext, token: str, identity_key: str) -> Conversation
     return found
 
 
-def _conversation(ctx: RelayContext, admission: Admission, budgets: Budgets) -> Conversation:
+def _call_formats(request: web.Request, admission: Admission) -> CallFormats | None:
+    """A call's formats: as accepted through this relay, else the configured G.711 default (a
+    call accepted elsewhere, or before a restart)."""
+    if admission.call_id is None:
+        return None
+    default = request.app[RELAY_CONTEXT].settings.calls_audio_format
+    return accepted_call_formats(request.app, admission.call_id) or CallFormats(default, default)
+
+
+def _conversation(
+    ctx: RelayContext, admission: Admission, budgets: Budgets, call: CallFormats | None
+) -> Conversation:
     return Conversation(
         ctx,
         session_id=new_id("relay_"),
@@ -302,6 +316,8 @@ def _conversation(ctx: RelayContext, admission: Admission, budgets: Budgets) -> 
         intent=admission.intent,
         beta=_translator(ctx, admission.beta_client),
         usage=SessionUsage(budgets, admission.identity, admission.model),
+        call=call,
+        call_id=admission.call_id,
     )
 
 
@@ -324,19 +340,7 @@ def _call_admission(ctx: RelayContext, call_id: str, asked: Admission) -> Admiss
         raise Rejection(
             400, "invalid_call_id", "call_id must be 1-128 letters, digits, '_' or '-', as the API's are"
         )
-    admission = Admission(asked.identity, None, asked.beta_client, "realtime", call_id)
-    _refuse_until_sessions_attach_calls(admission)
-    return admission
-
-
-def _refuse_until_sessions_attach_calls(admission: Admission) -> None:
-    """The session code does not attach to calls yet (it would open ?model= upstream, a new
-    session beside the call): 501 until it does. Wiring it removes this call."""
-    raise Rejection(
-        501,
-        "call_sessions_unavailable",
-        "this relay serves the call endpoints, but not yet a call's control socket",
-    )
+    return Admission(asked.identity, None, asked.beta_client, "realtime", call_id)
 
 
 def _translate_beta(ctx: RelayContext) -> bool:

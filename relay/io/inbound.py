@@ -13,6 +13,7 @@ from typing import Any
 from relay.core import bounds
 from relay.core.audio import AudioAccount, InputAudioCheck, encoding_of
 from relay.core.beta_translator import BetaTranslator
+from relay.core.calls import CallFormats, check_response_format, pin_call_formats
 from relay.core.errors import event_too_large
 from relay.core.policy import Policy
 from relay.core.protocol import Interface
@@ -37,8 +38,11 @@ class ClientEventChecker:
         interface: Interface,
         translator: BetaTranslator | None = None,
         kind: str = "realtime",
+        call: CallFormats | None = None,
     ) -> None:
         self.kind = kind  # "transcription" for ?intent=transcription: no responses, no items
+        self.call = call  # a phone call's formats: G.711 pinned on every update (F4)
+        self.fill_call_formats = settings.calls_fill_formats
         self.enabled = settings.validate_events or translator is not None
         self.max_bytes = settings.max_message_bytes
         self._fast_path_bytes = _SMALL_EVENT_BYTES if self.enabled else -1  # -1: never
@@ -124,7 +128,8 @@ class ClientEventChecker:
         event_type = event["type"] if isinstance(event["type"], str) else "invalid"
         if event_type in _APPENDS:  # an append whose type is not first: untouched as well
             return [(data, event_type, event)]
-        if self.policy.apply(event):
+        pinned = self.call is not None and self._pin_call(event_type, event)
+        if self.policy.apply(event) or pinned:
             data = dumps(event)
         return [(data, event_type, event)]
 
@@ -135,9 +140,20 @@ class ClientEventChecker:
             self.account.appended(len(self.audio))
             return (data, event_type, event)
         self._account_for(event_type, event)
-        if self.policy.apply(event):
+        pinned = self.call is not None and self._pin_call(event_type, event)
+        if self.policy.apply(event) or pinned:
             data = dumps(event)
         return (data, event_type, event)
+
+    def _pin_call(self, event_type: str, event: dict[str, Any]) -> bool:
+        """On a call, keep its G.711 formats: fill them into an update that names none (the API
+        once reset such a session to PCM: static on the line), refuse PCM with a hint."""
+        assert self.call is not None
+        if event_type == "session.update" and isinstance(session := event.get("session"), dict):
+            return pin_call_formats(session, self.call, fill=self.fill_call_formats, event_id=_eid(event))
+        if event_type == "response.create":
+            check_response_format(event.get("response"), self.call, event_id=_eid(event))
+        return False
 
     def _account_for(self, event_type: str, event: dict[str, Any]) -> None:
         if event_type == "input_audio_buffer.commit":

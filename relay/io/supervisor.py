@@ -62,6 +62,7 @@ class Conversation(Protocol):
     log: Any
     link: UpstreamLink | None
     gate: ReadinessGate
+    call_id: str | None  # a phone call's control socket: reattached, never rotated or replayed
 
     async def open_link(self) -> UpstreamLink: ...
     def hold_client(self) -> None: ...
@@ -78,7 +79,7 @@ class Prepared:
     """A new upstream that has the replayed plan, and what it sent that the client may see."""
 
     link: UpstreamLink
-    plan: ReplayPlan
+    plan: ReplayPlan | None  # None: a call's session, reattached as it stands (nothing replayed)
     frames: list[bytes]
 
 
@@ -226,7 +227,8 @@ class Supervisor:
         return min(now + max(0.5, after + self._rng.uniform(-jitter, jitter)), self._latest_rotation())
 
     def rotation_due(self, now: float) -> bool:
-        return not self.rotating and now >= self.rotate_at
+        # A call's session is the call: a new one would be a new call, so it is never rotated.
+        return not self.rotating and now >= self.rotate_at and self.session.call_id is None
 
     def start_rotation(self) -> Coroutine[Any, Any, None]:
         """The rotation to run as a task. Nothing is held while it prepares."""
@@ -299,6 +301,13 @@ class Supervisor:
             raise close_error(dead.close_code, dead.last_error_code)
         started = time.monotonic()
         session.hold_client()
+        if session.call_id is not None:
+            # The call's session lives on at the API (a dropped control socket does not end the
+            # call): the new socket attaches to it as it stands, responses still play to the
+            # caller and their events arrive on the new socket. Nothing is replayed or re-asked.
+            prepared = await self._prepare(attempts=self.settings.reconnect_max_attempts, recovering=True)
+            self._switch(prepared, cause=cause, held_since=started)
+            return
         not_started = self.state.response_requested and self.state.active_response is None
         done = interrupted_response_done(self.state, "upstream_replaced")
         if done is not None:
@@ -319,6 +328,12 @@ class Supervisor:
             try:
                 link = await self.session.open_link()
             except UpstreamError as exc:
+                if exc.status == 404 and self.session.call_id is not None:
+                    raise UpstreamError(
+                        "the call has ended (the upstream no longer knows its call_id)",
+                        retryable=False,
+                        code="call_ended",
+                    ) from None
                 if not exc.retryable:
                     raise
                 last = exc
@@ -357,6 +372,8 @@ class Supervisor:
         started = time.monotonic()
         created = await self._receive_event(link, until="session.created")
         link.session_id = _session_id(created)
+        if self.session.call_id is not None:
+            return Prepared(link, None, [])  # the call's session, as it stands: nothing to replay
         plan = self._plan()
         pending, transcribing = plan_transcriptions(self.state) if recovering else ([], [])
         events = [self._own(event) for event in (*plan.events, *pending)]
@@ -443,6 +460,12 @@ class Supervisor:
         """
         session, state, new = self.session, self.state, prepared.link
         self._echo = None  # the old upstream's answers are not coming any more
+        if prepared.plan is None:  # a call's control socket, reattached
+            self.replacements += 1
+            session.metrics.upstream_replacements_total.labels(cause).inc()
+            session.switch_to(new, [], [])
+            session.metrics.client_gap_seconds.observe(time.monotonic() - held_since)
+            return
         delta = self._send_own(new, plan_delta(prepared.plan, self._plan()))
         # The audio is the relay's to re-send; the events in it are the client's own (its ids).
         tail = plan_tail(state)

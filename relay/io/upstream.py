@@ -58,7 +58,12 @@ class UpstreamConfig:
         return Interface.BETA if azure_preview else Interface.GA
 
     async def target(
-        self, model: str | None, relay_session_id: str, *, intent: str = "realtime"
+        self,
+        model: str | None,
+        relay_session_id: str,
+        *,
+        intent: str = "realtime",
+        call_id: str | None = None,
     ) -> UpstreamTarget:
         """Where to open a session: ``model`` names a realtime model (an Azure deployment after
         mapping); a transcription session (``intent="transcription"``) goes without one, as the
@@ -73,7 +78,9 @@ class UpstreamConfig:
         headers.update(auth)
         if self.interface is Interface.BETA:
             headers["OpenAI-Beta"] = BETA_HEADER_VALUE
-        return UpstreamTarget(self.provider, self._query(url, model, intent), headers, self.interface)
+        # A phone call's control socket names only the call: its model was chosen at the accept.
+        query = url.update_query(call_id=call_id) if call_id else self._query(url, model, intent)
+        return UpstreamTarget(self.provider, query, headers, self.interface)
 
     def _query(self, url: URL, model: str | None, intent: str) -> URL:
         s = self._settings

@@ -366,7 +366,8 @@ class CallBoard:
 
     async def caller(self, request: web.Request) -> web.Response:
         """``POST /_sim/calls/{id}/caller``: ``{"say": "..."}`` speaks on the line; ``{"hangup":
-        true}`` hangs up."""
+        true}`` hangs up; ``{"drop_sockets": true}`` cuts the call's control sockets (no close
+        frame, as a network drop) while the call itself goes on."""
         call = self.calls.get(request.match_info["call_id"])
         if call is None:
             raise web.HTTPNotFound(text="no such call")
@@ -375,7 +376,10 @@ class CallBoard:
             raise web.HTTPBadRequest(text="expected a JSON object")
         if call.status != "accepted" or call.session is None:
             raise web.HTTPConflict(text=f"the call is {call.status}")
-        if body.get("hangup"):
+        if body.get("drop_sockets"):
+            for channel in list(call.channels):
+                channel.conn.abort()
+        elif body.get("hangup"):
             await self.end(call, "ended", "caller")
         elif isinstance(body.get("say"), str):
             await self._say(call, call.session, body["say"])

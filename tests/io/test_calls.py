@@ -5,8 +5,9 @@ reproduction of the live API's old format reset (F4) cannot turn the caller's au
 bad accepts are refused before the call sees them; reject, refer and hangup pass through with the
 API's statuses; the provider key never reaches a response or a log.
 
-The call's control socket (``?call_id=``) is admitted here; attaching it to the call is the
-session code's part (see test_control_socket_through_the_relay).
+The call's control socket (``?call_id=``) goes through the relay with validation, the hold and
+the formats pinned; when it drops upstream the relay reattaches to the same call, replaying
+nothing, and the app's socket never notices.
 """
 
 from __future__ import annotations
@@ -359,10 +360,6 @@ async def test_control_sockets_need_credentials_and_calls_enabled(start_relay: R
             assert resp.status == 404  # no call routes
 
 
-@pytest.mark.skip(
-    reason="needs the session-side call wiring (relay/io/session.py, supervisor.py, upstream URL "
-    "with ?call_id=, format pinning on session.update); the handler answers 501 until then"
-)
 async def test_control_socket_through_the_relay(old_api: Phone) -> None:
     call_id = await old_api.ring()
     assert await old_api.relay_call(call_id, "accept", {"type": "realtime"}) == (200, None)
@@ -372,7 +369,9 @@ async def test_control_socket_through_the_relay(old_api: Phone) -> None:
         assert created["session"]["audio"]["output"]["format"] == PCMU
         # tools without formats: the old API would reset the call to PCM; the relay pins it
         await ws.send(
-            orjson.dumps({"type": "session.update", "session": {"type": "realtime", "tools": [END_CALL]}})
+            orjson.dumps(
+                {"type": "session.update", "session": {"type": "realtime", "tools": [END_CALL]}}
+            ).decode()
         )
         while (event := orjson.loads(await ws.recv()))["type"] != "session.updated":
             pass
@@ -381,11 +380,66 @@ async def test_control_socket_through_the_relay(old_api: Phone) -> None:
             "type": "session.update",
             "session": {"type": "realtime", "audio": {"output": {"format": PCM}}},
         }
-        await ws.send(orjson.dumps(pcm))
+        await ws.send(orjson.dumps(pcm).decode())
         error = orjson.loads(await ws.recv())
         assert (error["type"], error["error"]["param"]) == ("error", "session.audio.output.format.type")
     # the app's socket is gone; the call is not
     assert (await old_api.until(call_id, lambda s: s["control_sockets"] == 0))["status"] == "accepted"
+
+
+async def test_a_whole_call_with_a_tool_call_and_a_dropped_control_socket(old_api: Phone) -> None:
+    """Accept with tools, the control socket through the relay, the caller speaks, the model
+    calls a tool; the upstream control socket drops mid-call: the relay attaches a new one to the
+    same call (no replay: the call's session is the API's), and the app hangs up."""
+    call_id = await old_api.ring()
+    assert await old_api.relay_call(call_id, "accept", FORUM_ACCEPT) == (200, None)
+    url = f"ws://127.0.0.1:{old_api.relay.server.port}/v1/realtime?call_id={call_id}"
+    async with websockets.connect(url, additional_headers=old_api.relay.auth) as ws:
+        events: list[dict[str, Any]] = []
+
+        async def until(event_type: str) -> dict[str, Any]:
+            async with asyncio.timeout(10):
+                while True:
+                    event = orjson.loads(await ws.recv())
+                    events.append(event)
+                    if event["type"] == event_type:
+                        return event
+
+        created = await until("session.created")
+        assert created["session"]["audio"]["input"]["format"] == PCMU
+        await ws.send(orjson.dumps({"type": "response.create"}).decode())  # the greeting
+        await until("response.done")
+        await old_api.caller_says(call_id, "Hello, I would like to end this call.")
+        await until("input_audio_buffer.committed")  # the API's VAD heard the line
+        await until("response.done")  # and answered by itself
+
+        before = await old_api.state(call_id)
+        await old_api.http.post(f"{old_api.sim}/_sim/calls/{call_id}/caller", json={"drop_sockets": True})
+        await _replaced(old_api.relay)
+        state = await old_api.until(call_id, lambda s: s["control_sockets"] == 1)
+        assert state["status"] == "accepted"
+        assert state["sockets_opened"] == 2
+        assert state["conversation"] == before["conversation"]  # nothing replayed into the call
+        assert state["config"] == before["config"]
+        # The app carries on through the same socket: the model is asked to use its tool.
+        await ws.send(
+            orjson.dumps({"type": "response.create", "response": {"tool_choice": "required"}}).decode()
+        )
+        done = await until("response.done")
+        calls = [o for o in done["response"]["output"] if o["type"] == "function_call"]
+        assert calls
+        assert calls[0]["name"] == "end_call"
+        assert [e["type"] for e in events].count("session.created") == 1
+        assert not [e for e in events if e["type"] == "error"]
+    assert await old_api.relay_call(call_id, "hangup") == (200, None)
+    state = await old_api.until(call_id, lambda s: s["status"] != "accepted")
+    assert state["line"]["static_ms"] == 0
+
+
+async def _replaced(relay: RelayHandle) -> None:
+    async with asyncio.timeout(10):
+        while relay.metric("relay_upstream_replacements_total", {"cause": "1006"}) < 1:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
 
 
 # ---------------------------------------------------------------------- secrets
