@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     # --- model policy ----------------------------------------------------------------------
     default_model: str = "gpt-realtime"
     allowed_models: _CSV = Field(default_factory=list)  # empty: any model
+    # Input transcription models a client may name (audio.input.transcription.model); empty: any.
+    allowed_transcription_models: _CSV = Field(default_factory=list)
     azure_deployments: dict[str, str] = Field(default_factory=dict)  # model -> deployment
     beta_model_map: dict[str, str] = Field(
         default_factory=lambda: {
@@ -218,6 +220,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "allowed_models",
+        "allowed_transcription_models",
         "client_token_hashes",
         "allowed_origins",
         "policy_allowed_tool_types",

@@ -41,11 +41,17 @@ class Policy:
         max_output_tokens: int | None = None,
         allowed_tool_types: list[str] | None = None,
         forbidden_session_fields: list[str] | None = None,
+        allowed_transcription_models: list[str] | None = None,
+        transcription_deployments: dict[str, str] | None = None,
     ) -> None:
         self.force_session = force_session or {}
         self.max_output_tokens = max_output_tokens
         self.allowed_tool_types = tuple(allowed_tool_types or _TOOL_TYPES)
         self.forbidden = tuple(forbidden_session_fields or ())
+        self.transcription_models = tuple(allowed_transcription_models or ())
+        # On Azure a transcription model is named by its deployment: the operator's model ->
+        # deployment map applies to it as to the session's model.
+        self.transcription_deployments = transcription_deployments or {}
         # What a response may not override: the session's forced fields, then the response's own.
         self.force_response = {**_response_part(self.force_session), **(force_response or {})}
         self.active = bool(
@@ -54,6 +60,8 @@ class Policy:
             or max_output_tokens
             or allowed_tool_types
             or forbidden_session_fields
+            or allowed_transcription_models
+            or transcription_deployments
         )
 
     @classmethod
@@ -64,6 +72,10 @@ class Policy:
             max_output_tokens=settings.policy_max_output_tokens,
             allowed_tool_types=settings.policy_allowed_tool_types,
             forbidden_session_fields=settings.policy_forbidden_session_fields,
+            allowed_transcription_models=settings.allowed_transcription_models,
+            transcription_deployments=(
+                settings.azure_deployments if settings.upstream_kind == "azure" else None
+            ),
         )
 
     def session_baseline(self) -> dict[str, Any] | None:
@@ -105,7 +117,7 @@ class Policy:
                     f"{where}.tools[{index}].type",
                     event.get("event_id"),
                 )
-        changed = False
+        changed = where == "session" and self._transcription_model(event, body)
         for key, value in forced.items():
             if body.get(key) != value:
                 body[key] = value
@@ -116,6 +128,30 @@ class Policy:
             body["max_output_tokens"] = cap  # the session's from the start, every response's too
             changed = True
         return changed
+
+    def _transcription_model(self, event: dict[str, Any], session: dict[str, Any]) -> bool:
+        """Check the input transcription model against the allowlist; on Azure, name its
+        deployment. True if the model was rewritten."""
+        audio = session.get("audio")
+        audio_input = audio.get("input") if isinstance(audio, dict) else None
+        transcription = audio_input.get("transcription") if isinstance(audio_input, dict) else None
+        model = transcription.get("model") if isinstance(transcription, dict) else None
+        if not isinstance(model, str):
+            return False
+        assert isinstance(transcription, dict)
+        if self.transcription_models and model not in self.transcription_models:
+            allowed = ", ".join(f"'{m}'" for m in self.transcription_models)
+            raise InvalidEvent(
+                "invalid_value",
+                f"Invalid value: '{model}'. This relay allows the transcription models {allowed}.",
+                "session.audio.input.transcription.model",
+                event.get("event_id"),
+            )
+        deployment = self.transcription_deployments.get(model)
+        if deployment is None or deployment == model:
+            return False
+        transcription["model"] = deployment
+        return True
 
 
 def merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:

@@ -147,3 +147,46 @@ async def test_the_reports_flow_loses_no_utterance(start_relay: RelayFactory, ph
         hidden = rig.relay.metric("relay_upstream_events_hidden_total", {"reason": "session_expired"})
         assert hidden == (1 if phase == "expiry" else 0)  # the cap itself is never reached
         await client.close()
+
+
+async def test_the_wrong_kind_of_event_is_answered_by_the_relay_with_the_intent_to_use(
+    start_relay: RelayFactory,
+) -> None:
+    """A transcription update on a realtime session (the report's first failure through the
+    relay) and a response on a transcription session never reach the API: the relay answers with
+    the API's error and says which URL to use. The allowlist of transcription models holds too."""
+    async for rig in _rig(
+        start_relay, SimulatorConfig(timing=Timing.fast()), allowed_transcription_models=["gpt-4o-transcribe"]
+    ):
+        realtime = await RecordingClient.connect(rig.relay.ws_url + "?model=gpt-realtime", rig.relay.token)
+        await realtime.wait_for("session.created")
+        await realtime.send({**SESSION, "event_id": "evt_t"})
+        error = await realtime.wait_for("error")
+        assert error["error"]["code"] == "invalid_parameter"
+        assert error["error"]["param"] == "session.type"
+        assert error["error"]["event_id"] == "evt_t"
+        assert "transcription session update event to a realtime session" in error["error"]["message"]
+        assert "?intent=transcription" in error["error"]["message"]
+
+        client = await RecordingClient.connect(rig.relay.ws_url + "?intent=transcription", rig.relay.token)
+        await client.wait_for("session.created")
+        start = len(client.events)
+        await client.send({"type": "response.create", "event_id": "evt_r"})
+        error = await client.wait_for("error", after=start)
+        assert (error["error"]["code"], error["error"]["param"]) == ("invalid_value", "type")
+        assert "?model=" in error["error"]["message"]
+        start = len(client.events)
+        other = {"type": "transcription", "audio": {"input": {"transcription": {"model": "whisper-1"}}}}
+        await client.send({"type": "session.update", "session": other})
+        error = await client.wait_for("error", after=start)
+        assert error["error"]["param"] == "session.audio.input.transcription.model"
+        assert "'gpt-4o-transcribe'" in error["error"]["message"]
+        await client.send(SESSION)  # the allowed model: accepted
+        await client.wait_for("session.updated", after=start)
+        sessions = await rig.sim.sessions()
+        received = [t for s in sessions for t in (await rig.sim.session(s["id"]))["received"]]
+        assert received  # the frames each upstream session got, as sent
+        assert not [frame for frame in received if '"response.create"' in frame]
+        assert not [frame for frame in received if '"whisper-1"' in frame]
+        await client.close()
+        await realtime.close()

@@ -82,3 +82,38 @@ async def test_entra_tokens_are_cached_and_shared() -> None:
     )
     target = await UpstreamConfig(settings, token_provider=provider.token).target("m", "r")
     assert target.headers["Authorization"] == "Bearer entra-1"
+
+
+@pytest.mark.parametrize(
+    ("model", "query"),
+    [
+        (None, {"intent": "transcription"}),
+        ("gpt-realtime-whisper", {"intent": "transcription", "deployment": "captions"}),
+    ],
+    ids=["no-deployment", "mapped-deployment"],
+)
+async def test_transcription_targets_carry_the_intent(model: str | None, query: dict[str, str]) -> None:
+    """?intent=transcription on OpenAI goes without a model; on Azure with the deployment (F3's
+    URL: /openai/v1/realtime?deployment=...&intent=transcription)."""
+    openai = await UpstreamConfig(load_settings(openai_api_key="sk-test")).target(
+        None, "relay_1", intent="transcription"
+    )
+    assert dict(openai.url.query) == {"intent": "transcription"}
+    settings = load_settings(
+        azure_openai_endpoint="https://res.openai.azure.com",
+        azure_openai_api_key="az-key",
+        azure_deployments={"gpt-realtime-whisper": "captions"},
+    )
+    azure = await UpstreamConfig(settings).target(model, "relay_1", intent="transcription")
+    assert azure.url.path == "/openai/v1/realtime"
+    assert dict(azure.url.query) == query
+
+
+async def test_a_calls_control_socket_names_only_the_call() -> None:
+    openai = await UpstreamConfig(load_settings(openai_api_key="sk-test")).target(
+        None, "relay_1", call_id="rtc_abc"
+    )
+    assert str(openai.url) == "wss://api.openai.com/v1/realtime?call_id=rtc_abc"
+    settings = load_settings(azure_openai_endpoint="https://res.openai.azure.com", azure_openai_api_key="k")
+    azure = await UpstreamConfig(settings).target(None, "relay_1", call_id="rtc_abc")
+    assert str(azure.url) == "wss://res.openai.azure.com/openai/v1/realtime?call_id=rtc_abc"
