@@ -191,13 +191,14 @@ def _add_console(app: web.Application) -> None:
 
 # ---------------------------------------------------------------------- draining
 async def drain(app: web.Application, grace_s: float) -> None:
-    """Stop admitting (readyz 503), let sessions finish for ``grace_s``, then close them 1001."""
+    """Stop admitting (readyz 503), let sessions finish for ``grace_s``, then close them 1012
+    (service restart: the SDKs reconnect on it, to a replica that is not going away)."""
     ctx = app[RELAY_CONTEXT]
     ctx.draining = True
     _log.info("drain_started", sessions=len(ctx.registry.sessions), grace_s=grace_s)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(ctx.registry.empty.wait(), timeout=grace_s)
-    await close_sessions(app, code=1001)
+    await close_sessions(app, code=1012)
 
 
 async def close_sessions(app: web.Application, code: int) -> None:

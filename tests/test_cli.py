@@ -55,7 +55,7 @@ def test_refuses_to_start_as_an_open_proxy() -> None:
     assert b"no client authentication is configured" in done.stderr
 
 
-async def test_sigterm_drains_then_closes_1001(
+async def test_sigterm_drains_then_closes_1012(
     relay_process: tuple[subprocess.Popen[bytes], int],
 ) -> None:
     proc, port = relay_process
@@ -74,7 +74,7 @@ async def test_sigterm_drains_then_closes_1001(
         with pytest.raises(ConnectionClosed):
             while True:
                 await asyncio.wait_for(ws.recv(), 10)
-        assert ws.close_code == 1001
+        assert ws.close_code == 1012  # service restart: the SDKs reconnect on it
     assert await asyncio.to_thread(proc.wait, 20) == 0
     assert proc.stderr is not None
     assert b"embedded simulator" in proc.stderr.read()
