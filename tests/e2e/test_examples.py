@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -19,7 +22,7 @@ from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
 from relay.simulator.timing import Timing
 from tests.conftest import RelayFactory, RelayHandle
-from tests.support.relay_process import relay_process
+from tests.support.relay_process import free_port, relay_process
 from tests.support.system import require_binary
 from tests.support.tls import self_signed
 
@@ -175,3 +178,55 @@ async def test_browser_live_captions_example(relay: RelayHandle, tmp_path: Path)
             await browser.close()
     finally:
         await pages.close()
+
+
+async def test_phone_calls_example(start_relay: RelayFactory) -> None:
+    """The phone agent's server: a signed webhook in, the accept and the control socket through
+    the relay, a greeting on the line, a hang-up when the caller says goodbye."""
+    runner, sim_port = await start_simulator(SimulatorConfig(timing=Timing.fast(), speed=20.0))
+    relay = await start_relay(upstream="simulator", upstream_url=f"ws://127.0.0.1:{sim_port}/v1/realtime")
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    port = free_port()
+    env = {"RELAY_URL": relay.http_url, "RELAY_TOKEN": relay.token, "OPENAI_WEBHOOK_SECRET": secret}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(EXAMPLES / "phone_calls.py"), "--port", str(port),
+        env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    sim = f"http://127.0.0.1:{sim_port}"
+    try:
+        assert proc.stdout is not None
+        assert b"listening" in await asyncio.wait_for(proc.stdout.readline(), 30)
+        async with aiohttp.ClientSession() as http:
+            async with http.post(sim + "/_sim/calls", json={"webhook_secret": secret}) as resp:
+                ring = await resp.json()
+            call_id = ring["call_id"]
+            delivery = ring["webhook"]
+            forged = {**delivery["headers"], "webhook-signature": "v1,AAAA"}
+            url = f"http://127.0.0.1:{port}/webhook"
+            async with http.post(url, data=delivery["body"], headers=forged) as resp:
+                assert resp.status == 400  # the example checks the signature
+            async with http.post(url, data=delivery["body"], headers=delivery["headers"]) as resp:
+                assert resp.status == 200
+
+            async def state() -> dict[str, object]:
+                async with http.get(f"{sim}/_sim/calls/{call_id}") as resp:
+                    return dict(await resp.json())
+
+            async with asyncio.timeout(20):
+                while (await state())["line"]["played_ms"] == 0:  # type: ignore[index]  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # the greeting plays to the caller
+                async with http.post(f"{sim}/_sim/calls/{call_id}/caller", json={"say": "Thanks, goodbye."}):
+                    pass
+                while (await state())["status"] == "accepted":  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            final = await state()
+        assert final["ended_by"] is not None
+        assert final["line"]["static_ms"] == 0  # type: ignore[index]
+        assert final["config"]["audio"]["output"]["format"] == {"type": "audio/pcmu"}  # type: ignore[index]
+        assert final["config"]["tools"][0]["name"] == "end_call"  # type: ignore[index]
+    finally:
+        proc.terminate()
+        out, err = await proc.communicate()
+        await runner.cleanup()
+    assert b"caller: Thanks, goodbye." in out, err.decode()
+    assert b"hung up: 200" in out
