@@ -14,6 +14,7 @@ from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry
 
 from relay.core.credentials import Authenticator, FailureLimiter
+from relay.core.overload import SAMPLE_INTERVAL_S, LagMeter
 from relay.io.admin import add_usage_routes
 from relay.io.budgets import budgets_context
 from relay.io.calls import add_call_routes
@@ -108,9 +109,30 @@ async def _relay_context(app: web.Application) -> AsyncIterator[None]:
             registry=SessionRegistry(
                 settings.max_sessions, settings.max_sessions_per_identity, settings.max_sessions_per_token
             ),
+            overload=LagMeter(settings.overload_lag_ms / 1000),
         )
-        yield
-        await close_sessions(app, code=1001)
+        watch = asyncio.create_task(_watch_loop_lag(app[RELAY_CONTEXT]), name="loop lag")
+        try:
+            yield
+        finally:
+            watch.cancel()
+            await close_sessions(app, code=1001)
+
+
+async def _watch_loop_lag(ctx: RelayContext) -> None:
+    """Sample how late a timer fires, a few times a second (admission control: core/overload)."""
+    loop = asyncio.get_running_loop()
+    meter, metrics = ctx.overload, ctx.metrics
+    while True:
+        expected = loop.time() + SAMPLE_INTERVAL_S
+        await asyncio.sleep(SAMPLE_INTERVAL_S)
+        was = meter.overloaded
+        if meter.sample(loop.time() - expected) != was:
+            _log.warning(
+                "overload" if meter.overloaded else "overload_over", lag_s=round(meter.smoothed_s, 4)
+            )
+        metrics.event_loop_lag_seconds.set(meter.smoothed_s)
+        metrics.overloaded.set(1 if meter.overloaded else 0)
 
 
 async def _entra_token_provider(settings: Settings):  # type: ignore[no-untyped-def]
@@ -162,6 +184,10 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "draining"}, status=503)
     if ctx.upstream_unreachable(time.monotonic()):
         return web.json_response({"status": "upstream_unreachable"}, status=503)
+    if ctx.overload.overloaded:  # sessions already here keep being served; new ones go elsewhere
+        return web.json_response(
+            {"status": "overloaded", "lag_s": round(ctx.overload.smoothed_s, 4)}, status=503
+        )
     return web.json_response({"status": "ready", "sessions": len(ctx.registry.sessions)})
 
 

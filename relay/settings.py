@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     send_low_water_bytes: int = Field(256 * 1024, ge=0)
     stuck_peer_timeout_s: float = Field(30.0, gt=0)
     drain_grace_s: float = Field(30.0, ge=0)
+    # New sessions get 503 while the event loop runs this late (smoothed); 0: never refused.
+    overload_lag_ms: float = Field(50.0, ge=0)
 
     # --- validation and holding ------------------------------------------------------------
     validate_events: bool = True

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 
 from relay.core.credentials import Authenticator
+from relay.core.overload import LagMeter
 from relay.io.registry import CapacityExceeded, SessionRegistry
 from relay.io.upstream import UpstreamConfig
 from relay.observability.metrics import RelayMetrics
@@ -26,6 +27,7 @@ class RelayContext:
     authenticator: Authenticator
     registry: SessionRegistry
     draining: bool = False
+    overload: LagMeter = field(default_factory=lambda: LagMeter(0.0))
     # Readiness fails for a short while after the upstream was found unreachable. It must expire
     # on its own: a replica taken out of rotation gets no new sessions to prove it healthy again.
     upstream_unreachable_until: float = 0.0

@@ -208,6 +208,14 @@ async def realtime_endpoint(request: web.Request) -> web.StreamResponse:
         if resume.token is not None:
             conversation = _resumable(ctx, resume.token, admission.identity.key)
         else:
+            if ctx.overload.overloaded:  # the sessions already here keep their latency
+                raise Rejection(
+                    503,
+                    "overloaded",
+                    f"the relay is overloaded (its event loop runs {ctx.overload.smoothed_s * 1000:.0f} ms "
+                    "late); retry shortly, or on another replica",
+                    retry_after_s=ctx.overload.retry_after_s(),
+                )
             await within_budget(request, admission.identity)
             try:
                 ctx.registry.reserve(admission.identity)

@@ -47,6 +47,14 @@ class RelayMetrics:
         self.registry = registry
         r = registry
         self.sessions_active = Gauge("relay_sessions_active", "Sessions open now.", registry=r)
+        self.event_loop_lag_seconds = Gauge(
+            "relay_event_loop_lag_seconds",
+            "How late the event loop runs its timers (smoothed): what every frame waits.",
+            registry=r,
+        )
+        self.overloaded = Gauge(
+            "relay_overloaded", "1 while new sessions are refused for event loop lag.", registry=r
+        )
         self.sessions_total = Counter(
             "relay_sessions", "Client sessions ended, by outcome.", ["outcome"], registry=r
         )
