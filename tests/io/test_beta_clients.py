@@ -177,3 +177,45 @@ async def test_reject_policy_answers_like_the_api(start_relay: RelayFactory) -> 
     }
     assert (ws.close_code, ws.close_reason) == (4000, "invalid_request_error.beta_api_shape_disabled")
     await runner.cleanup()
+
+
+async def test_a_beta_transcription_client_through_the_relay(rig: tuple[RelayHandle, SimControl]) -> None:
+    """A beta app's transcription session (``intent=transcription``, ``transcription_session.update``)
+    keeps working against a GA upstream: its update is translated, the answers come back in its
+    shapes, and every committed utterance is transcribed under the id the app was given."""
+    relay, _ = rig
+    headers = {"Authorization": f"Bearer {relay.token}", "OpenAI-Beta": "realtime=v1"}
+    async with websockets.connect(relay.ws_url + "?intent=transcription", additional_headers=headers) as ws:
+
+        async def until(kind: str) -> dict[str, Any]:
+            async with asyncio.timeout(10):
+                while True:
+                    event = orjson.loads(await ws.recv())
+                    assert event["type"] != "error", event
+                    if event["type"] == kind:
+                        return dict(event)
+
+        created = await until("transcription_session.created")
+        assert created["session"]["object"] == "realtime.transcription_session"
+        update = {
+            "type": "transcription_session.update",
+            "session": {
+                "input_audio_format": "pcm16",
+                "input_audio_transcription": {"model": "gpt-4o-transcribe", "language": "en"},
+                "turn_detection": None,
+            },
+        }
+        await ws.send(orjson.dumps(update).decode())
+        updated = await until("transcription_session.updated")
+        assert updated["session"]["input_audio_transcription"]["model"] == "gpt-4o-transcribe"
+        audio = synthesize("What is the weather?", "pcm16")
+        await ws.send(
+            orjson.dumps(
+                {"type": "input_audio_buffer.append", "audio": base64.b64encode(audio).decode()}
+            ).decode()
+        )
+        await ws.send('{"type":"input_audio_buffer.commit"}')
+        committed = await until("input_audio_buffer.committed")
+        completed = await until("conversation.item.input_audio_transcription.completed")
+        assert completed["item_id"] == committed["item_id"]
+        assert completed["transcript"] == "What is the weather?"
