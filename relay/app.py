@@ -53,6 +53,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     # Before the sessions' context: torn down after them, so their last spends are counted.
     app.cleanup_ctx.append(budgets_context(settings, app[METRICS]))
     app.cleanup_ctx.append(_relay_context)
+    # aiohttp waits for running handlers (a WebSocket's lasts as long as its session) before the
+    # cleanup contexts run: sessions still open then are closed here, at shutdown, not 60 s later.
+    app.on_shutdown.append(_close_open_sessions)
     app.router.add_get("/v1/realtime", realtime_endpoint)
     if settings.calls_enabled:
         add_call_routes(app)  # POST /v1/realtime/calls/{call_id}/accept|reject|refer|hangup
@@ -225,6 +228,10 @@ async def drain(app: web.Application, grace_s: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(ctx.registry.empty.wait(), timeout=grace_s)
     await close_sessions(app, code=1012)
+
+
+async def _close_open_sessions(app: web.Application) -> None:
+    await close_sessions(app, code=1001)
 
 
 async def close_sessions(app: web.Application, code: int) -> None:

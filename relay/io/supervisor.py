@@ -47,6 +47,9 @@ from relay.settings import Settings
 REPLAY_TIMEOUT_S = 15.0
 _QUIET_POLL_S = 0.02  # how often a prepared rotation looks for a quiet moment to switch
 _EXPIRY_MARGIN_S = 120.0  # rotate at least this long before an upstream's announced expiry
+# Connecting, session.created and a replay, with the live API's timing (docs/simulator.md); the
+# first replacement replaces this with what it measured.
+_SET_UP_ESTIMATE_S = 1.0
 _JITTER_SHARE = 0.1  # rotation jitter is at most this share of the interval
 # Upstream errors that announce the upstream's end, not a problem of the client's: the
 # replacement that follows is the supervisor's business (reference §1.3).
@@ -105,6 +108,7 @@ class Supervisor:
         self._sent = 0
         self._echo: EchoFilter | None = None  # answers to the last switch's events, still due
         self._expires = float("inf")  # when to have left the current upstream (its cap, less a margin)
+        self._set_up_s = _SET_UP_ESTIMATE_S  # how long preparing a replacement takes: measured
         self.rotate_at = self._next_rotation(time.monotonic())
         self.baseline = Policy.from_settings(settings).session_baseline()
         self.transcripts = TranscriptOrder()
@@ -207,9 +211,11 @@ class Supervisor:
         session = event.get("session")
         expires_at = session.get("expires_at") if isinstance(session, dict) else None
         if isinstance(expires_at, int | float) and expires_at > 0:
-            lifetime = expires_at - time.time()
-            # Two minutes before a 30- or 60-minute cap; a tenth of a lifetime that is shorter.
-            margin = min(_EXPIRY_MARGIN_S, max(0.0, lifetime) * 0.1)
+            lifetime = max(0.0, expires_at - time.time())
+            # Two minutes before a 30- or 60-minute cap; a tenth of a lifetime that is shorter,
+            # but never less than twice what preparing a replacement takes (else the cap comes
+            # while the replacement is still being prepared), within half the lifetime.
+            margin = min(_EXPIRY_MARGIN_S, max(lifetime * 0.1, 2 * self._set_up_s), lifetime * 0.5)
             self._expires = time.monotonic() + lifetime - margin
             self.rotate_at = min(self.rotate_at, self._latest_rotation())
 
@@ -325,6 +331,7 @@ class Supervisor:
         base, cap = self.settings.reconnect_base_delay_s, self.settings.reconnect_max_delay_s
         for delay in [0.0, *delays(base, cap, max(0, attempts - 1), self._rng)]:
             await asyncio.sleep(delay)
+            started = time.monotonic()
             try:
                 link = await self.session.open_link()
             except UpstreamError as exc:
@@ -339,7 +346,9 @@ class Supervisor:
                 last = exc
                 continue
             try:
-                return await self._replay(link, recovering=recovering)
+                prepared = await self._replay(link, recovering=recovering)
+                self._set_up_s = time.monotonic() - started
+                return prepared
             except ReplayFailed as exc:
                 self.session.log.warning("replay_failed", reason=str(exc))
                 await link.close(1000)
