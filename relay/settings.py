@@ -137,8 +137,8 @@ class Settings(BaseSettings):
     resume_buffer_bytes: int = Field(16 * 1024 * 1024, ge=1024)  # kept for a detached client
     resume_buffer_events: int = Field(20_000, ge=1)
     # Kept while attached: what may still be in flight (socket buffers) when a connection dies.
-    resume_window_bytes: int = Field(256 * 1024, ge=0)
-    resume_window_events: int = Field(256, ge=0)
+    resume_window_bytes: int = Field(128 * 1024, ge=0)
+    resume_window_events: int = Field(128, ge=0)
     resume_cancel_responses: bool = False  # cancel a response streaming to a detached client
 
     # --- beta clients ----------------------------------------------------------------------

@@ -128,6 +128,9 @@ class Conversation:
         try:
             await self._run()
         finally:
+            if self.detached_at is not None:  # ended while waiting for its client
+                self.detached_at = None
+                self.metrics.detached_sessions.set(self.ctx.registry.detached())
             self.metrics.sessions_active.dec()
             self.metrics.sessions_total.labels(self.outcome).inc()
             self.log.info(

@@ -200,6 +200,9 @@ async def test_the_grace_period_ends_a_conversation_nobody_resumes(rig: Rig) -> 
     await _cut(client)
     await rig.sim.open_session(client.relay_session)
     await _metric_reaches(rig, "relay_resumes_total", 1, {"result": "grace_expired"})
+    async with asyncio.timeout(5):
+        while rig.relay.metric("relay_detached_sessions") > 0:  # noqa: ASYNC110 (a metric)
+            await asyncio.sleep(0.02)
     status, body = await _refusal(rig, {"Authorization": f"Bearer {TOKEN}", "X-Relay-Resume-Token": token})
     assert (status, body["error"]["code"]) == (410, "session_gone")
     async with asyncio.timeout(5):
