@@ -264,7 +264,9 @@ async def test_relay_simulate_flags_reach_the_simulator() -> None:
         proc.terminate()
         await asyncio.to_thread(proc.wait, 10)
     assert upgraded - start >= 0.15
-    assert created - upgraded >= 0.08 - SLACK
+    # From the client's start, not from when it saw the 101: under load the 101 reaches the
+    # client late, which shortens the gap seen after it, never the sum of the two delays.
+    assert created - start >= 0.15 + 0.08
     assert updated - sent >= 0.06 + 0.09
     assert rate_limits - done >= 0.08 - SLACK
     # --first-delta-ms was not given: the fast profile's zero, far below a delay set by a flag.
