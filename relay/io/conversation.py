@@ -130,7 +130,7 @@ class Conversation:
         finally:
             if self.detached_at is not None:  # ended while waiting for its client
                 self.detached_at = None
-                self.metrics.detached_sessions.set(self.ctx.registry.detached())
+                self._count_detached()
             self.metrics.sessions_active.dec()
             self.metrics.sessions_total.labels(self.outcome).inc()
             self.log.info(
@@ -186,7 +186,7 @@ class Conversation:
             self.metrics.resumes_total.labels("ok" if found or not len(self.sent) else "gap").inc()
             self.log.info("client_resumed", replayed_events=len(backlog), last_event_found=found)
         self.sent.attach()
-        self.metrics.detached_sessions.set(self.ctx.registry.detached())
+        self._count_detached()
         if link := self.link:
             link.conn.resume_reading("client")  # whatever paused it was the old connection's
 
@@ -212,12 +212,15 @@ class Conversation:
         self.detached_at = time.monotonic()
         self.sent.detach()
         self.metrics.client_detached_total.inc()
-        self.metrics.detached_sessions.set(self.ctx.registry.detached())
+        self._count_detached()
         self.log.info("client_detached", close_code=conn.close_code, grace_s=self.settings.resume_grace_s)
         if link := self.link:
             link.conn.resume_reading("client")  # nothing is read: answers go to the resume log
         if self.settings.resume_cancel_responses and self.supervisor.state.active_response is not None:
             self.supervisor.cancel_response()
+
+    def _count_detached(self) -> None:
+        self.metrics.detached_sessions.set(self.ctx.registry.detached())
 
     @property
     def detached(self) -> bool:

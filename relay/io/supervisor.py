@@ -307,15 +307,12 @@ class Supervisor:
             raise close_error(dead.close_code, dead.last_error_code)
         started = time.monotonic()
         session.hold_client()
-        if session.call_id is not None:
-            # The call's session lives on at the API (a dropped control socket does not end the
-            # call): the new socket attaches to it as it stands, responses still play to the
-            # caller and their events arrive on the new socket. Nothing is replayed or re-asked.
-            prepared = await self._prepare(attempts=self.settings.reconnect_max_attempts, recovering=True)
-            self._switch(prepared, cause=cause, held_since=started)
-            return
-        not_started = self.state.response_requested and self.state.active_response is None
-        done = interrupted_response_done(self.state, "upstream_replaced")
+        # A call's session lives on at the API (a dropped control socket does not end the call):
+        # the new socket attaches to it as it stands, its responses still play to the caller and
+        # their events arrive on the new socket. So nothing is ended here or asked again.
+        own_session = session.call_id is None
+        not_started = own_session and self.state.response_requested and self.state.active_response is None
+        done = interrupted_response_done(self.state, "upstream_replaced") if own_session else None
         if done is not None:
             session.send_client_event(done)
         prepared = await self._prepare(attempts=self.settings.reconnect_max_attempts, recovering=True)

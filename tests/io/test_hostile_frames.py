@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 import psutil
-from websockets.speedups import apply_mask
 
 from tests.conftest import RelayFactory
+from tests.support.raw_frames import client_frame
 from tests.support.relay_process import RelayProcess, relay_process
 from tests.support.scripted_upstream import ScriptedUpstream
 
@@ -32,17 +32,6 @@ MiB = 1024 * 1024
 
 
 # ---------------------------------------------------------------------------------- tools
-def _frame(payload: bytes, first: int = 0x81) -> bytes:
-    """A masked client frame, as a raw socket writes it."""
-    key = os.urandom(4)
-    size = len(payload)
-    if size < 126:
-        header = struct.pack("!BB", first, 0x80 | size)
-    elif size < 65536:
-        header = struct.pack("!BBH", first, 0x80 | 126, size)
-    else:
-        header = struct.pack("!BBQ", first, 0x80 | 127, size)
-    return header + key + apply_mask(payload, key)
 
 
 @dataclass
@@ -68,7 +57,7 @@ class Raw:
         return cls(reader, writer)
 
     async def send(self, payload: bytes, first: int = 0x81) -> None:
-        self.writer.write(_frame(payload, first))
+        self.writer.write(client_frame(payload, first))
         await self.writer.drain()
 
     async def frame(self) -> tuple[int, bytes]:
@@ -253,7 +242,7 @@ async def test_empty_continuation_fragments_cannot_grow_the_relay() -> None:
         async def flood() -> None:
             nonlocal sent
             await client.send(b'{"type":"input_audio_buffer.clear"', first=0x01)
-            chunk = _frame(b"", 0x00) * 10_000
+            chunk = client_frame(b"", 0x00) * 10_000
             with contextlib.suppress(ConnectionError):
                 while sent < 4_000_000:
                     client.writer.write(chunk)
@@ -284,7 +273,7 @@ async def test_a_refused_beta_client_cannot_fill_the_close_wait() -> None:
         error = await client.event("error")
         assert error["error"]["code"] == "beta_api_shape_disabled"  # type: ignore[index]
         before = _peak_rss(relay.proc.pid)
-        append = _frame(b'{"type":"input_audio_buffer.append","audio":"' + b"A" * 65536 + b'"}') * 16
+        append = client_frame(b'{"type":"input_audio_buffer.append","audio":"' + b"A" * 65536 + b'"}') * 16
         pushed, started = 0, time.monotonic()
         with contextlib.suppress(ConnectionError):
             while time.monotonic() - started < 3:

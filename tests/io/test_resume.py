@@ -99,6 +99,12 @@ def _upgrade_headers(extra: dict[str, str]) -> dict[str, str]:
     }
 
 
+async def _ask_for_a_long_answer(rig: Rig, client: RecordingClient) -> None:
+    await rig.sim.script(replies=[LONG_ANSWER])
+    await client.send(text_item("tell me a long story"))
+    await client.send({"type": "response.create"})
+
+
 async def _metric_reaches(rig: Rig, name: str, value: float, labels: dict[str, str] | None = None) -> None:
     async with asyncio.timeout(10):
         while rig.relay.metric(name, labels) < value:  # noqa: ASYNC110 (a metric has nothing to wait on)
@@ -128,9 +134,7 @@ def _assert_one_stream(events: list[Event]) -> None:
 async def test_a_cut_mid_answer_resumes_with_every_event_once_in_order(rig: Rig, in_flight: int) -> None:
     client = await rig.client()
     token = _token(client)
-    await rig.sim.script(replies=[LONG_ANSWER])
-    await client.send(text_item("tell me a long story"))
-    await client.send({"type": "response.create"})
+    await _ask_for_a_long_answer(rig, client)
     await client.wait_for("response.output_audio.delta")
     await _cut(client)
     await _metric_reaches(rig, "relay_client_detached_total", 1)
@@ -226,9 +230,7 @@ async def test_a_normal_close_ends_the_conversation(rig: Rig) -> None:
 async def test_a_full_resume_buffer_ends_the_conversation_and_is_counted(rig: Rig) -> None:
     client = await rig.client()
     token = _token(client)
-    await rig.sim.script(replies=[LONG_ANSWER])
-    await client.send(text_item("tell me a long story"))
-    await client.send({"type": "response.create"})
+    await _ask_for_a_long_answer(rig, client)
     await client.wait_for("response.created")
     await _cut(client)
     await _metric_reaches(rig, "relay_resumes_total", 1, {"result": "buffer_full"})

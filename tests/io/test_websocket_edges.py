@@ -28,6 +28,7 @@ from relay.io.websocket import MAX_EARLY_MESSAGES, WebSocketConnection, connect
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
 from tests.conftest import RelayFactory, RelayHandle
+from tests.support.raw_frames import client_frame
 from tests.support.scripted_upstream import ScriptedUpstream
 from tests.support.tls import self_signed
 
@@ -336,18 +337,6 @@ class _Transport:
         self.closed = True
 
 
-def _client_frame(payload: bytes, first: int = 0x81) -> bytes:
-    key = os.urandom(4)
-    size = len(payload)
-    if size < 126:
-        header = struct.pack("!BB", first, 0x80 | size)
-    elif size < 65536:
-        header = struct.pack("!BBH", first, 0x80 | 126, size)
-    else:
-        header = struct.pack("!BBQ", first, 0x80 | 127, size)
-    return header + key + apply_mask(payload, key)
-
-
 def _server_connection() -> tuple[WebSocketConnection, _Transport]:
     conn = WebSocketConnection(client_side=False, max_size=1 << 24)
     transport = _Transport()
@@ -358,7 +347,7 @@ def _server_connection() -> tuple[WebSocketConnection, _Transport]:
 async def test_messages_waiting_for_a_handler_pause_reading_and_are_all_delivered() -> None:
     conn, transport = _server_connection()
     frames = [f'{{"n":{i}}}'.encode() for i in range(MAX_EARLY_MESSAGES + 4)]
-    conn.data_received(b"".join(_client_frame(f) for f in frames))  # one read: all of it is kept
+    conn.data_received(b"".join(client_frame(f) for f in frames))  # one read: all of it is kept
     assert not transport.reading  # but nothing more is read until a handler takes them
     got: list[bytes] = []
     conn.set_handler(lambda opcode, payload: got.append(payload))
@@ -368,9 +357,9 @@ async def test_messages_waiting_for_a_handler_pause_reading_and_are_all_delivere
 
 async def test_large_messages_waiting_for_a_handler_pause_reading_by_their_bytes() -> None:
     conn, transport = _server_connection()
-    conn.data_received(_client_frame(b"x" * 600_000))
+    conn.data_received(client_frame(b"x" * 600_000))
     assert transport.reading
-    conn.data_received(_client_frame(b"y" * 600_000))
+    conn.data_received(client_frame(b"y" * 600_000))
     assert not transport.reading  # 1.2 MB waiting: over MAX_EARLY_BYTES
 
 
@@ -381,12 +370,12 @@ async def test_data_after_our_close_frame_is_read_but_never_kept() -> None:
     closing = asyncio.create_task(conn.close(4000, b"refused"))
     await asyncio.sleep(0)
     assert transport.writes == [encode_frame(close_payload(4000, b"refused"), 0x8)]
-    frame = _client_frame(b"z" * 60_000)
+    frame = client_frame(b"z" * 60_000)
     for _ in range(100):
         conn.data_received(frame * 10)
         assert transport.reading  # still read, to reach the peer's close frame
     assert conn._early == []  # nothing was kept
-    conn.data_received(_client_frame(close_payload(4000), 0x88))
+    conn.data_received(client_frame(close_payload(4000), 0x88))
     assert transport.closed  # the peer's close arrived: the socket goes
     conn.connection_lost(None)
     await closing
