@@ -28,6 +28,7 @@ from relay.io.handler import (
     log_rejection,
     realtime_endpoint,
 )
+from relay.io.session_store import SessionStore
 from relay.io.upstream import UpstreamConfig
 from relay.observability.logging import get_logger, register_secret
 from relay.observability.metrics import RelayMetrics
@@ -113,13 +114,33 @@ async def _relay_context(app: web.Application) -> AsyncIterator[None]:
                 settings.max_sessions, settings.max_sessions_per_identity, settings.max_sessions_per_token
             ),
             overload=LagMeter(settings.overload_lag_ms / 1000),
+            store=_session_store(settings, app[METRICS]),
         )
+        store = app[RELAY_CONTEXT].store
+        if store is not None:
+            store.start()
         watch = asyncio.create_task(_watch_loop_lag(app[RELAY_CONTEXT]), name="loop lag")
         try:
             yield
         finally:
             watch.cancel()
             await close_sessions(app, code=1001)
+            if store is not None:  # after the sessions: their ends are written
+                await store.close()
+
+
+def _session_store(settings: Settings, metrics: RelayMetrics) -> SessionStore | None:
+    """Conversations in Redis when it is configured and clients may resume at all."""
+    if settings.redis_url is None or settings.resume_grace_s <= 0:
+        return None
+    return SessionStore(
+        settings.redis_url.get_secret_value(),
+        timeout_s=settings.redis_timeout_s,
+        lease_s=settings.session_lease_s,
+        # A conversation whose owner died can be resumed for the grace period after its lease.
+        ttl_s=settings.resume_grace_s + settings.session_lease_s + 30,
+        metrics=metrics,
+    )
 
 
 async def _watch_loop_lag(ctx: RelayContext) -> None:
@@ -191,7 +212,10 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response(
             {"status": "overloaded", "lag_s": round(ctx.overload.smoothed_s, 4)}, status=503
         )
-    return web.json_response({"status": "ready", "sessions": len(ctx.registry.sessions)})
+    body: dict[str, object] = {"status": "ready", "sessions": len(ctx.registry.sessions)}
+    if ctx.store is not None:  # still ready without it: sessions work, resume stays on this process
+        body["session_store"] = "up" if ctx.store.up else "down"
+    return web.json_response(body)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
@@ -225,6 +249,12 @@ async def drain(app: web.Application, grace_s: float) -> None:
     ctx = app[RELAY_CONTEXT]
     ctx.draining = True
     _log.info("drain_started", sessions=len(ctx.registry.sessions), grace_s=grace_s)
+    if ctx.store is not None:
+        # Shared state: every conversation is saved and let go at once; its client reconnects
+        # (1012) and resumes on another replica. Those that could not be saved wait as below.
+        conversations = list(ctx.registry.sessions.values())
+        parked = await asyncio.gather(*(c.park("drain") for c in conversations), return_exceptions=True)
+        _log.info("drain_parked", parked=sum(1 for p in parked if p is True), sessions=len(conversations))
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(ctx.registry.empty.wait(), timeout=grace_s)
     await close_sessions(app, code=1012)

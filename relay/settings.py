@@ -140,6 +140,9 @@ class Settings(BaseSettings):
     resume_window_bytes: int = Field(128 * 1024, ge=0)
     resume_window_events: int = Field(128, ge=0)
     resume_cancel_responses: bool = False  # cancel a response streaming to a detached client
+    # With RELAY_REDIS_URL: a conversation's owner renews its lease this often (a third of it);
+    # a crashed owner's conversations can be taken over by another process after this long.
+    session_lease_s: float = Field(10.0, ge=1, le=300)
 
     # --- beta clients ----------------------------------------------------------------------
     beta_clients: Literal["translate", "reject"] = "translate"
@@ -179,7 +182,8 @@ class Settings(BaseSettings):
     prices: dict[str, PriceOverride] = Field(default_factory=dict)
     # e.g. [{scope = "identity", period = "day", max_cost_usd = 5.0}]; environment: JSON.
     budgets: list[Budget] = Field(default_factory=list)
-    # Shared by every worker and replica (budgets now, session resume later). Unset: in process.
+    # Shared by every worker and replica: budgets and conversations (a resume on any process).
+    # Unset: in process (a client resumes on the process it left only).
     redis_url: SecretStr | None = None
     redis_timeout_s: float = Field(0.25, gt=0, le=10)  # per Redis command, connecting included
     # Redis unreachable: "open" allows and counts relay_budget_store_failures_total, "closed" refuses.

@@ -64,6 +64,11 @@ class SentLog:
                 return frames[index + 1 :], True
         return frames, False
 
+    def frames_from(self, index: int) -> list[bytes]:
+        """The frames from position ``index`` on (stable while detached: nothing is dropped)."""
+        frames = self._frames
+        return [frames[i] for i in range(index, len(frames))]
+
     def detach(self) -> None:
         self.detached = True
 

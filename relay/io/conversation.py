@@ -36,6 +36,8 @@ from relay.core.gate import ReadinessGate
 from relay.core.ratelimit import TokenBucket
 from relay.core.redaction import redact_text
 from relay.core.resume import ResumeBufferFull, ResumeCredential, SeenClientEvents, SentLog
+from relay.core.session import interrupted_response_done
+from relay.core.snapshot import Snapshot, capture, keep_partial_output, restore, unfinished_response
 from relay.core.websocket import OP_BINARY, OP_TEXT
 from relay.io import upstream as upstream_mod
 from relay.io.attachment import DetachedClient, ended_on_purpose
@@ -44,6 +46,7 @@ from relay.io.context import RelayContext
 from relay.io.frames import delta_chars, dumps, event_type_of, peek_type
 from relay.io.inbound import ClientEventChecker
 from relay.io.link import UpstreamLink
+from relay.io.session_store import Pending
 from relay.io.supervisor import Supervisor
 from relay.io.websocket import WebSocketConnection
 from relay.observability.logging import get_logger
@@ -120,14 +123,69 @@ class Conversation:
         self.detached_at: float | None = None
         self.resumable = settings.resume_grace_s > 0
         self._notify_resume = False
+        # Shared state (RELAY_REDIS_URL): what the store has of this conversation.
+        self.store = ctx.store
+        self.store_fence = 0  # 0: not registered in the store yet
+        self._stored_version: tuple[int, bytes] | None = None
+        self._log_pushed = 0  # frames of the resume log written, while the client is away
+        self._log_clear = False
+        self._taking_over = False  # restored from the store: replay onto a new upstream first
+        self._moved = False  # parked for, or taken over by, another process
+        self._client_close = (1001, b"")
+
+    @classmethod
+    def restored(
+        cls,
+        ctx: RelayContext,
+        snapshot: Snapshot,
+        frames: list[bytes],
+        fence: int,
+        *,
+        beta: BetaTranslator | None,
+        usage: SessionUsage | None,
+        call: CallFormats | None,
+    ) -> Conversation:
+        """A conversation another process held, taken over for its resuming client: the state is
+        the snapshot's, the resume log the events the client may not have seen, and its first
+        upstream is prepared like a replacement (connect, replay) before anything is forwarded."""
+        conversation = cls(
+            ctx,
+            session_id=snapshot.session_id,
+            identity_key=snapshot.identity_key,
+            model=snapshot.model,
+            intent=snapshot.intent,
+            beta=beta,
+            usage=usage,
+            call=call,
+            call_id=snapshot.call_id,
+        )
+        restore(conversation.supervisor.state, snapshot)
+        conversation.supervisor.first_session_id = snapshot.first_session_id
+        conversation.checker.on_server_event("session.updated", {"session": snapshot.config})
+        conversation.credential.adopt(snapshot.digest)
+        conversation.sent.detach()
+        for frame in frames:
+            conversation.sent.append(frame)
+        done = unfinished_response(frames, snapshot)
+        if done is not None:  # its old process died mid-answer: the answer ends here, once
+            keep_partial_output(conversation.supervisor.state, done)
+            conversation.sent.append(dumps(done))
+        conversation.detached_at = time.monotonic()
+        conversation.store_fence = fence
+        conversation._taking_over = True
+        return conversation
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> None:
         self.metrics.sessions_active.inc()
-        self.log.info("session_started")
+        self.log.info("session_taken_over" if self._taking_over else "session_started")
+        if self.store is not None:
+            self.store.keep(self)
         try:
             await self._run()
         finally:
+            if self.store is not None and not self._moved:  # ended for good: nothing to resume
+                await self.store.delete(self.id, self.store_fence)
             if self.detached_at is not None:  # ended while waiting for its client
                 self.detached_at = None
                 self._count_detached()
@@ -144,7 +202,10 @@ class Conversation:
         self.spawn(self._housekeeping(), "housekeeping")
         try:
             try:
-                self.attach(await self.open_link())
+                if self._taking_over:
+                    await self.supervisor.take_over()
+                else:
+                    self.attach(await self.open_link())
             except UpstreamError as exc:
                 self.end(exc)
             failure = await self._ended
@@ -186,6 +247,7 @@ class Conversation:
             self.metrics.resumes_total.labels("ok" if found or not len(self.sent) else "gap").inc()
             self.log.info("client_resumed", replayed_events=len(backlog), last_event_found=found)
         self.sent.attach()
+        self._log_clear = True  # an attached client's events are not written to the store
         self._count_detached()
         if link := self.link:
             link.conn.resume_reading("client")  # whatever paused it was the old connection's
@@ -211,6 +273,7 @@ class Conversation:
         self.client = DetachedClient()
         self.detached_at = time.monotonic()
         self.sent.detach()
+        self._log_clear, self._log_pushed = True, 0  # the store gets the whole log from here on
         self.metrics.client_detached_total.inc()
         self._count_detached()
         self.log.info("client_detached", close_code=conn.close_code, grace_s=self.settings.resume_grace_s)
@@ -287,7 +350,104 @@ class Conversation:
         self._closing = True
         if self.link is not None:
             await self.link.close(1000)
-        await self.client.close()
+        await self.client.close(*self._client_close)
+
+    # ------------------------------------------------------------------ shared state
+    def _snapshot(self) -> Snapshot:
+        settings = self.settings
+        config, items = capture(
+            self.supervisor.state,
+            max_items=settings.replay_max_items,
+            max_tokens=settings.replay_max_tokens,
+            user_audio=settings.replay_user_audio,
+        )
+        return Snapshot(
+            session_id=self.id,
+            identity_key=self.identity_key,
+            digest=self.credential.digest,
+            model=self.model,
+            intent=self.intent,
+            beta=self.beta is not None,
+            call_id=self.call_id,
+            first_session_id=self.supervisor.first_session_id,
+            config=config,
+            items=items,
+            active_response=self.supervisor.state.active_response,
+        )
+
+    def store_pending(self) -> Pending:
+        """What the store's next sync writes: the snapshot when a server event changed the state
+        or the credential changed (item and configuration boundaries, never per frame), and
+        the resume log only while the client is away."""
+        pending = Pending()
+        version = (self.supervisor.state.server_changes, self.credential.digest)
+        if version != self._stored_version and self.credential.digest:
+            self._stored_version = version
+            pending.snapshot = self._snapshot().encode()
+        if self._log_clear:
+            pending.clear_log, self._log_clear = True, False
+        if self.detached:
+            pending.frames = self.sent.frames_from(self._log_pushed)
+            self._log_pushed += len(pending.frames)
+        return pending
+
+    def store_registered(self) -> None:
+        """The store has (again) only this conversation's lease: write everything."""
+        self._stored_version = None
+        self._log_clear, self._log_pushed = True, 0
+
+    def taken_over(self) -> None:
+        """Another process took this conversation over (this one stalled, or lost Redis for
+        longer than its lease): this copy ends, without touching the new owner's state."""
+        if self.ended:
+            return
+        self._moved = True
+        self.outcome = "taken_over"
+        self.metrics.sessions_moved_total.labels("taken_over").inc()
+        self.log.warning("session_taken_over_elsewhere")
+        self._client_close = (1012, b"the session moved to another relay process; resume it")
+        self.end(None)
+
+    def release_requested(self) -> None:
+        """The client came back on another process: let the conversation go there."""
+        if not self.ended and not self._moved:
+            self.spawn(self.park("released"), "park")
+
+    async def park(self, reason: str) -> bool:
+        """Write the conversation's last state and log to the store, let go of it, and end this
+        copy (a draining process, or another process asked). The client, if attached, is closed
+        with 1012: the SDKs reconnect on it and resume wherever they land. False when there is
+        no store to park in (or it failed): the conversation is then ended the usual way."""
+        store = self.store
+        if store is None or self.ended or self._moved or not self.store_fence:
+            return False
+        self._moved = True
+        # Nothing may reach the client after the state is taken: it would be missing from the log.
+        self.client.pause_reading("park")
+        if link := self.link:
+            link.conn.pause_reading("park")
+            self.link = None
+        state = self.supervisor.state
+        done = interrupted_response_done(state, "upstream_replaced") if self.call_id is None else None
+        if done is not None:  # the response cannot carry on elsewhere: the client sees it end
+            self.send_client_event(done)
+        pending = Pending(self._snapshot().encode(), self.sent.frames_from(0), clear_log=True)
+        parked = await store.park(self.id, self.store_fence, pending)
+        if link is not None:
+            self.link = link  # closed with the conversation
+        if not parked:
+            self._moved = False
+            self.client.resume_reading("park")
+            if link is not None:
+                link.conn.resume_reading("park")
+            self.log.warning("session_park_failed", reason=reason)
+            return False
+        self.outcome = "moved"
+        self.metrics.sessions_moved_total.labels(reason).inc()
+        self.log.info("session_parked", reason=reason, log_events=len(pending.frames))
+        self._client_close = (1012, b"the session moved; resume it")
+        self.end(None)
+        return True
 
     # ------------------------------------------------------------------ upstream links
     async def open_link(self) -> UpstreamLink:

@@ -29,13 +29,15 @@ from relay.core.protocol import (
     REALTIME_SUBPROTOCOL,
     Interface,
 )
-from relay.core.resume import split_token
+from relay.core.resume import ResumeCredential, split_token
+from relay.core.snapshot import Snapshot, SnapshotInvalid
 from relay.io.accepted_calls import accepted_call_formats
 from relay.io.budgets import BUDGETS, Budgets, BudgetsUnavailable, SessionUsage
 from relay.io.context import CapacityExceeded, RelayContext
 from relay.io.conversation import Conversation
 from relay.io.frames import dumps
 from relay.io.guard import LogThrottle, peer_key
+from relay.io.session_store import Pending, SessionStore, StoreBusy, StoreUnavailable
 from relay.io.websocket import WebSocketConnection, accept
 from relay.observability.logging import get_logger
 
@@ -203,10 +205,11 @@ async def within_budget(request: web.Request, identity: Identity) -> None:
 async def realtime_endpoint(request: web.Request) -> web.StreamResponse:
     ctx = request.app[RELAY_CONTEXT]
     resume = ResumeRequest.of(request)
+    moved_in = False  # taken over from another process: started here like a new one
     try:
         admission = admit(ctx, request)
         if resume.token is not None:
-            conversation = _resumable(ctx, resume.token, admission.identity.key)
+            conversation, moved_in = await _resumable(ctx, request, resume.token, admission)
         else:
             if ctx.overload.overloaded:  # the sessions already here keep their latency
                 raise Rejection(
@@ -228,7 +231,7 @@ async def realtime_endpoint(request: web.Request) -> web.StreamResponse:
         ctx.metrics.auth_rejections_total.labels(rejection.reason).inc()
         log_rejection(request, rejection)
         return rejection.response()
-    started = resume.token is not None  # a resumed conversation is already running
+    started = resume.token is not None and not moved_in  # a resumed conversation is already running
     try:
         token, digest = conversation.credential.prepare()
         headers = {SESSION_HEADER: conversation.id}
@@ -262,6 +265,8 @@ async def realtime_endpoint(request: web.Request) -> web.StreamResponse:
     finally:
         if not started:
             ctx.registry.release(admission.identity.key)
+            if moved_in and ctx.store is not None:  # let another attempt take it over at once
+                await ctx.store.park(conversation.id, conversation.store_fence, Pending())
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,23 +290,98 @@ class ResumeRequest:
         return cls(token or None, last or None, wants.strip().lower() in ("1", "true", "yes"))
 
 
-def _resumable(ctx: RelayContext, token: str, identity_key: str) -> Conversation:
-    """The conversation a resume token names, or the refusal: 401 for a token that does not open
-    it, 403 for another identity's, 410 for a conversation that is gone."""
+async def _resumable(
+    ctx: RelayContext, request: web.Request, token: str, admission: Admission
+) -> tuple[Conversation, bool]:
+    """The conversation a resume token names, and whether it was taken over from another process;
+    or the refusal: 401 for a token that does not open it, 403 for another identity's, 410 for a
+    conversation that is gone, 503 when the shared store cannot be asked."""
     parts = split_token(token)
     if parts is None:
         raise Rejection(401, "invalid_resume_token", "the resume token is malformed")
     found = ctx.registry.get(parts[0])
-    if not isinstance(found, Conversation) or found.ended:
+    if isinstance(found, Conversation) and not found.ended:
+        _check_credential(ctx, found.credential, parts[1], admission.identity.key)
+        return found, False
+    if ctx.store is None:
         ctx.metrics.resumes_total.labels("gone").inc()
         raise Rejection(410, "session_gone", "the session to resume has ended (or its grace expired)")
-    refusal = found.credential.check(parts[1], identity_key)
+    return await _take_over(ctx, request, ctx.store, parts, admission), True
+
+
+def _check_credential(
+    ctx: RelayContext, credential: ResumeCredential, secret: str, identity_key: str
+) -> None:
+    refusal = credential.check(secret, identity_key)
     if refusal is not None:
         ctx.metrics.resumes_total.labels(refusal).inc()
         if refusal == "wrong_identity":
             raise Rejection(403, "resume_identity_mismatch", "the session belongs to another client")
         raise Rejection(401, "invalid_resume_token", "the resume token is not valid for this session")
-    return found
+
+
+_GONE = "the session to resume has ended (or its grace expired)"
+_STORE_DOWN = "the relay cannot reach its shared session store to resume this session; retry shortly"
+
+
+async def _take_over(
+    ctx: RelayContext, request: web.Request, store: SessionStore, parts: tuple[str, str], admission: Admission
+) -> Conversation:
+    """A conversation held by another process (or left by one that ended): checked against the
+    stored credential, its owner asked to let go (or its lapsed lease taken), restored here."""
+    session_id, secret = parts
+    try:
+        data, _ = await store.load(session_id)
+        snapshot = Snapshot.decode(data) if data is not None else None
+    except StoreUnavailable:
+        raise Rejection(503, "session_store_unavailable", _STORE_DOWN, retry_after_s=1) from None
+    except SnapshotInvalid as exc:
+        _log.warning("snapshot_invalid", relay_session=session_id, detail=str(exc))
+        snapshot = None
+    if snapshot is None:
+        ctx.metrics.resumes_total.labels("gone").inc()
+        raise Rejection(410, "session_gone", _GONE)
+    credential = ResumeCredential(session_id, snapshot.identity_key, snapshot.digest)
+    _check_credential(ctx, credential, secret, admission.identity.key)
+    try:
+        ctx.registry.reserve(admission.identity)
+    except CapacityExceeded as exc:
+        raise Rejection(429, exc.reason, exc.message) from None
+    try:
+        fence = await store.acquire(session_id, wait_s=ctx.settings.session_lease_s + 1)
+        if fence is None:
+            raise Rejection(410, "session_gone", _GONE)
+        # What the owner wrote as it let go is the state to carry on from.
+        data, frames = await store.load(session_id)
+        snapshot = Snapshot.decode(data) if data is not None else None
+        if snapshot is None:
+            raise Rejection(410, "session_gone", _GONE)
+    except StoreBusy:
+        ctx.registry.release(admission.identity.key)
+        raise Rejection(
+            503, "session_busy", "the session's relay process did not let it go; retry", retry_after_s=1
+        ) from None
+    except (StoreUnavailable, SnapshotInvalid):
+        ctx.registry.release(admission.identity.key)
+        raise Rejection(503, "session_store_unavailable", _STORE_DOWN, retry_after_s=1) from None
+    except Rejection:
+        ctx.registry.release(admission.identity.key)
+        ctx.metrics.resumes_total.labels("gone").inc()
+        raise
+    ctx.metrics.sessions_moved_total.labels("arrived").inc()
+    call = None
+    if snapshot.call_id is not None:
+        default = ctx.settings.calls_audio_format
+        call = accepted_call_formats(request.app, snapshot.call_id) or CallFormats(default, default)
+    return Conversation.restored(
+        ctx,
+        snapshot,
+        frames,
+        fence,
+        beta=_translator(ctx, snapshot.beta),
+        usage=SessionUsage(request.app[BUDGETS], admission.identity, snapshot.model),
+        call=call,
+    )
 
 
 def _call_formats(request: web.Request, admission: Admission) -> CallFormats | None:

@@ -321,6 +321,14 @@ class Supervisor:
             request = {"type": "response.create", "event_id": self._relay_event_id()}
             session.forward_upstream(dumps(request), "response.create", request)
 
+    async def take_over(self) -> None:
+        """The first upstream of a conversation taken over from another process: prepared like a
+        replacement (connect, replay the stored state), the client's events held meanwhile."""
+        started = time.monotonic()
+        self.session.hold_client()
+        prepared = await self._prepare(attempts=self.settings.reconnect_max_attempts, recovering=True)
+        self._switch(prepared, cause="takeover", held_since=started)
+
     # ------------------------------------------------------------------ preparing
     async def _prepare(self, attempts: int, *, recovering: bool) -> Prepared:
         """Connect and replay, retrying with backoff; drops during a replay restart it."""

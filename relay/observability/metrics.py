@@ -120,6 +120,31 @@ class RelayMetrics:
             ["result"],
             registry=r,
         )
+        self.session_store_up = Gauge(
+            "relay_session_store_up",
+            "1 while the shared session store (Redis) answers; 0: conversations go on where they "
+            "are, but a client cannot resume on another process.",
+            registry=r,
+        )
+        self.session_store_failures_total = Counter(
+            "relay_session_store_failures",
+            "Session store operations that failed (Redis unreachable), by operation.",
+            ["operation"],
+            registry=r,
+        )
+        self.session_store_events_total = Counter(
+            "relay_session_store_events",
+            "Conversations fenced out by a newer owner (fenced_out).",
+            ["event"],
+            registry=r,
+        )
+        self.sessions_moved_total = Counter(
+            "relay_sessions_moved",
+            "Conversations handed to another process: drain (a deploy), released (the client came "
+            "back elsewhere), taken_over (this process lost it), and arrived here (takeover).",
+            ["reason"],
+            registry=r,
+        )
         self.client_events_deduplicated_total = Counter(
             "relay_client_events_deduplicated",
             "Client events sent again (same event_id or item id) and not forwarded twice.",

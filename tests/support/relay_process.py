@@ -63,7 +63,7 @@ async def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: floa
 async def relay_process(**env: str) -> AsyncIterator[RelayProcess]:
     """A relay process on a free port; extra settings as RELAY_* environment variables."""
     port = free_port()
-    full_env = clean_env(RELAY_PORT=str(port), RELAY_CLIENT_TOKENS=TOKEN, **env)
+    full_env = clean_env(**{"RELAY_PORT": str(port), "RELAY_CLIENT_TOKENS": TOKEN, **env})
     proc = subprocess.Popen(
         [sys.executable, "-m", "relay", "serve"],
         env=full_env,

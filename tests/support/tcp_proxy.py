@@ -11,8 +11,13 @@ import contextlib
 
 
 class CuttableProxy:
-    def __init__(self, target_port: int) -> None:
+    """To one port, or a balancer over several: each new connection goes to the next target
+    that accepts it (a replica that stopped listening is skipped, as a load balancer would)."""
+
+    def __init__(self, target_port: int, *more_ports: int) -> None:
         self.target_port = target_port
+        self.targets = [target_port, *more_ports]
+        self._next = 0
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -23,8 +28,20 @@ class CuttableProxy:
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        for _ in range(len(self.targets)):
+            port = self.targets[self._next % len(self.targets)]
+            self._next += 1
+            with contextlib.suppress(OSError):
+                return await asyncio.open_connection("127.0.0.1", port)
+        raise ConnectionRefusedError("no target accepts connections")
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        try:
+            up_reader, up_writer = await self._connect()
+        except OSError:
+            writer.transport.abort()
+            return
         self._writers |= {writer, up_writer}
         pipes = [
             asyncio.create_task(self._pipe(reader, up_writer)),

@@ -1,0 +1,307 @@
+"""A client resumes on another relay process: conversations in Redis (RELAY_REDIS_URL).
+
+Real parts: ``relay serve`` processes, a real ``redis-server``, the simulator with the live API's
+timing. A client's TCP connection is cut (or its relay redeployed, or killed) and it comes back
+with its resume token and the last event it processed, on another process; it must get every
+later event once, in order, and a conversation that goes on with its whole history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+import websockets
+from prometheus_client.parser import text_string_to_metric_families
+
+from relay.simulator.config import SimulatorConfig
+from relay.simulator.server import start_simulator
+from relay.simulator.timing import Timing
+from tests.support.conversation import Event, RecordingClient, text_item
+from tests.support.redis_server import RedisServer, running_redis
+from tests.support.relay_process import TOKEN, RelayProcess, relay_process
+from tests.support.sim_control import SimControl
+from tests.support.tcp_proxy import CuttableProxy
+
+OTHER_TOKEN = "process-token-someone-else-0000"
+REALISTIC = SimulatorConfig(speed=20.0, timing=Timing.realistic())
+ANSWER = " ".join(f"word{i}" for i in range(60))
+LEASE_S = 2
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    with running_redis() as server:
+        yield server
+
+
+@dataclass
+class Cluster:
+    relays: list[RelayProcess]
+    sim: SimControl
+    redis: RedisServer
+
+    async def client(self, relay: RelayProcess, token: str = TOKEN) -> RecordingClient:
+        client = await RecordingClient.connect(_url(relay.port), token)
+        await client.wait_for("session.created")
+        return client
+
+    async def resume(
+        self, port: int, token: str, last_event_id: str | None, auth: str = TOKEN
+    ) -> RecordingClient:
+        headers = {"Authorization": f"Bearer {auth}", "X-Relay-Resume-Token": token}
+        if last_event_id:
+            headers["X-Relay-Last-Event-Id"] = last_event_id
+        ws = await websockets.connect(_url(port), additional_headers=headers, max_size=None)
+        return RecordingClient(ws)
+
+
+def _url(port: int) -> str:
+    return f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime&relay_resume=1"
+
+
+@pytest.fixture
+async def cluster(redis_server: RedisServer, request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
+    runner, sim_port = await start_simulator(REALISTIC)
+    count: int = getattr(request, "param", 2)
+    env = {
+        "RELAY_UPSTREAM": "simulator",
+        "RELAY_UPSTREAM_URL": f"ws://127.0.0.1:{sim_port}/v1/realtime",
+        "RELAY_CLIENT_TOKENS": f"{TOKEN},{OTHER_TOKEN}",
+        "RELAY_REDIS_URL": redis_server.url,
+        "RELAY_SESSION_LEASE_S": str(LEASE_S),
+        "RELAY_ROTATE_AFTER_S": "0",
+        "RELAY_OVERLOAD_LAG_MS": "0",
+        "RELAY_LOG_LEVEL": "WARNING",
+        "RELAY_MAX_SESSIONS_PER_TOKEN": "1000",
+        "RELAY_MAX_UNFINISHED_HEADS_PER_PEER": "512",  # the balancer is one peer
+    }
+    async with AsyncExitStack() as stack:
+        relays = [await stack.enter_async_context(relay_process(**env)) for _ in range(count)]
+        yield Cluster(relays, SimControl(f"http://127.0.0.1:{sim_port}"), redis_server)
+    await runner.cleanup()
+
+
+def _token(client: RecordingClient) -> str:
+    resumable = [e for e in client.events if e["type"] == "relay.session_resumable"]
+    assert resumable, "no relay.session_resumable event"
+    return str(resumable[-1]["resume_token"])
+
+
+async def _cut(client: RecordingClient) -> None:
+    """The network goes away under the client: no close frame (1006 at the relay)."""
+    client.ws.transport.abort()
+    await client._reader
+
+
+async def _metric(port: int, name: str, labels: dict[str, str] | None = None) -> float:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as r:
+        text = await r.text()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
+                total += sample.value
+    return total
+
+
+async def _until_metric(port: int, name: str, value: float, labels: dict[str, str] | None = None) -> None:
+    async with asyncio.timeout(15):
+        while await _metric(port, name, labels) < value:  # noqa: ASYNC110 (another process's metric)
+            await asyncio.sleep(0.05)
+
+
+def _shown(events: list[Event]) -> list[Event]:
+    return [e for e in events if e["type"] != "relay.session_resumable"]
+
+
+def _assert_one_stream(events: list[Event]) -> None:
+    types = [e["type"] for e in events]
+    assert types.count("session.created") == 1
+    ids = [e["event_id"] for e in events]
+    assert len(ids) == len(set(ids)), "an event was delivered twice"
+    created = [e["response"]["id"] for e in events if e["type"] == "response.created"]
+    done = [e["response"]["id"] for e in events if e["type"] == "response.done"]
+    assert sorted(created) == sorted(done)
+    assert len(done) == len(set(done))
+
+
+async def _ask(cluster: Cluster, client: RecordingClient, text: str, after: int = 0) -> Event:
+    await cluster.sim.script(replies=[ANSWER])
+    await client.send(text_item(text))
+    await client.send({"type": "response.create"})
+    return await client.wait_for("response.done", after=after, timeout=30)
+
+
+async def _answer_while_away(cluster: Cluster, owner: RelayProcess) -> tuple[RecordingClient, str, int]:
+    """A conversation with one exchange; the client asks again and its network goes away as the
+    answer starts. Returns the client, its token, and how many events it had processed."""
+    client = await cluster.client(owner)
+    await _ask(cluster, client, "first question")
+    token = _token(client)
+    mark = len(client.events)
+    await cluster.sim.script(replies=[ANSWER])
+    await client.send(text_item("second question"))
+    await client.send({"type": "response.create"})
+    await client.wait_for("response.output_audio_transcript.delta", after=mark, timeout=30)
+    processed = len(client.events)
+    await _cut(client)
+    return client, token, processed
+
+
+async def _continues_with_history(cluster: Cluster, resumed: RecordingClient) -> None:
+    """The conversation goes on where it is now, with every earlier item in the new upstream."""
+    mark = len(resumed.events)
+    await _ask(cluster, resumed, "third question", after=mark)
+    session = await cluster.sim.open_session(resumed.relay_session)
+    texts = str(session)
+    for question in ("first question", "second question", "third question"):
+        assert question in texts
+
+
+@pytest.mark.timeout(120)
+async def test_a_client_resumes_on_another_process_with_every_event_once(cluster: Cluster) -> None:
+    owner, other = cluster.relays
+    client, token, processed = await _answer_while_away(cluster, owner)
+    # The answer finishes while the client is away: the owner keeps it (and writes it to Redis).
+    await _until_metric(owner.port, "relay_resumes_total", 0)  # the owner still answers
+    await asyncio.sleep(1.5)
+    seen = _shown(client.events[:processed])
+    resumed = await cluster.resume(other.port, token, seen[-1]["event_id"])
+    assert resumed.ws.response is not None
+    assert resumed.ws.response.headers["X-Relay-Session-Id"] == client.relay_session
+    await resumed.wait_for("response.done", timeout=30)
+    everything = seen + _shown(resumed.events)
+    _assert_one_stream(everything)
+    done = [e for e in everything if e["type"] == "response.done"]
+    assert [d["response"]["status"] for d in done] == ["completed", "completed"]
+    await _continues_with_history(cluster, resumed)
+    assert await _metric(other.port, "relay_sessions_moved_total", {"reason": "arrived"}) == 1
+    assert await _metric(owner.port, "relay_sessions_moved_total", {"reason": "released"}) == 1
+    await resumed.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("crash_after_s", [0.6, 2.0], ids=["mid-answer", "answer-buffered"])
+async def test_a_crashed_owner_is_taken_over_once_its_lease_lapses(
+    cluster: Cluster, crash_after_s: float
+) -> None:
+    owner, other = cluster.relays
+    client, token, processed = await _answer_while_away(cluster, owner)
+    await asyncio.sleep(crash_after_s)  # the owner's syncs write what the client missed
+    owner.proc.send_signal(signal.SIGKILL)
+    await asyncio.to_thread(owner.proc.wait, 10)
+    seen = _shown(client.events[:processed])
+    resumed = await cluster.resume(other.port, token, seen[-1]["event_id"])
+    done = await resumed.wait_for("response.done", timeout=30)
+    # Whatever the owner had written when it died arrives once; an answer it was still streaming
+    # ends with one response.done (incomplete: what was said before the crash).
+    assert done["response"]["status"] in ("completed", "incomplete")
+    _assert_one_stream(seen + _shown(resumed.events))
+    await _continues_with_history(cluster, resumed)
+    await resumed.close()
+
+
+@pytest.mark.timeout(120)
+async def test_tokens_replayed_stolen_or_of_ended_sessions_are_refused_everywhere(cluster: Cluster) -> None:
+    owner, other = cluster.relays
+    client = await cluster.client(owner)
+    token = _token(client)
+    await _cut(client)
+    stolen = await _refusal(other.port, token, OTHER_TOKEN)
+    assert stolen == (403, "resume_identity_mismatch")
+    resumed = await cluster.resume(other.port, token, None)
+    await asyncio.sleep(0.5)
+    # The token was replaced at the resume: the old one opens nothing, here or on its old process.
+    assert await _refusal(other.port, token, TOKEN) == (401, "invalid_resume_token")
+    assert await _refusal(owner.port, token, TOKEN) == (401, "invalid_resume_token")
+    new_token = _token(resumed)
+    await resumed.close()  # a normal close ends the conversation: nothing left to resume
+    await asyncio.sleep(0.5)
+    assert await _refusal(owner.port, new_token, TOKEN) == (410, "session_gone")
+
+
+async def _refusal(port: int, token: str, auth: str) -> tuple[int, str]:
+    headers = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+        "Authorization": f"Bearer {auth}",
+        "X-Relay-Resume-Token": token,
+    }
+    url = f"http://127.0.0.1:{port}/v1/realtime?model=gpt-realtime"
+    async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as r:
+        body: dict[str, Any] = await r.json()
+        return r.status, body["error"]["code"]
+
+
+@pytest.mark.timeout(120)
+async def test_redis_restarted_mid_run_costs_only_cross_process_resume_meanwhile(cluster: Cluster) -> None:
+    owner, other = cluster.relays
+    client = await cluster.client(owner)
+    await _ask(cluster, client, "first question")
+    cluster.redis.stop()
+    await _until_metric(owner.port, "relay_session_store_failures_total", 1)
+    assert await _metric(owner.port, "relay_session_store_up") == 0
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{owner.port}/readyz") as r:
+        assert (await r.json())["session_store"] == "down"
+    mark = len(client.events)
+    await _ask(cluster, client, "second question", after=mark)  # the session works where it is
+    token = _token(client)
+    assert (await _refusal(other.port, token, TOKEN))[0] == 503  # nowhere to look it up
+    cluster.redis.start()  # empty: a cache restarted without persistence
+    await _until_metric(owner.port, "relay_session_store_up", 1)
+    await asyncio.sleep(1.0)  # the next syncs register the conversation again
+    processed = len(client.events)
+    await _cut(client)
+    resumed = await cluster.resume(other.port, token, _shown(client.events[:processed])[-1]["event_id"])
+    await _continues_with_history(cluster, resumed)
+    _assert_one_stream(_shown(client.events[:processed]) + _shown(resumed.events))
+    await resumed.close()
+
+
+CONVERSATIONS = 50
+
+
+@pytest.mark.timeout(180)
+async def test_a_rolling_deploy_moves_fifty_conversations_to_the_other_replica(cluster: Cluster) -> None:
+    first, second = cluster.relays
+    balancer = await CuttableProxy(first.port).start()  # all start on the first replica
+    await cluster.sim.script(replies=["short answer"] * (CONVERSATIONS * 3))
+    try:
+        clients = await asyncio.gather(
+            *(cluster.client(RelayProcess(first.proc, balancer.port)) for _ in range(CONVERSATIONS))
+        )
+        for index, client in enumerate(clients):
+            await client.send(text_item(f"question {index}"))
+            await client.send({"type": "response.create"})
+        await asyncio.gather(*(c.wait_for("response.done", timeout=60) for c in clients))
+        balancer.targets = [second.port]  # the new replica is up; the old one is told to go
+        first.proc.send_signal(signal.SIGTERM)
+        for client in clients:  # the SDKs reconnect on 1012 (service restart)
+            await asyncio.wait_for(client._reader, 30)
+            assert client.ws.close_code == 1012
+        resumed = await asyncio.gather(
+            *(cluster.resume(balancer.port, _token(c), _shown(c.events)[-1]["event_id"]) for c in clients)
+        )
+        for index, client in enumerate(resumed):
+            await client.send(text_item(f"follow-up {index}"))
+            await client.send({"type": "response.create"})
+        await asyncio.gather(*(c.wait_for("response.done", timeout=60) for c in resumed))
+        for index, (before, after) in enumerate(zip(clients, resumed, strict=True)):
+            _assert_one_stream(_shown(before.events) + _shown(after.events))
+            session = await cluster.sim.open_session(after.relay_session)
+            assert f"question {index}" in str(session)
+            assert f"follow-up {index}" in str(session)
+        arrived = await _metric(second.port, "relay_sessions_moved_total", {"reason": "arrived"})
+        assert arrived == CONVERSATIONS
+        await asyncio.gather(*(c.close() for c in resumed))
+    finally:
+        await balancer.close()
