@@ -30,6 +30,7 @@ from relay.io.handler import (
 )
 from relay.io.session_store import SessionStore
 from relay.io.upstream import UpstreamConfig
+from relay.io.workers import all_workers_metrics
 from relay.observability.logging import get_logger, register_secret
 from relay.observability.metrics import RelayMetrics
 from relay.settings import Settings
@@ -37,6 +38,7 @@ from relay.settings import Settings
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 METRICS: web.AppKey[RelayMetrics] = web.AppKey("metrics", RelayMetrics)
 SIMULATOR_URL: web.AppKey[str] = web.AppKey("simulator_url", str)
+WORKER_DIR: web.AppKey[str] = web.AppKey("worker_dir", str)  # one of several workers (relay.io.workers)
 
 _log = get_logger()
 
@@ -219,7 +221,11 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
+    """This process's metrics; with several workers, all of theirs merged (one server)."""
     body, content_type = request.app[METRICS].render()
+    directory = request.app.get(WORKER_DIR)
+    if directory is not None:
+        body = await all_workers_metrics(directory, request.app[SETTINGS].workers)
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type
     return response

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -20,6 +21,13 @@ from pydantic import ValidationError
 
 from relay import __version__
 from relay.core.redaction import redact_text
+from relay.io.workers import (
+    WORKER_DIR_ENV,
+    WORKER_INDEX_ENV,
+    SlotClient,
+    run_workers,
+    serve_own_metrics,
+)
 from relay.observability.logging import configure_logging, get_logger
 from relay.settings import Settings, load_settings
 
@@ -35,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--config", help="TOML settings file (default: $RELAY_CONFIG)")
+    serve.add_argument("--workers", type=int, help="worker processes on the port (default: 1)")
     simulate = commands.add_parser("simulate", help="run the Realtime API simulator alone")
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument("--port", type=int, default=8081)
@@ -72,12 +81,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = args.command or "serve"
     if command == "simulate":
         return _simulate(args)
-    return _serve(getattr(args, "config", None), getattr(args, "host", None), getattr(args, "port", None))
+    return _serve(
+        getattr(args, "config", None),
+        getattr(args, "host", None),
+        getattr(args, "port", None),
+        getattr(args, "workers", None),
+    )
 
 
-def _serve(config: str | None, host: str | None, port: int | None) -> int:
+def _serve(config: str | None, host: str | None, port: int | None, workers: int | None = None) -> int:
     try:
-        settings = load_settings(config, host=host, port=port)
+        settings = load_settings(config, host=host, port=port, workers=workers)
     except ValidationError as exc:
         print(f"relay: invalid settings:\n{settings_errors(exc)}", file=sys.stderr)
         return 2
@@ -90,9 +104,17 @@ def _serve(config: str | None, host: str | None, port: int | None) -> int:
             print(f"relay: refusing to start: {problem}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    worker = os.environ.get(WORKER_INDEX_ENV)
+    if settings.workers > 1 and worker is None:  # the parent: it starts the workers and waits
+        _announce(settings)
+        _install_uvloop()
+        argv = [*(["--config", config] if config else []), *(["--host", host] if host else [])]
+        argv += ["--port", str(port)] if port else []
+        return asyncio.run(run_workers(settings, argv))
     _harden_http_edge()
-    _announce(settings)
-    _warn_about(settings)
+    if worker is None:
+        _announce(settings)
+        _warn_about(settings)
     _install_uvloop()
     asyncio.run(_run_relay(settings))
     return 0
@@ -113,9 +135,10 @@ def _announce(settings: Settings) -> None:
     where = redact_text(settings.upstream_url or "") or names.get(kind)  # Azure's ?api-key= form
     if kind == "simulator" and not settings.upstream_url:
         where = "the embedded simulator (no OPENAI_API_KEY or Azure credentials are set)"
+    workers = f", {settings.workers} workers" if settings.workers > 1 else ""
     print(
         f"relay {__version__} listening on http://{settings.host}:{settings.port} "
-        f"(WebSocket /v1/realtime), upstream: {where}",
+        f"(WebSocket /v1/realtime{workers}), upstream: {where}",
         file=sys.stderr,
         flush=True,
     )
@@ -150,7 +173,9 @@ def _install_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def start_server(app: web.Application, settings: Settings) -> tuple[web.AppRunner, GuardedSite]:
+async def start_server(
+    app: web.Application, settings: Settings, *, reuse_port: bool = False
+) -> tuple[web.AppRunner, GuardedSite]:
     """Serve ``app`` as ``relay serve`` does: aiohttp behind the edge guard (tests use it too)."""
     from relay.app import METRICS
     from relay.io.guard import GuardedSite
@@ -168,16 +193,30 @@ async def start_server(app: web.Application, settings: Settings) -> tuple[web.Ap
         max_unfinished_per_peer=settings.max_unfinished_heads_per_peer,
         metrics=app[METRICS],
         ssl_context=_tls(settings),
+        reuse_port=reuse_port,
     )
     await site.start()
     return runner, site
 
 
 async def _run_relay(settings: Settings) -> None:
-    from relay.app import create_app, drain
+    from relay.app import METRICS, WORKER_DIR, create_app, drain
+    from relay.io.handler import RELAY_CONTEXT
 
     app = create_app(settings)
-    runner, _ = await start_server(app, settings)
+    directory = os.environ.get(WORKER_DIR_ENV)
+    if directory:
+        app[WORKER_DIR] = directory
+    runner, _ = await start_server(app, settings, reuse_port=directory is not None)
+    if directory:  # one of several workers: caps across them, its metrics for the merged /metrics
+        slots = await SlotClient.connect(directory)
+        app[RELAY_CONTEXT].registry.shared = slots
+
+        async def own_metrics(request: web.Request) -> web.Response:
+            body, content_type = app[METRICS].render()
+            return web.Response(body=body, headers={"Content-Type": content_type})
+
+        metrics_runner = await serve_own_metrics(directory, os.environ[WORKER_INDEX_ENV], own_metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -186,6 +225,9 @@ async def _run_relay(settings: Settings) -> None:
     get_logger().info("shutdown_requested", grace_s=settings.drain_grace_s)
     await drain(app, settings.drain_grace_s)
     await runner.cleanup()
+    if directory:
+        await metrics_runner.cleanup()
+        await slots.close()
 
 
 def _tls(settings: Settings) -> ssl.SSLContext | None:

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # --- listening -------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    # Worker processes on the port (SO_REUSEPORT), one per core to use; caps and /metrics hold
+    # across them. With RELAY_REDIS_URL a resume may land on any of them.
+    workers: int = Field(1, ge=1, le=256)
     tls_cert_file: str | None = None  # serve wss:// directly (else terminate TLS in front)
     tls_key_file: str | None = None
 
@@ -293,6 +296,8 @@ class Settings(BaseSettings):
                 problems.append(
                     f"RELAY_ALLOW_UNAUTHENTICATED is only allowed on a loopback host, not {self.host!r}"
                 )
+        if self.workers > 1 and self.port == 0:
+            problems.append("several workers share one port: give RELAY_PORT (not 0) with RELAY_WORKERS")
         return problems
 
 

@@ -244,7 +244,7 @@ class GuardedSite(web.BaseSite):
     """aiohttp's TCPSite with the guard in front of every connection (and a TLS handshake bound
     by the same timeout as the request head)."""
 
-    __slots__ = ("_guard_options", "_host", "_port", "guard")
+    __slots__ = ("_guard_options", "_host", "_port", "_reuse_port", "guard")
 
     def __init__(
         self,
@@ -257,10 +257,12 @@ class GuardedSite(web.BaseSite):
         max_unfinished_per_peer: int,
         metrics: RelayMetrics | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context)
         self._host = host
         self._port = port
+        self._reuse_port = reuse_port  # several worker processes on one port
         self._guard_options = (header_timeout_s, max_unfinished, max_unfinished_per_peer, metrics)
         self.guard: EdgeGuard | None = None
 
@@ -292,6 +294,7 @@ class GuardedSite(web.BaseSite):
             self._port,
             ssl=self._ssl_context,
             ssl_handshake_timeout=timeout if self._ssl_context is not None else None,
+            reuse_port=self._reuse_port or None,
         )
         sockets = self._server.sockets
         if sockets:

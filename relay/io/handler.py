@@ -221,7 +221,7 @@ async def realtime_endpoint(request: web.Request) -> web.StreamResponse:
                 )
             await within_budget(request, admission.identity)
             try:
-                ctx.registry.reserve(admission.identity)
+                await ctx.registry.admit(admission.identity)
             except CapacityExceeded as exc:
                 raise Rejection(429, exc.reason, exc.message) from None
             conversation = _conversation(
@@ -344,7 +344,7 @@ async def _take_over(
     credential = ResumeCredential(session_id, snapshot.identity_key, snapshot.digest)
     _check_credential(ctx, credential, secret, admission.identity.key)
     try:
-        ctx.registry.reserve(admission.identity)
+        await ctx.registry.admit(admission.identity)
     except CapacityExceeded as exc:
         raise Rejection(429, exc.reason, exc.message) from None
     try:

@@ -25,6 +25,13 @@ class CapacityExceeded(Exception):
         self.message = message
 
 
+class SharedSlots(Protocol):
+    """The session caps across worker processes (``relay.io.workers``)."""
+
+    async def reserve(self, kind: str, key: str) -> CapacityExceeded | None: ...
+    def release(self, key: str) -> None: ...
+
+
 class Live(Protocol):
     """What the registry needs of a conversation."""
 
@@ -54,25 +61,44 @@ class SessionRegistry:
     def __post_init__(self) -> None:
         self.empty.set()
 
+    shared: SharedSlots | None = None  # several workers: the caps hold across them
+
     def reserve(self, identity: Identity) -> None:
+        self.reserve_slot(identity.kind, identity.key)
+
+    async def admit(self, identity: Identity) -> None:
+        """Reserve a slot here and, with several workers, across them; raises CapacityExceeded."""
+        self.reserve(identity)
+        if self.shared is None:
+            return
+        try:
+            refusal = await self.shared.reserve(identity.kind, identity.key)
+        except BaseException:
+            self._release_local(identity.key)
+            raise
+        if refusal is not None:
+            self._release_local(identity.key)
+            raise refusal
+
+    def reserve_slot(self, kind: str, key: str) -> None:
         if self.reserved >= self.max_sessions:
             raise CapacityExceeded(
                 "global_session_cap",
                 f"the relay is at its session capacity ({self.max_sessions} sessions; "
                 "RELAY_MAX_SESSIONS raises it)",
             )
-        limit, setting = self._limit_for(identity)
-        if limit is not None and self.per_identity[identity.key] >= limit:
+        limit, setting = self._limit_for(kind)
+        if limit is not None and self.per_identity[key] >= limit:
             raise CapacityExceeded(
                 "identity_session_cap",
                 f"too many concurrent sessions for this client identity ({limit} per "
-                f"{'token' if identity.kind == 'token' else 'identity'}; {setting} raises it)",
+                f"{'token' if kind == 'token' else 'identity'}; {setting} raises it)",
             )
-        self.per_identity[identity.key] += 1
+        self.per_identity[key] += 1
         self.reserved += 1
 
-    def _limit_for(self, identity: Identity) -> tuple[int | None, str]:
-        if identity.kind == "token":
+    def _limit_for(self, kind: str) -> tuple[int | None, str]:
+        if kind == "token":
             return self.max_per_token, "RELAY_MAX_SESSIONS_PER_TOKEN"
         return self.max_per_identity, "RELAY_MAX_SESSIONS_PER_IDENTITY"
 
@@ -91,6 +117,11 @@ class SessionRegistry:
 
     def release(self, identity_key: str) -> None:
         """Free a reserved slot (an upgrade that never started its conversation, or one ended)."""
+        self._release_local(identity_key)
+        if self.shared is not None:
+            self.shared.release(identity_key)
+
+    def _release_local(self, identity_key: str) -> None:
         self.reserved -= 1
         self.per_identity[identity_key] -= 1
         if self.per_identity[identity_key] <= 0:
