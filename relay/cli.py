@@ -136,9 +136,11 @@ def _announce(settings: Settings) -> None:
     if kind == "simulator" and not settings.upstream_url:
         where = "the embedded simulator (no OPENAI_API_KEY or Azure credentials are set)"
     workers = f", {settings.workers} workers" if settings.workers > 1 else ""
+    # Where conversations live decides where a client can resume: say it once, at the start.
+    state = "shared in Redis" if settings.redis_url is not None else "in this process (resume on it only)"
     print(
         f"relay {__version__} listening on http://{settings.host}:{settings.port} "
-        f"(WebSocket /v1/realtime{workers}), upstream: {where}",
+        f"(WebSocket /v1/realtime{workers}), upstream: {where}, conversations: {state}",
         file=sys.stderr,
         flush=True,
     )

@@ -117,6 +117,7 @@ async def test_an_empty_provider_key_means_the_simulator() -> None:
     """deploy/docker-compose.yml passes ``OPENAI_API_KEY: ${OPENAI_API_KEY:-}``: empty, not unset."""
     err = await _start_and_stop(RELAY_CLIENT_TOKENS=TOKEN, OPENAI_API_KEY="", AZURE_OPENAI_ENDPOINT="")
     assert b"upstream: the embedded simulator" in err
+    assert b"conversations: in this process (resume on it only)" in err
 
 
 def test_an_empty_jwt_secret_is_no_authentication() -> None:

@@ -305,3 +305,63 @@ async def test_a_rolling_deploy_moves_fifty_conversations_to_the_other_replica(c
         await asyncio.gather(*(c.close() for c in resumed))
     finally:
         await balancer.close()
+
+
+@pytest.mark.timeout(120)
+async def test_the_openai_sdk_follows_its_conversation_through_a_deploy(cluster: Cluster) -> None:
+    """The SDK reconnects by itself on 1012; its ``on_reconnecting`` hook returns the resume token
+    and last event; the load balancer sends it to the replica that stays, which takes over."""
+    from openai import AsyncOpenAI
+    from openai.types import ReconnectingEvent, ReconnectingOverrides
+
+    leaving, staying = cluster.relays
+    balancer = await CuttableProxy(leaving.port).start()
+    resume: dict[str, str] = {}
+    reconnecting = asyncio.Event()
+
+    def on_reconnecting(event: ReconnectingEvent) -> ReconnectingOverrides:
+        reconnecting.set()
+        headers = {"X-Relay-Resume-Token": resume["token"], "X-Relay-Last-Event-Id": resume["last"]}
+        return {"extra_headers": headers}
+
+    sdk = AsyncOpenAI(api_key=TOKEN, websocket_base_url=f"ws://127.0.0.1:{balancer.port}/v1")
+    await cluster.sim.script(replies=["the first answer", "the second answer"])
+    types: list[str] = []
+    try:
+        async with sdk.realtime.connect(
+            model="gpt-realtime", extra_query={"relay_resume": "1"}, on_reconnecting=on_reconnecting
+        ) as conn:
+            await conn.conversation.item.create(item=text_item("remember the word banana")["item"])
+            await conn.response.create()
+            async for event in conn:
+                types.append(event.type)
+                if event.type == "relay.session_resumable":  # type: ignore[comparison-overlap]
+                    resume["token"] = getattr(event, "resume_token")  # noqa: B009
+                    continue
+                resume["last"] = event.event_id
+                if event.type == "response.done" and types.count("response.done") == 1:
+                    balancer.targets = [staying.port]
+                    leaving.proc.send_signal(signal.SIGTERM)  # a deploy: the replica goes
+                    follow_up = asyncio.create_task(_ask_after_reconnect(conn, reconnecting))
+                elif event.type == "response.done":
+                    break
+            await follow_up
+            still_open = [s for s in await cluster.sim.sessions() if s["open"]]
+            assert len(still_open) == 1  # the staying replica's upstream; the leaving one closed
+            session = await cluster.sim.session(still_open[0]["id"])
+    finally:
+        await balancer.close()
+    assert reconnecting.is_set()
+    assert types.count("response.done") == 2
+    assert types.count("session.created") == 1
+    assert "error" not in types
+    for text in ("remember the word banana", "which word?"):
+        assert text in str(session)
+    assert await _metric(staying.port, "relay_sessions_moved_total", {"reason": "arrived"}) == 1
+
+
+async def _ask_after_reconnect(conn: Any, reconnecting: asyncio.Event) -> None:
+    """The app asks its next question once the SDK is on its way back (it queues meanwhile)."""
+    await asyncio.wait_for(reconnecting.wait(), 20)
+    await conn.conversation.item.create(item=text_item("which word?")["item"])
+    await conn.response.create()
