@@ -115,6 +115,7 @@ def write_report(results: dict[str, Any], out: Path) -> str:
     lines = ["# relay benchmark", "", *latency_table(results), *_floor(results), *sweep_table(results)]
     lines += _core_capacity(results)
     lines += _beta_and_rotation(results)
+    lines += resume_lines(results.get("resume"))
     lines += [
         "",
         f"Relay RSS per idle session: {results['rss_per_session'] / 1024:.1f} KiB",
@@ -191,6 +192,48 @@ def _beta_and_rotation(results: dict[str, Any]) -> list[str]:
             f"Open microphones (room noise, server VAD), {mic['sessions']} sessions, fresh relay: RSS "
             f"per session {steps} (idle {mic['idle_kib_per_session']:.1f} KiB; target <= 64 KiB), "
             f"growth {mic['growth_kib_per_session_minute']:.1f} KiB per session-minute"
+        )
+    return lines
+
+
+def resume_lines(resume: dict[str, Any] | None) -> list[str]:
+    """Client resume and moving conversations (bench/resume.py)."""
+    if not resume:
+        return []
+    lines = [""]
+    for key, what, target in (
+        ("same_process", "Resume on the same process", 50),
+        ("takeover", "Resume on another process (takeover through Redis)", 1000),
+    ):
+        row = resume[key]
+        if "skipped" in row:
+            lines.append(f"{what}: skipped ({row['skipped']})")
+            continue
+        lines.append(
+            f"{what}, {row['conversations']} conversations cut mid-answer, realistic upstream: first "
+            f"buffered event {row['first_event_p50_ms']:.1f} ms p50, {row['first_event_max_ms']:.1f} ms max "
+            f"after the upgrade (target <= {target} ms); the upgrade itself {row['upgrade_p50_ms']:.0f} ms "
+            f"p50, {row['upgrade_max_ms']:.0f} ms max; lost {row['lost']}, duplicated {row['duplicated']}, "
+            f"answers completed {row['completed']}"
+        )
+    drain = resume["drain"]
+    if "skipped" in drain:
+        lines.append(f"Drain: skipped ({drain['skipped']})")
+    else:
+        lines.append(
+            f"Drain of {drain['conversations']} conversations (SIGTERM, Redis): closed 1012 "
+            f"{drain['closed_1012']}, resumed on the other replica {drain['resumed']} (all within "
+            f"{drain['all_resumed_after_s']:.2f} s of the SIGTERM), went on {drain['went_on']}"
+        )
+    cost = resume["redis_cost"]
+    if "skipped" not in cost:
+        without = ", ".join(f"{v:.0f}" for v in cost["cpu_us_per_append_without"])
+        with_redis = ", ".join(f"{v:.0f}" for v in cost["cpu_us_per_append_with"])
+        commands = ", ".join(f"{v:.1f}" for v in cost["redis_commands_per_session_second"])
+        lines.append(
+            f"Redis for attached sessions ({cost['sessions']} open microphones, {cost['seconds']:.0f} s): "
+            f"relay CPU per append {without} us without, {with_redis} us with RELAY_REDIS_URL (trials); "
+            f"Redis commands (inside scripts included) per session-second {commands}"
         )
     return lines
 

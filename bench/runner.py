@@ -32,6 +32,7 @@ from bench.hotpath import measure as hot_path_micro
 from bench.load import Schedule, Stamps, VoiceApp, drive, open_app
 from bench.micro import replay_micro, validation_micro, wakeup_floor
 from bench.real_conditions import open_mic_rss, rotation_under_open_mics
+from bench.resume import run_all as resume_run_all
 from bench.servers import TOKEN, Proc, start_nginx, start_relay
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
@@ -269,6 +270,15 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             for set_up in args.rotation_set_up_ms
         ]
         results["open_mic"] = await open_mic_rss(args.open_mic_sessions, args.open_mic_duration)
+        if args.resume_conversations:  # 0: left out (the harness's smoke test runs it apart)
+            results["resume"] = await resume_run_all(
+                args.resume_conversations,
+                args.resume_drained,
+                args.resume_cost_sessions,
+                args.resume_cost_seconds,
+                args.trials,
+                args.resume_speed,
+            )
         results["rss_per_session"] = await idle_rss_per_session(sim_port, args.idle_sessions)
         results["validation"] = validation_micro()
         results["replay_ms"] = replay_micro()
@@ -308,6 +318,12 @@ def run(argv: list[str]) -> int:
     parser.add_argument(
         "--floor-rounds", type=int, default=2000, help="cross-core round trips timed for the latency floor"
     )
+    parser.add_argument("--resume-conversations", type=int, default=20, help="cut and resumed, each way")
+    parser.add_argument("--resume-drained", type=int, default=100, help="moved by a drain")
+    parser.add_argument("--resume-cost-sessions", type=int, default=20, help="open mics, Redis cost")
+    parser.add_argument("--resume-cost-seconds", type=float, default=15.0)
+    parser.add_argument("--resume-cost-trials", type=int, default=2, help="with/without Redis rounds")
+    parser.add_argument("--resume-speed", type=float, default=1.0, help="simulator speed (1 = live)")
     parser.add_argument("--quick", action="store_true", help="10 sessions, 5 s, no sweep")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
@@ -316,6 +332,7 @@ def run(argv: list[str]) -> int:
         args.floor_rounds = 200
         args.rotation_sessions, args.rotation_duration = 5, 10.0
         args.open_mic_sessions, args.open_mic_duration = 10, 6.0
+        args.resume_conversations, args.resume_drained, args.resume_cost_seconds = 5, 20, 5.0
     from bench.report import write_report
 
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:

@@ -40,7 +40,12 @@ def pin(core: int) -> list[str]:
 
 
 async def start_relay(
-    sim_port: int, *, validate: bool = True, rotate_after_s: float = 0, quiet_max_wait_s: float = 0.5
+    sim_port: int,
+    *,
+    validate: bool = True,
+    rotate_after_s: float = 0,
+    quiet_max_wait_s: float = 0.5,
+    extra: dict[str, str] | None = None,
 ) -> Proc:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "OPENAI_", "AZURE_"))}
@@ -65,6 +70,7 @@ async def start_relay(
         # sessions (its own behaviour is tested in tests/io/test_overload.py).
         RELAY_OVERLOAD_LAG_MS="0",
     )
+    env.update(extra or {})
     cmd = [*pin(0), sys.executable, "-m", "relay", "serve"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     await _wait_port(port, proc)

@@ -127,6 +127,7 @@ class Conversation:
         self.store = ctx.store
         self.store_fence = 0  # 0: not registered in the store yet
         self._stored_version: tuple[int, bytes] | None = None
+        self._state_version = 0  # raised by the server events that change what a snapshot holds
         self._log_pushed = 0  # frames of the resume log written, while the client is away
         self._log_clear = False
         self._taking_over = False  # restored from the store: replay onto a new upstream first
@@ -201,13 +202,9 @@ class Conversation:
     async def _run(self) -> None:
         self.spawn(self._housekeeping(), "housekeeping")
         try:
-            try:
-                if self._taking_over:
-                    await self.supervisor.take_over()
-                else:
-                    self.attach(await self.open_link())
-            except UpstreamError as exc:
-                self.end(exc)
+            # A task the conversation owns: a client that leaves while the first upstream is
+            # still being prepared (a takeover's replay takes a while) ends it at once.
+            self.spawn(self._first_upstream(), "first upstream")
             failure = await self._ended
             if failure is not None:
                 await self._report(failure)
@@ -218,6 +215,15 @@ class Conversation:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self._close_all()
+
+    async def _first_upstream(self) -> None:
+        try:
+            if self._taking_over:
+                await self.supervisor.take_over()
+            else:
+                self.attach(await self.open_link())
+        except UpstreamError as exc:
+            self.end(exc)
 
     def end(self, failure: BaseException | None) -> None:
         """End the session (the first call wins); ``failure`` is reported to the client."""
@@ -380,7 +386,7 @@ class Conversation:
         or the credential changed (item and configuration boundaries, never per frame), and
         the resume log only while the client is away."""
         pending = Pending()
-        version = (self.supervisor.state.server_changes, self.credential.digest)
+        version = (self._state_version, self.credential.digest)
         if version != self._stored_version and self.credential.digest:
             self._stored_version = version
             pending.snapshot = self._snapshot().encode()
@@ -560,6 +566,8 @@ class Conversation:
         """Track what the relay must know from a server event; returns the frame to forward."""
         if self.usage is not None:  # before anything is hidden: every response is billed
             self.usage.on_server_event(event_type, event)
+        if event_type in _SNAPSHOT_TYPES:
+            self._state_version += 1
         shown = self.supervisor.on_server_event(event_type, event, data)
         if shown is None:
             return None
@@ -795,6 +803,22 @@ _AUDIO_DELTA_PREFIX = b'{"type":"response.output_audio.delta"'
 _UNTRACKED_SERVER_TYPES = frozenset({"response.output_audio.delta", "response.audio.delta"})
 _APPEND = "input_audio_buffer.append"
 _RELEASING_SERVER_TYPES = frozenset({"session.created", "session.updated", "error"})
+# What a snapshot holds (configuration, items, the response in flight) changes only with these:
+# not with every transcript delta of a streaming answer.
+_SNAPSHOT_TYPES = frozenset(
+    {
+        "session.created",
+        "session.updated",
+        "conversation.item.added",
+        "conversation.item.created",
+        "conversation.item.done",
+        "conversation.item.deleted",
+        "conversation.item.truncated",
+        "conversation.item.input_audio_transcription.completed",
+        "response.created",
+        "response.done",
+    }
+)
 
 
 def _ignore_failure(exc: BaseException) -> None:

@@ -30,6 +30,7 @@ def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> N
         rotation_set_up_ms=[300.0],
         open_mic_sessions=3,
         open_mic_duration=3.0,
+        resume_conversations=0,  # tests/bench/test_resume_bench.py
     )
     results = asyncio.run(benchmark(args))
     paths = {p.path: p for p in results["paths"]}
@@ -65,3 +66,4 @@ def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> N
     assert rotation["responses_cut"] == 0
     assert "open microphones (server VAD)" in table
     assert len(results["open_mic"]["kib_per_session"]) == 3
+    assert "resume" not in results

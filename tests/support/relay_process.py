@@ -62,21 +62,37 @@ async def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: floa
 @asynccontextmanager
 async def relay_process(**env: str) -> AsyncIterator[RelayProcess]:
     """A relay process on a free port; extra settings as RELAY_* environment variables."""
-    port = free_port()
-    full_env = clean_env(**{"RELAY_PORT": str(port), "RELAY_CLIENT_TOKENS": TOKEN, **env})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "relay", "serve"],
-        env=full_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    async with relay_processes(1, **env) as (relay,):
+        yield relay
+
+
+@asynccontextmanager
+async def relay_processes(count: int, **env: str) -> AsyncIterator[list[RelayProcess]]:
+    """``count`` relay processes with the same settings, started side by side (a start is mostly
+    imports: one core each)."""
+    started: list[tuple[subprocess.Popen[bytes], int]] = []
+    for _ in range(count):
+        port = free_port()
+        full_env = clean_env(**{"RELAY_PORT": str(port), "RELAY_CLIENT_TOKENS": TOKEN, **env})
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "relay", "serve"],
+            env=full_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        started.append((proc, port))
     try:
-        await wait_listening(port, proc)
-        yield RelayProcess(proc, port, scheme="wss" if "RELAY_TLS_CERT_FILE" in env else "ws")
+        await asyncio.gather(*(wait_listening(port, proc) for proc, port in started))
+        scheme = "wss" if "RELAY_TLS_CERT_FILE" in env else "ws"
+        yield [RelayProcess(proc, port, scheme=scheme) for proc, port in started]
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.to_thread(proc.wait, 15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        await asyncio.gather(*(_stop(proc) for proc, _ in started))
+
+
+async def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(proc.wait, 15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
