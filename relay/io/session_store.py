@@ -42,6 +42,11 @@ from relay.observability.logging import get_logger
 from relay.observability.metrics import RelayMetrics
 
 SYNC_INTERVAL_S = 0.25
+# Handing a conversation over (parking, loading, acquiring) is rare and must not fail for a busy
+# moment: a deploy parks every conversation at once. Longer timeouts, bounded concurrency, retries.
+HANDOVER_TIMEOUT_S = 2.0
+HANDOVER_CONCURRENCY = 16
+PARK_ATTEMPTS = 3
 RELEASE_CHANNEL = "relay:session-release"
 _PREFIX = "relay:session:"
 _PUSH_CHUNK = 1000  # frames per RPUSH inside the scripts (Lua's unpack has a stack limit)
@@ -147,6 +152,13 @@ class SessionStore:
         self._redis: Redis = Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
         )
+        self._handover: Redis = Redis.from_url(
+            url,
+            socket_timeout=max(timeout_s, HANDOVER_TIMEOUT_S),
+            socket_connect_timeout=max(timeout_s, HANDOVER_TIMEOUT_S),
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._handovers = asyncio.Semaphore(HANDOVER_CONCURRENCY)
         # A subscription waits for messages as long as it takes: no read timeout on its socket.
         self._subscriber: Redis = Redis.from_url(
             url, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
@@ -178,6 +190,7 @@ class SessionStore:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(RedisError, OSError):
             await self._redis.aclose()
+            await self._handover.aclose()
             await self._subscriber.aclose()
 
     # ------------------------------------------------------------------ conversations kept here
@@ -257,12 +270,18 @@ class SessionStore:
         """Write the conversation's last state and let go of its lease (it can be taken over at
         once); False when it could not be written."""
         self.forget(session_id)
-        try:
-            written = await self._write_call(self._redis, session_id, fence, pending, release=True)
-        except (RedisError, OSError) as exc:
-            self._down("park", StoreUnavailable(str(exc)))
-            return False
-        return bool(written)
+        for attempt in range(PARK_ATTEMPTS):
+            try:
+                async with self._handovers:  # the script is atomic: a retry rewrites the same
+                    written = await self._write_call(self._handover, session_id, fence, pending, release=True)
+                return bool(written)
+            except (RedisError, OSError) as exc:
+                self.metrics.session_store_failures_total.labels("park").inc()
+                if attempt == PARK_ATTEMPTS - 1:
+                    self._down("park", StoreUnavailable(str(exc)))
+                    return False
+                await asyncio.sleep(0.1 * (attempt + 1))
+        return False
 
     async def delete(self, session_id: str, fence: int) -> None:
         """The conversation ended for good: nothing is left to resume."""
@@ -278,7 +297,7 @@ class SessionStore:
     async def load(self, session_id: str) -> tuple[bytes | None, list[bytes]]:
         """A conversation's snapshot (None: unknown or expired) and its log."""
         _, _, snapshot, log = _keys(session_id)
-        pipe = self._redis.pipeline(transaction=False)
+        pipe = self._handover.pipeline(transaction=False)
         pipe.get(snapshot)
         pipe.lrange(log, 0, -1)
         data, frames = await _run(pipe)
@@ -299,14 +318,14 @@ class SessionStore:
         while True:
             keys = [fence_key, lease, snapshot]
             args: list[str | int] = [self.owner, self.lease_ms, self.ttl_ms]
-            result = int(await self._call(self._acquire(keys=keys, args=args)))
+            result = int(await self._call(self._acquire(keys=keys, args=args, client=self._handover)))
             if result > 0:
                 return result
             if result < 0:
                 return None
             if not asked:
                 asked = True
-                await self._call(self._redis.publish(RELEASE_CHANNEL, session_id))
+                await self._call(self._handover.publish(RELEASE_CHANNEL, session_id))
                 if on_waiting is not None:
                     await on_waiting()
             if time.monotonic() >= deadline:
