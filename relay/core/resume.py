@@ -145,6 +145,12 @@ class SeenClientEvents:
             _remember(self._item_ids, item_id, self.limit)
         return False
 
+    def remember_items(self, item_ids: list[str]) -> None:
+        """Items the conversation already holds (a takeover's replay): a re-sent create of one of
+        them is a repeat too."""
+        for item_id in item_ids[-self.limit :]:
+            _remember(self._item_ids, item_id, self.limit)
+
 
 def _remember(seen: OrderedDict[str, None], key: str, limit: int) -> None:
     seen[key] = None

@@ -164,6 +164,7 @@ class Conversation:
         conversation.supervisor.first_session_id = snapshot.first_session_id
         conversation.checker.on_server_event("session.updated", {"session": snapshot.config})
         conversation.credential.adopt(snapshot.digest)
+        conversation.seen.remember_items([str(item["id"]) for item in snapshot.items])
         conversation.sent.detach()
         for frame in frames:
             conversation.sent.append(frame)

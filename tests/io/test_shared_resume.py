@@ -164,8 +164,10 @@ async def _continues_with_history(cluster: Cluster, resumed: RecordingClient) ->
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", [3], indirect=True)
 async def test_a_client_resumes_on_another_process_with_every_event_once(cluster: Cluster) -> None:
-    owner, other = cluster.relays
+    """Across three processes: taken over by the second, then by the third."""
+    owner, other, third = cluster.relays
     client, token, processed = await _answer_while_away(cluster, owner)
     # The answer finishes while the client is away: the owner keeps it (and writes it to Redis).
     await _until_metric(owner.port, "relay_resumes_total", 0)  # the owner still answers
@@ -179,10 +181,23 @@ async def test_a_client_resumes_on_another_process_with_every_event_once(cluster
     _assert_one_stream(everything)
     done = [e for e in everything if e["type"] == "response.done"]
     assert [d["response"]["status"] for d in done] == ["completed", "completed"]
+    await resumed.send(text_item("my name is Ada", item_id="item_app_name"))
     await _continues_with_history(cluster, resumed)
     assert await _metric(other.port, "relay_sessions_moved_total", {"reason": "arrived"}) == 1
     assert await _metric(owner.port, "relay_sessions_moved_total", {"reason": "released"}) == 1
-    await resumed.close()
+    # Again, to the third process; the app, unsure its last item arrived, sends it again.
+    processed = len(resumed.events)
+    await _cut(resumed)
+    again = await cluster.resume(third.port, _token(resumed), _shown(resumed.events)[-1]["event_id"])
+    await again.send(text_item("my name is Ada", item_id="item_app_name"))
+    mark = len(again.events)
+    await _ask(cluster, again, "what is my name?", after=mark)
+    assert "error" not in again.types()
+    assert await _metric(third.port, "relay_client_events_deduplicated_total") == 1
+    session = await cluster.sim.open_session(again.relay_session)
+    assert [item["id"] for item in session["conversation"]].count("item_app_name") == 1
+    _assert_one_stream(seen + _shown(resumed.events[:processed]) + _shown(again.events))
+    await again.close()
 
 
 @pytest.mark.timeout(120)
