@@ -22,8 +22,8 @@ def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> N
         sweep=[2, 500],
         sweep_duration=1.5,
         idle_sessions=5,
-        trials=2,
-        budget=30.0,
+        trials=1,  # the interleaving of paths is exercised either way; one round keeps it short
+        budget=20.0,  # the small step fits, the 500-session one does not
         floor_rounds=20,
         rotation_sessions=2,
         rotation_duration=5.0,
@@ -40,14 +40,14 @@ def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> N
         assert len(path.c2u) > 50  # 2 sessions x 2 s of 20 ms appends, each matched end to end
         assert len(path.u2c) > 0  # audio deltas of the answers, matched by event id
     assert paths["relay"].cpu_s is not None
-    # Two interleaved rounds pooled per path: 2 sessions x 2 s x 50 appends/s, twice.
-    assert len(paths["relay"].c2u) > 300
+    # 2 sessions x 2 s x 50 appends/s, each matched end to end.
+    assert len(paths["relay"].c2u) > 150
     # The sweep ran the small step on every path and skipped the one the time budget cannot hold.
     assert [count for count, _ in results["sweep"]] == [2]
     assert results["skipped"] == [500]
     step = results["sweep"][0][1]
     assert step.keys() == paths.keys()
-    assert all(p.lost == 0 and len(p.c2u) > 200 for p in step.values())
+    assert all(p.lost == 0 and len(p.c2u) > 100 for p in step.values())
     table = write_report(results, tmp_path)
     assert "| relay | 2 | c2u |" in table
     assert "Largest count with relay-added p99 < 5 ms" in table
