@@ -17,9 +17,10 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from relay.core.usage import PERIODS, iso, window
-from relay.io.budgets import BUDGETS, StoreUnavailable
+from relay.io.budgets import BUDGETS
 from relay.io.guard import peer_key
 from relay.io.handler import AUTH_FAILURES, Rejection, log_rejection
+from relay.io.redis_client import StoreUnavailable
 from relay.observability.logging import register_secret
 from relay.settings import Settings
 

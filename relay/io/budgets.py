@@ -20,8 +20,6 @@ from typing import Any, Protocol
 
 from aiohttp import web
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from relay.core.credentials import Identity
@@ -41,6 +39,8 @@ from relay.core.usage import (
     first_exceeded,
     window,
 )
+from relay.io import redis_client
+from relay.io.redis_client import StoreUnavailable
 from relay.observability.logging import get_logger, register_secret
 from relay.observability.metrics import RelayMetrics
 from relay.settings import Settings
@@ -49,10 +49,6 @@ RETRY_AFTER_FAILURE_S = 1.0  # after a Redis failure, act on the failure policy 
 EXPIRY_GRACE_S = 60  # a window's Redis key outlives its reset by this much
 _REDIS_PREFIX = "relay:usage:"
 _log = get_logger()
-
-
-class StoreUnavailable(Exception):
-    """The counters could not be read or written (Redis unreachable)."""
 
 
 class BudgetsUnavailable(Exception):
@@ -125,9 +121,7 @@ class RedisStore:
 
     def __init__(self, url: str, timeout_s: float) -> None:
         # No retries: the failure policy decides, at once, what an unreachable Redis means.
-        self._redis: Redis = Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
-        )
+        self._redis: Redis = redis_client.connect(url, timeout_s)
 
     @staticmethod
     def _key(key: CounterKey, now: float) -> str:
@@ -141,7 +135,7 @@ class RedisStore:
             pipe.hincrby(name, "tokens", amount.tokens)
             pipe.hincrbyfloat(name, "cost_usd", amount.cost_usd)
             pipe.expireat(name, window(key.period, now)[1] + EXPIRY_GRACE_S)
-        results = await self._run(pipe)
+        results = await redis_client.run(pipe)
         return {key: Spend(int(results[3 * i]), float(results[3 * i + 1])) for i, key in enumerate(keys)}
 
     async def read(self, keys: Iterable[CounterKey], now: float) -> dict[CounterKey, Spend]:
@@ -149,7 +143,7 @@ class RedisStore:
         pipe = self._redis.pipeline(transaction=False)
         for key in keys:
             pipe.hmget(self._key(key, now), "tokens", "cost_usd")
-        results = await self._run(pipe)
+        results = await redis_client.run(pipe)
         return {key: _spend(values) for key, values in zip(keys, results, strict=True)}
 
     async def current(self, now: float) -> dict[CounterKey, Spend]:
@@ -167,15 +161,8 @@ class RedisStore:
         pipe = self._redis.pipeline(transaction=False)
         for _, name in found:
             pipe.hmget(name, "tokens", "cost_usd")
-        results = await self._run(pipe) if found else []
+        results = await redis_client.run(pipe) if found else []
         return {key: _spend(values) for (key, _), values in zip(found, results, strict=True)}
-
-    @staticmethod
-    async def _run(pipe: Any) -> list[Any]:
-        try:
-            return list(await pipe.execute())
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(str(exc)) from exc
 
     async def close(self) -> None:
         with contextlib.suppress(RedisError, OSError):

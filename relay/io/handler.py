@@ -37,7 +37,8 @@ from relay.io.context import CapacityExceeded, RelayContext
 from relay.io.conversation import Conversation
 from relay.io.frames import dumps
 from relay.io.guard import LogThrottle, peer_key
-from relay.io.session_store import Pending, SessionStore, StoreBusy, StoreUnavailable
+from relay.io.redis_client import StoreUnavailable
+from relay.io.session_store import Pending, SessionStore, StoreBusy
 from relay.io.websocket import WebSocketConnection, accept
 from relay.observability.logging import get_logger
 

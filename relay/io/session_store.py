@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from relay.io import redis_client
+from relay.io.redis_client import StoreUnavailable
 from relay.observability.logging import get_logger
 from relay.observability.metrics import RelayMetrics
 
@@ -52,10 +52,6 @@ _PREFIX = "relay:session:"
 _PUSH_CHUNK = 1000  # frames per RPUSH inside the scripts (Lua's unpack has a stack limit)
 
 _log = get_logger()
-
-
-class StoreUnavailable(Exception):
-    """Redis did not answer (or answered with an error)."""
 
 
 @dataclass
@@ -149,20 +145,11 @@ class SessionStore:
         metrics: RelayMetrics,
     ) -> None:
         # No retries: a sync that fails is simply done again at the next one.
-        self._redis: Redis = Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
-        )
-        self._handover: Redis = Redis.from_url(
-            url,
-            socket_timeout=max(timeout_s, HANDOVER_TIMEOUT_S),
-            socket_connect_timeout=max(timeout_s, HANDOVER_TIMEOUT_S),
-            retry=Retry(NoBackoff(), 0),
-        )
+        self._redis: Redis = redis_client.connect(url, timeout_s)
+        self._handover: Redis = redis_client.connect(url, max(timeout_s, HANDOVER_TIMEOUT_S))
         self._handovers = asyncio.Semaphore(HANDOVER_CONCURRENCY)
         # A subscription waits for messages as long as it takes: no read timeout on its socket.
-        self._subscriber: Redis = Redis.from_url(
-            url, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0)
-        )
+        self._subscriber: Redis = redis_client.connect(url, None)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.lease_ms = int(lease_s * 1000)
         self.ttl_ms = int(ttl_s * 1000)
@@ -227,7 +214,7 @@ class SessionStore:
                 args=[self.owner, conversation.store_fence, self.lease_ms, self.ttl_ms],
                 client=pipe,
             )
-        results = await _run(pipe)
+        results = await redis_client.run(pipe)
         for conversation, (status, fence) in zip(kept, results, strict=True):
             if status == 2:
                 self.forget(conversation.id)
@@ -245,7 +232,7 @@ class SessionStore:
         pipe = self._redis.pipeline(transaction=False)
         for conversation, pending in writes:
             await self._write_call(pipe, conversation.id, conversation.store_fence, pending, release=False)
-        results = await _run(pipe)
+        results = await redis_client.run(pipe)
         for (conversation, _), ok in zip(writes, results, strict=True):
             if not ok:
                 self.forget(conversation.id)
@@ -300,7 +287,7 @@ class SessionStore:
         pipe = self._handover.pipeline(transaction=False)
         pipe.get(snapshot)
         pipe.lrange(log, 0, -1)
-        data, frames = await _run(pipe)
+        data, frames = await redis_client.run(pipe)
         return data, list(frames)
 
     async def acquire(
@@ -384,10 +371,3 @@ class SessionStore:
 
 class StoreBusy(Exception):
     """The conversation's owner did not let go in time (and its lease has not lapsed)."""
-
-
-async def _run(pipe: Any) -> list[Any]:
-    try:
-        return list(await pipe.execute())
-    except (RedisError, OSError) as exc:
-        raise StoreUnavailable(str(exc)) from exc

@@ -9,7 +9,6 @@ and a conversation that goes on. Refusals happen at the upgrade, with a JSON rea
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +21,7 @@ from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
 from relay.simulator.timing import Timing
 from tests.conftest import TOKEN, RelayFactory, RelayHandle
-from tests.support.conversation import Event, RecordingClient, text_item
+from tests.support.conversation import Event, RecordingClient, assert_one_stream, text_item
 from tests.support.sim_control import SimControl
 
 OTHER_TOKEN = "relay-test-other-token-9876543210"
@@ -57,18 +56,10 @@ async def rig(start_relay: RelayFactory, request: pytest.FixtureRequest) -> Asyn
 
 
 def _token(client: RecordingClient) -> str:
-    resumable = [e for e in client.events if e["type"] == "relay.session_resumable"]
-    assert resumable, "no relay.session_resumable event"
-    token = str(resumable[-1]["resume_token"])
+    token = client.resume_token()
     assert client.ws.response is not None
     assert client.ws.response.headers["X-Relay-Resume-Token"] == token
     return token
-
-
-async def _cut(client: RecordingClient) -> None:
-    """The network goes away: no close frame, the relay sees the TCP connection end (1006)."""
-    client.ws.transport.abort()
-    await client._reader
 
 
 async def _resume(rig: Rig, token: str, last_event_id: str | None, auth: str = TOKEN) -> RecordingClient:
@@ -118,25 +109,13 @@ def _processed(events: list[Event], upto: int) -> tuple[list[Event], str]:
     return shown, str(shown[-1]["event_id"])
 
 
-def _assert_one_stream(events: list[Event]) -> None:
-    """The events the app processed across both connections: as one connection would give."""
-    types = [e["type"] for e in events]
-    assert types.count("session.created") == 1
-    ids = Counter(e["event_id"] for e in events)
-    assert not [i for i, n in ids.items() if n > 1], "an event was delivered twice"
-    created = Counter(e["response"]["id"] for e in events if e["type"] == "response.created")
-    done = Counter(e["response"]["id"] for e in events if e["type"] == "response.done")
-    assert created == done
-    assert set(done.values()) == {1}
-
-
 @pytest.mark.parametrize("in_flight", [0, 3], ids=["all-processed", "three-in-flight"])
 async def test_a_cut_mid_answer_resumes_with_every_event_once_in_order(rig: Rig, in_flight: int) -> None:
     client = await rig.client()
     token = _token(client)
     await _ask_for_a_long_answer(rig, client)
     await client.wait_for("response.output_audio.delta")
-    await _cut(client)
+    await client.cut()
     await _metric_reaches(rig, "relay_client_detached_total", 1)
     await asyncio.sleep(0.5)  # the answer goes on streaming, into the resume log
     first, last_id = _processed(client.events, len(client.events) - 1 - in_flight)
@@ -144,7 +123,7 @@ async def test_a_cut_mid_answer_resumes_with_every_event_once_in_order(rig: Rig,
     back = await _resume(rig, token, last_id)
     done = await back.wait_for("response.done")
     events = first + [e for e in back.events if e["type"] != "relay.session_resumable"]
-    _assert_one_stream(events)
+    assert_one_stream(events)
     heard = "".join(e["delta"] for e in events if e["type"] == "response.output_audio_transcript.delta")
     assert heard == LONG_ANSWER == done["response"]["output"][0]["content"][0]["transcript"]
     assert "session.created" not in back.types()
@@ -166,7 +145,7 @@ async def test_a_cut_mid_answer_resumes_with_every_event_once_in_order(rig: Rig,
 async def test_the_old_token_and_other_identities_are_refused_at_the_upgrade(rig: Rig) -> None:
     client = await rig.client()
     token = _token(client)
-    await _cut(client)
+    await client.cut()
     last = client.events[-1]["event_id"]
 
     status, body = await _refusal(
@@ -191,7 +170,7 @@ async def test_the_old_token_and_other_identities_are_refused_at_the_upgrade(rig
 async def test_a_resume_without_credentials_is_a_401_not_a_session(rig: Rig) -> None:
     client = await rig.client()
     token = _token(client)
-    await _cut(client)
+    await client.cut()
     status, body = await _refusal(rig, {"X-Relay-Resume-Token": token})
     assert status == 401
     assert token not in str(body)
@@ -201,7 +180,7 @@ async def test_a_resume_without_credentials_is_a_401_not_a_session(rig: Rig) -> 
 async def test_the_grace_period_ends_a_conversation_nobody_resumes(rig: Rig) -> None:
     client = await rig.client()
     token = _token(client)
-    await _cut(client)
+    await client.cut()
     await rig.sim.open_session(client.relay_session)
     await _metric_reaches(rig, "relay_resumes_total", 1, {"result": "grace_expired"})
     async with asyncio.timeout(5):
@@ -232,7 +211,7 @@ async def test_a_full_resume_buffer_ends_the_conversation_and_is_counted(rig: Ri
     token = _token(client)
     await _ask_for_a_long_answer(rig, client)
     await client.wait_for("response.created")
-    await _cut(client)
+    await client.cut()
     await _metric_reaches(rig, "relay_resumes_total", 1, {"result": "buffer_full"})
     status, _ = await _refusal(rig, {"Authorization": f"Bearer {TOKEN}", "X-Relay-Resume-Token": token})
     assert status == 410
@@ -243,7 +222,7 @@ async def test_events_sent_again_after_a_resume_are_not_forwarded_twice(rig: Rig
     token = _token(client)
     await client.send({**text_item("remember the number 7", "item_resent_1"), "event_id": "evt_c1"})
     await client.wait_for("conversation.item.added")
-    await _cut(client)
+    await client.cut()
     back = await _resume(rig, token, client.events[-1]["event_id"])
     # Unsure whether they arrived, the app sends both again: the item (by id) and the event (by id).
     await back.send({**text_item("remember the number 7", "item_resent_1"), "event_id": "evt_c2"})

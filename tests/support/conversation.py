@@ -71,6 +71,17 @@ class RecordingClient:
         await self.ws.close()
         await self._reader
 
+    async def cut(self) -> None:
+        """The network goes away: no close frame, the relay sees the TCP connection end (1006)."""
+        self.ws.transport.abort()
+        await self._reader
+
+    def resume_token(self) -> str:
+        """The latest token of the opt-in ``relay.session_resumable`` event (``?relay_resume=1``)."""
+        resumable = [e for e in self.events if e["type"] == "relay.session_resumable"]
+        assert resumable, "no relay.session_resumable event"
+        return str(resumable[-1]["resume_token"])
+
     def assert_invariants(self) -> None:
         """What a client must never see, whatever happened upstream."""
         types = self.types()
@@ -89,6 +100,18 @@ class RecordingClient:
             e["session"]["id"] for e in self.events if e["type"] in ("session.created", "session.updated")
         }
         assert len(session_ids) == 1, f"the client saw several session ids: {session_ids}"
+
+
+def assert_one_stream(events: list[Event]) -> None:
+    """The events an app processed across several connections: as one connection would give."""
+    types = [e["type"] for e in events]
+    assert types.count("session.created") == 1
+    ids = Counter(e["event_id"] for e in events)
+    assert not [i for i, n in ids.items() if n > 1], "an event was delivered twice"
+    created = Counter(e["response"]["id"] for e in events if e["type"] == "response.created")
+    done = Counter(e["response"]["id"] for e in events if e["type"] == "response.done")
+    assert created == done
+    assert set(done.values()) <= {1}
 
 
 def text_item(text: str, item_id: str | None = None) -> Event:
