@@ -31,6 +31,7 @@ from relay.core.protocol import MAX_APPEND_BYTES
 DEFAULT_PREFIX_PADDING_MS = 300  # the API's server_vad default; semantic_vad has no setting
 VAD_MARGIN_MS = 300  # covers the VAD's detection lag plus the event's trip to the relay
 _MARK_EVERY_S = 0.05  # how finely the wall-clock send times of the stream are remembered
+_TRIM_EVERY_MS = 60  # audio appended between two trims of what a replay no longer needs
 
 
 class AudioRetention:
@@ -47,6 +48,9 @@ class AudioRetention:
         self.prefix_ms = DEFAULT_PREFIX_PADDING_MS
         self.trimmed_bytes = 0  # manual turns beyond the API's limit: the oldest audio let go
         self._marks: deque[tuple[float, int]] = deque()  # (sent at, stream position before it)
+        self._next_mark = 0.0  # when the next append is marked
+        self._trim_at = 0  # the stream position whose append trims next
+        self._sent_at: float | None = None  # when the last append was sent
 
     # ------------------------------------------------------------------ configuration
     def configure(self, encoding: str, turn_detection: object) -> None:
@@ -64,18 +68,25 @@ class AudioRetention:
 
     # ------------------------------------------------------------------ the stream
     def append(self, audio: bytes, now: float | None = None) -> None:
-        """Audio sent to the current upstream (``now``: when, on the monotonic clock)."""
-        now = monotonic() if now is None else now
-        marks = self._marks
-        if not marks or now - marks[-1][0] >= _MARK_EVERY_S:
-            marks.append((now, self.end))
-        while len(marks) > 1 and now - marks[0][0] > VAD_MARGIN_MS / 1000:
-            marks.popleft()  # the first mark left: where the stream was at most a margin ago
+        """Audio sent to the current upstream (``now``: when, on the monotonic clock).
+
+        This runs for every 20 ms append, so it only stores: the send-time marks are taken every
+        ``_MARK_EVERY_S`` and the old audio let go every ``_TRIM_EVERY_MS`` of new audio, which
+        bounds what is held just as well (a replay reads :meth:`keep_from`, never the slack).
+        """
         self._chunks.append(audio)
         self.end += len(audio)
-        self._trim()
+        self._sent_at = now = monotonic() if now is None else now
+        if now >= self._next_mark:
+            self._marks.append((now, self.end - len(audio)))  # where the stream was before it
+            self._next_mark = now + _MARK_EVERY_S
+        if self.end >= self._trim_at:
+            self._trim(now)
 
-    def _trim(self) -> None:
+    def _trim(self, now: float | None = None) -> None:
+        marks = self._marks
+        while now is not None and len(marks) > 1 and now - marks[0][0] > VAD_MARGIN_MS / 1000:
+            marks.popleft()  # the first mark left: where the stream was at most a margin ago
         keep_from = self.keep_from()
         chunks = self._chunks
         while chunks and self._start + len(chunks[0]) <= keep_from:
@@ -83,6 +94,7 @@ class AudioRetention:
             self._start += size
             if not self.vad:
                 self.trimmed_bytes += size
+        self._trim_at = self.end + _TRIM_EVERY_MS * self._per_ms
 
     def keep_from(self) -> int:
         """The first stream position a replacement upstream needs."""
@@ -153,7 +165,10 @@ class AudioRetention:
         self._speech_from = 0 if speaking else None
         self._speech_end = None
         self._marks.clear()  # sent all at once just now: a burst the new upstream has yet to judge
-        self._marks.append((monotonic(), 0))
+        now = monotonic()
+        self._marks.append((now, 0))
+        self._next_mark = now + _MARK_EVERY_S
+        self._trim_at = 0
         if replayed:
             self._chunks.append(replayed)
 
@@ -163,4 +178,6 @@ class AudioRetention:
 
     @property
     def kept_bytes(self) -> int:
+        """What is held once trimmed (between trims up to ``_TRIM_EVERY_MS`` more)."""
+        self._trim(self._sent_at)
         return self.end - self._start

@@ -771,11 +771,14 @@ class Conversation:
                 self.spawn(self.supervisor.start_rotation(), "rotation")
 
     def _next_tick(self, tick: float) -> float:
-        """Wake when a rotation falls due; while one waits for a quiet moment (a quarter second
-        without client events), look often, or a busy conversation would rarely offer one."""
+        """Wake on a grid every conversation shares (one wake-up of the process serves them all:
+        400 conversations ticking apart woke an idle relay 300 times a second, ~150 us of CPU
+        each), and when a rotation falls due."""
+        now = time.monotonic()
+        grid = tick - now % tick
         if self.supervisor.rotating:
-            return tick
-        return max(0.05, min(tick, self.supervisor.rotate_at - time.monotonic()))
+            return grid
+        return min(grid, max(0.05, self.supervisor.rotate_at - now))
 
     def _check_peers(self, now: float, interval: float) -> None:
         limit = self.settings.stuck_peer_timeout_s
