@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
@@ -19,6 +20,7 @@ from relay.io.admin import add_usage_routes
 from relay.io.budgets import budgets_context
 from relay.io.calls import add_call_routes
 from relay.io.context import RelayContext, SessionRegistry
+from relay.io.cpu_quota import cores_available
 from relay.io.guard import LogThrottle
 from relay.io.handler import (
     AUTH_FAILURES,
@@ -115,7 +117,7 @@ async def _relay_context(app: web.Application) -> AsyncIterator[None]:
             registry=SessionRegistry(
                 settings.max_sessions, settings.max_sessions_per_identity, settings.max_sessions_per_token
             ),
-            overload=LagMeter(settings.overload_lag_ms / 1000),
+            overload=LagMeter(settings.overload_lag_ms / 1000, settings.overload_cpu_percent / 100),
             store=_session_store(settings, app[METRICS]),
         )
         store = app[RELAY_CONTEXT].store
@@ -145,19 +147,32 @@ def _session_store(settings: Settings, metrics: RelayMetrics) -> SessionStore | 
     )
 
 
+_QUOTA_EVERY = 100  # samples between two reads of the cgroup's CPU limit (10 s)
+
+
 async def _watch_loop_lag(ctx: RelayContext) -> None:
-    """Sample how late a timer fires, a few times a second (admission control: core/overload)."""
+    """Sample how late a timer fires and the CPU used, a few times a second (admission control:
+    core/overload)."""
     loop = asyncio.get_running_loop()
     meter, metrics = ctx.overload, ctx.metrics
-    while True:
+    cpu = time.process_time()
+    for sample in itertools.count():
+        if sample % _QUOTA_EVERY == 0:  # a pod's limit can be resized in place
+            cores = cores_available()
         expected = loop.time() + SAMPLE_INTERVAL_S
         await asyncio.sleep(SAMPLE_INTERVAL_S)
+        now, used = loop.time(), time.process_time()
+        share = (used - cpu) / max(now - expected + SAMPLE_INTERVAL_S, 1e-3) / cores
+        cpu = used
         was = meter.overloaded
-        if meter.sample(loop.time() - expected) != was:
+        if meter.sample(now - expected, share, len(ctx.registry.sessions)) != was:
             _log.warning(
-                "overload" if meter.overloaded else "overload_over", lag_s=round(meter.smoothed_s, 4)
+                "overload" if meter.overloaded else "overload_over",
+                lag_s=round(meter.smoothed_s, 4),
+                cpu_share=round(meter.cpu_share, 3),
             )
         metrics.event_loop_lag_seconds.set(meter.smoothed_s)
+        metrics.cpu_share.set(meter.cpu_share)
         metrics.overloaded.set(1 if meter.overloaded else 0)
 
 
@@ -210,9 +225,14 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "draining"}, status=503)
     if ctx.upstream_unreachable(time.monotonic()):
         return web.json_response({"status": "upstream_unreachable"}, status=503)
-    if ctx.overload.overloaded:  # sessions already here keep being served; new ones go elsewhere
+    if not ctx.overload.admits(len(ctx.registry.sessions)):  # those here keep being served
         return web.json_response(
-            {"status": "overloaded", "lag_s": round(ctx.overload.smoothed_s, 4)}, status=503
+            {
+                "status": "overloaded",
+                "lag_s": round(ctx.overload.smoothed_s, 4),
+                "cpu_share": round(ctx.overload.cpu_share, 3),
+            },
+            status=503,
         )
     body: dict[str, object] = {"status": "ready", "sessions": len(ctx.registry.sessions)}
     if ctx.store is not None:  # still ready without it: sessions work, resume stays on this process

@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     drain_grace_s: float = Field(30.0, ge=0)
     # New sessions get 503 while the event loop runs this late (smoothed); 0: never refused.
     overload_lag_ms: float = Field(50.0, ge=0)
+    # ... or while the process uses this share of its core (smoothed); 0: not judged. Set it
+    # where another replica can take the session (the Kubernetes manifests do).
+    overload_cpu_percent: float = Field(0.0, ge=0, le=100)
 
     # --- validation and holding ------------------------------------------------------------
     validate_events: bool = True

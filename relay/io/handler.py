@@ -212,12 +212,11 @@ async def realtime_endpoint(request: web.Request) -> web.StreamResponse:
         if resume.token is not None:
             conversation, moved_in = await _resumable(ctx, request, resume.token, admission)
         else:
-            if ctx.overload.overloaded:  # the sessions already here keep their latency
+            if not ctx.overload.admits(len(ctx.registry.sessions)):  # those here keep their latency
                 raise Rejection(
                     503,
                     "overloaded",
-                    f"the relay is overloaded (its event loop runs {ctx.overload.smoothed_s * 1000:.0f} ms "
-                    "late); retry shortly, or on another replica",
+                    f"the relay is overloaded ({ctx.overload.reason}); retry shortly, or on another replica",
                     retry_after_s=ctx.overload.retry_after_s(),
                 )
             await within_budget(request, admission.identity)

@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 _WORST: dict[str, Callable[[Iterable[float]], float]] = {
     "relay_event_loop_lag_seconds": max,
     "relay_overloaded": max,
+    "relay_cpu_share": max,
     "relay_session_store_up": min,
 }
 

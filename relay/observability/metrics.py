@@ -52,8 +52,15 @@ class RelayMetrics:
             "How late the event loop runs its timers (smoothed): what every frame waits.",
             registry=r,
         )
+        self.cpu_share = Gauge(
+            "relay_cpu_share",
+            "The process's CPU time per second (smoothed over ~1 s): the share of its one core in use.",
+            registry=r,
+        )
         self.overloaded = Gauge(
-            "relay_overloaded", "1 while new sessions are refused for event loop lag.", registry=r
+            "relay_overloaded",
+            "1 while new sessions are refused for event loop lag or CPU share.",
+            registry=r,
         )
         self.sessions_total = Counter(
             "relay_sessions", "Client sessions ended, by outcome.", ["outcome"], registry=r
