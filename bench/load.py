@@ -84,6 +84,19 @@ class Stamps:
         return len(self.c2u_recv) + len(self.u2c_recv) + len(self.u2c_sent)
 
 
+async def settle(clock: Stamps, quiet_s: float = 1.0, limit_s: float = 15.0) -> None:
+    """Wait until no frame has moved for ``quiet_s`` (bounded): nothing is counted lost in flight."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    last = -1
+    while loop.time() < deadline:
+        moved = clock.moved()
+        if moved == last:
+            return
+        last = moved
+        await asyncio.sleep(quiet_s)
+
+
 def event_id(frame: bytes) -> str | None:
     start = frame.find(b'"event_id":"')
     if start < 0:
@@ -107,6 +120,7 @@ class VoiceApp(asyncio.Protocol):
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.handshake = b""
         self.accept = b""
+        self.refusal = ""  # the response head of a refused upgrade
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -143,6 +157,7 @@ class VoiceApp(asyncio.Protocol):
         del self.buffer[: end + 4]
         status = head.split("\r\n", 1)[0]
         if " 101 " not in status + " " or self.accept.decode() not in head:
+            self.refusal = head
             self.opened.set_exception(ConnectionError(f"upgrade refused: {status}"))
             assert self.transport is not None
             self.transport.close()
@@ -202,13 +217,16 @@ class VoiceApp(asyncio.Protocol):
             self.stamps.response_statuses[str(status)] += 1
 
 
-async def open_app(url: str, stamps: Stamps, headers: dict[str, str], delta_marker: bytes) -> VoiceApp:
-    """Connect, upgrade, and wait for ``session.created``."""
+async def open_app(
+    url: str, stamps: Stamps, headers: dict[str, str], delta_marker: bytes, app: VoiceApp | None = None
+) -> VoiceApp:
+    """Connect, upgrade, and wait for ``session.created``; a refused upgrade raises
+    ConnectionError and leaves its response head in ``app.refusal``."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     loop = asyncio.get_running_loop()
-    app = VoiceApp(stamps, delta_marker)
+    app = app or VoiceApp(stamps, delta_marker)
     nonce = base64.b64encode(os.urandom(16))
     app.accept = base64.b64encode(hashlib.sha1(nonce + _GUID).digest())
     lines = [

@@ -114,6 +114,7 @@ def write_report(results: dict[str, Any], out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# relay benchmark", "", *latency_table(results), *_floor(results), *sweep_table(results)]
     lines += _core_capacity(results)
+    lines += overload_lines(results)
     lines += _beta_and_rotation(results)
     lines += resume_lines(results.get("resume"))
     lines += [
@@ -162,6 +163,37 @@ def _core_capacity(results: dict[str, Any]) -> list[str]:
                 f"~{path.sessions / path.cores:.0f} voice sessions"
             )
     return ["", *lines] if lines else []
+
+
+def overload_lines(results: dict[str, Any]) -> list[str]:
+    """Admission control under twice a core's offered load (bench/overload.py)."""
+    over = results.get("overload")
+    if not over:
+        return []
+    relay, direct = over["relay"], over["direct"]
+    step = {"direct": direct, "relay": relay}
+    added = _worst_added_p99(relay, direct)
+    if _baseline_resolves(step):
+        met = "met" if added < BOUND_MS else "not met"
+        verdict = f"admitted sessions' added p99 {added:.2f} ms (target < 5 ms: {met})"
+    else:
+        verdict = (
+            f"admitted sessions' added p99 not measurable: the direct path with as many sessions was "
+            f"unsteady (p50 {direct.pct('c2u', 50):.2f} ms, p99 {_worst_p99(direct):.2f} ms)"
+        )
+    seen = over["relay_cpu_share_seen"]
+    return [
+        "",
+        f"Overload: {over['offered']} apps offered at {over['rate']:.0f} a second (twice a core's capacity), "
+        f"admission at {over['cpu_percent']:.0f}% CPU: {over['admitted']} admitted, "
+        f"{over['refused_clean']} refused with 503 + Retry-After ({over['refused_while_measured']} while "
+        f"measured), {over['refused_other']} refused otherwise {over['refused_other_examples']}; relay CPU "
+        f"{over['relay_core_share']:.2f} of its core (its own reading {min(seen, default=0):.2f}-"
+        f"{max(seen, default=0):.2f}); relay p99 c2u {relay.pct('c2u', 99):.2f} / u2c "
+        f"{relay.pct('u2c', 99):.2f} ms, direct {direct.pct('c2u', 99):.2f} / "
+        f"{direct.pct('u2c', 99):.2f} ms; "
+        f"{verdict}; lost {relay.lost + direct.lost}",
+    ]
 
 
 def _beta_and_rotation(results: dict[str, Any]) -> list[str]:
@@ -264,7 +296,14 @@ def _serialisable(results: dict[str, Any]) -> dict[str, Any]:
         "replay_ms": {str(k): v for k, v in results["replay_ms"].items()},
         "wakeup_floor_ms": results.get("wakeup_floor"),
         "hot_path_us": {k: v for k, v in results.get("hot_path", {}).items() if k.endswith("_us")},
+        "overload": _overload_serialisable(results.get("overload"), path),
     }
+
+
+def _overload_serialisable(over: dict[str, Any] | None, path: Any) -> dict[str, Any] | None:
+    if not over:
+        return None
+    return {k: path(v) if k in ("relay", "direct") else v for k, v in over.items()}
 
 
 def _chart(results: dict[str, Any], target: Path) -> None:

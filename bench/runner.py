@@ -29,8 +29,9 @@ import websockets
 
 from bench.audio import speech_like
 from bench.hotpath import measure as hot_path_micro
-from bench.load import Schedule, Stamps, VoiceApp, drive, open_app
+from bench.load import Schedule, Stamps, VoiceApp, drive, open_app, settle
 from bench.micro import replay_micro, validation_micro, wakeup_floor
+from bench.overload import overload
 from bench.real_conditions import open_mic_rss, rotation_under_open_mics
 from bench.resume import run_all as resume_run_all
 from bench.servers import TOKEN, Proc, start_nginx, start_relay
@@ -83,7 +84,7 @@ async def voice_sessions(
     schedule = Schedule(APPEND_MS / 1000, TURN_EVERY_S, duration, turns)
     turn = (b'{"type":"input_audio_buffer.commit"}', b'{"type":"response.create"}')
     await drive(apps, starts, schedule, append, clock, turn)
-    await _settle(clock)  # let frames in flight and the last responses arrive
+    await settle(clock)  # let frames in flight and the last responses arrive
     for app in apps:
         app.close()
     await asyncio.wait([asyncio.ensure_future(app.closed) for app in apps], timeout=10)
@@ -92,19 +93,6 @@ async def voice_sessions(
 async def _open(url: str, clock: Clock, headers: dict[str, str], marker: bytes, index: int) -> VoiceApp:
     await asyncio.sleep(index * 0.005)  # ramp up: hundreds of simultaneous handshakes would time out
     return await open_app(url, clock, headers, marker)
-
-
-async def _settle(clock: Clock, quiet_s: float = 1.0, limit_s: float = 15.0) -> None:
-    """Wait until no frame has moved for ``quiet_s`` (bounded): nothing is counted lost in flight."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit_s
-    last = -1
-    while loop.time() < deadline:
-        moved = clock.moved()
-        if moved == last:
-            return
-        last = moved
-        await asyncio.sleep(quiet_s)
 
 
 # ---------------------------------------------------------------------------------- servers
@@ -255,6 +243,8 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             results["sweep"].append(
                 (count, await compare(targets, count, args.sweep_duration, args.trials, current))
             )
+        if args.overload_offered:
+            results["overload"] = await _overload(args, sim_port, current, main["relay"], targets[0].url)
         current["clock"] = Clock()
         results["beta"] = await run_path(
             "relay (beta client)",
@@ -292,6 +282,30 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+async def _overload(
+    args: argparse.Namespace, sim_port: int, current: dict[str, Clock], relay: PathResult, direct_url: str
+) -> dict[str, Any]:
+    """Twice a core's capacity (from the relay's CPU in the main run) offered to a relay with
+    admission control; the direct path with as many sessions as it admitted, for the difference."""
+    offered = args.overload_offered
+    if offered < 0:
+        offered = round(2 * relay.sessions / relay.cores) if relay.cores else 2 * args.sessions
+    result = await overload(
+        sim_port,
+        current,
+        offered=offered,
+        arrival_per_s=args.overload_rate,
+        duration=args.duration,
+        cpu_percent=args.overload_cpu_percent,
+    )
+    result["relay"] = _result("relay", result["admitted"], result.pop("stamps"), None)
+    current["clock"] = Clock()
+    result["direct"] = await run_path(
+        "direct", direct_url, result["admitted"], args.duration, current["clock"]
+    )
+    return result
+
+
 def run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="relay bench", description=__doc__)
     parser.add_argument("--sessions", type=int, default=100)
@@ -324,6 +338,16 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--resume-cost-seconds", type=float, default=15.0)
     parser.add_argument("--resume-cost-trials", type=int, default=2, help="with/without Redis rounds")
     parser.add_argument("--resume-speed", type=float, default=1.0, help="simulator speed (1 = live)")
+    parser.add_argument(
+        "--overload-offered",
+        type=int,
+        default=-1,
+        help="apps offered before the overload measurement (-1: twice the relay's core capacity, 0: skip)",
+    )
+    parser.add_argument("--overload-rate", type=float, default=10.0, help="apps arriving per second")
+    parser.add_argument(
+        "--overload-cpu-percent", type=float, default=85.0, help="the relay's admission threshold"
+    )
     parser.add_argument("--quick", action="store_true", help="10 sessions, 5 s, no sweep")
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args(argv)
@@ -333,6 +357,7 @@ def run(argv: list[str]) -> int:
         args.rotation_sessions, args.rotation_duration = 5, 10.0
         args.open_mic_sessions, args.open_mic_duration = 10, 6.0
         args.resume_conversations, args.resume_drained, args.resume_cost_seconds = 5, 20, 5.0
+        args.overload_offered = 20
     from bench.report import write_report
 
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:

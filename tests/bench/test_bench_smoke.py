@@ -31,6 +31,9 @@ def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> N
         open_mic_sessions=3,
         open_mic_duration=3.0,
         resume_conversations=0,  # tests/bench/test_resume_bench.py
+        overload_offered=4,
+        overload_rate=20.0,
+        overload_cpu_percent=100.0,  # the plumbing only: refusals are tests/io/test_overload.py's
     )
     results = asyncio.run(benchmark(args))
     paths = {p.path: p for p in results["paths"]}
@@ -67,3 +70,11 @@ def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> N
     assert "open microphones (server VAD)" in table
     assert len(results["open_mic"]["kib_per_session"]) == 3
     assert "resume" not in results
+    over = results["overload"]
+    assert over["admitted"] >= 4
+    assert over["refused_other"] == 0
+    assert over["relay"].lost == 0
+    assert len(over["relay"].c2u) > 100
+    assert over["direct"].sessions == over["admitted"]
+    assert re.search(r"Overload: [0-9]+ apps offered .* admitted, 0 refused with 503", table)
+    assert saved["overload"]["relay"]["path"] == "relay"

@@ -1,0 +1,194 @@
+"""Graceful overload: voice apps offered at twice what one relay core can carry.
+
+Apps arrive at a steady rate (``arrival_per_s``), each trying to open a session on a relay that
+refuses new sessions past a share of its core (``RELAY_OVERLOAD_CPU_PERCENT``). An admitted app
+streams at once, as in the main comparison (a 20 ms append every 20 ms, a spoken answer every
+3 s); a refused one goes elsewhere, as behind a load balancer (a first version retried after
+its ``Retry-After``: the retries of hundreds of refused apps loaded the generator's own core,
+whose delays then showed as the relay's). Once ``offered`` apps have arrived, the admitted ones
+are measured for ``duration`` seconds while arrivals go on at the same rate; the caller measures
+the direct path with as many sessions, so the relay's added latency is the difference.
+
+A refusal is *clean* when it is an HTTP 503 with ``Retry-After`` before any WebSocket exists;
+anything else a refused app sees (a reset, a timeout, another status) is counted as not clean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import heapq
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.audio import speech_like
+from bench.load import Stamps, VoiceApp, open_app, settle
+from bench.real_conditions import _metrics, metric
+from bench.servers import TOKEN, start_relay
+
+APPEND_S = 0.02
+TURN_EVERY_S = 3.0
+_MARKER = b'"response.output_audio.delta"'
+_UPDATE = b'{"type":"session.update","session":{"type":"realtime","audio":{"input":{"turn_detection":null}}}}'
+_TURN = (b'{"type":"input_audio_buffer.commit"}', b'{"type":"response.create"}')
+
+
+@dataclass
+class Refusals:
+    clean: int = 0  # 503 with Retry-After
+    other: list[str] = field(default_factory=list)  # what the others were
+
+    def record(self, head: str, error: BaseException) -> None:
+        """One refused attempt."""
+        lines = head.split("\r\n")
+        status = lines[0].split(" ")[1] if lines and len(lines[0].split(" ")) > 1 else ""
+        headers = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
+        retry = headers.get("retry-after", "")
+        if status == "503" and retry.isdigit():
+            self.clean += 1
+        else:
+            self.other.append(lines[0] if head else repr(error))
+
+
+class _Driver:
+    """Every admitted app's appends from one heap, as ``bench.load.drive`` does, but for apps
+    that join while it runs."""
+
+    def __init__(self, stamps: Stamps) -> None:
+        self.stamps = stamps
+        self.apps: list[VoiceApp] = []
+        self._heap: list[tuple[float, int]] = []
+        self._seqs: list[int] = []
+        self._next_turn: list[float] = []
+        self._chunk = base64.b64encode(speech_like(20)).decode()
+
+    def add(self, app: VoiceApp) -> None:
+        loop = asyncio.get_running_loop()
+        index, now = len(self.apps), loop.time()
+        app.stamps = self.stamps  # it may have been made before the measurement began
+        self.apps.append(app)
+        self._seqs.append(0)
+        self._next_turn.append(now + TURN_EVERY_S * (0.5 + (index % 10) / 10))  # turns not in step
+        app.send(_UPDATE)
+        heapq.heappush(self._heap, (now + 0.05, index))
+
+    def measure_into(self, stamps: Stamps) -> None:
+        self.stamps = stamps
+        for app in self.apps:
+            app.stamps = stamps
+
+    async def run(self, until: float) -> None:
+        loop = asyncio.get_running_loop()
+        heap = self._heap
+        while loop.time() < until:
+            now = loop.time() + 0.001  # libuv timers tick in whole milliseconds
+            while heap and heap[0][0] <= now:
+                when, index = heapq.heappop(heap)
+                app = self.apps[index]
+                if app.closed.done():
+                    continue
+                self._seqs[index] += 1
+                key = f"bo{index}x{self._seqs[index]}"
+                self.stamps.c2u_sent[key] = time.perf_counter()
+                app.send(
+                    f'{{"type":"input_audio_buffer.append","event_id":"{key}","audio":"{self._chunk}"}}'.encode()
+                )
+                if when >= self._next_turn[index]:
+                    for frame in _TURN:
+                        app.send(frame)
+                    self._next_turn[index] += TURN_EVERY_S
+                heapq.heappush(heap, (when + APPEND_S, index))
+            await asyncio.sleep(max(0.001, heap[0][0] - loop.time()) if heap else 0.01)
+
+
+async def _arrive(url: str, driver: _Driver, refusals: Refusals) -> None:
+    """One app: admitted, it streams; refused, it goes elsewhere."""
+    app = VoiceApp(driver.stamps, _MARKER)
+    try:
+        await open_app(url, app.stamps, {"Authorization": f"Bearer {TOKEN}"}, _MARKER, app)
+    except (ConnectionError, OSError, TimeoutError) as exc:
+        refusals.record(app.refusal, exc)
+        return
+    driver.add(app)
+
+
+async def _arrivals(
+    url: str, driver: _Driver, refusals: Refusals, per_s: float, until: float, tasks: list[asyncio.Task[None]]
+) -> None:
+    loop = asyncio.get_running_loop()
+    begin = loop.time()
+    while (when := begin + len(tasks) / per_s) < until:
+        await asyncio.sleep(max(0.0, when - loop.time()))
+        tasks.append(asyncio.create_task(_arrive(url, driver, refusals)))
+
+
+async def overload(
+    sim_port: int,
+    current: dict[str, Stamps],
+    *,
+    offered: int,
+    arrival_per_s: float,
+    duration: float,
+    cpu_percent: float = 85.0,
+) -> dict[str, Any]:
+    """Offer ``offered`` apps (then more, at the same rate, while measuring) to a relay on its
+    own core; measure the admitted ones."""
+    relay = await start_relay(
+        sim_port, extra={"RELAY_OVERLOAD_CPU_PERCENT": str(cpu_percent), "RELAY_OVERLOAD_LAG_MS": "50"}
+    )
+    import psutil
+
+    process = psutil.Process(relay.proc.pid)
+    loop = asyncio.get_running_loop()
+    ramp = Stamps()
+    current["clock"] = ramp
+    driver, refusals = _Driver(ramp), Refusals()
+    url = f"ws://127.0.0.1:{relay.port}/v1/realtime?model=gpt-realtime"
+    begin = loop.time()
+    arrived_by = begin + offered / arrival_per_s
+    measured_from = arrived_by + 2.0  # the last arrivals' sessions settle
+    end = measured_from + duration
+    runner = asyncio.create_task(driver.run(end))
+    arrivals: list[asyncio.Task[None]] = []
+    arriving = asyncio.create_task(_arrivals(url, driver, refusals, arrival_per_s, end, arrivals))
+    try:
+        await asyncio.sleep(max(0.0, measured_from - loop.time()))
+        measured = Stamps()
+        current["clock"] = measured
+        driver.measure_into(measured)
+        admitted_at_start, refused_before = len(driver.apps), refusals.clean
+        cpu = process.cpu_times()
+        seen = []
+        while not runner.done():  # what the relay itself reports, once a second
+            seen.append(await _metrics(relay))
+            await asyncio.wait([runner], timeout=1.0)
+        cpu_after = process.cpu_times()
+        share = (cpu_after.user + cpu_after.system - cpu.user - cpu.system) / duration
+        await settle(measured)
+    finally:
+        runner.cancel()
+        arriving.cancel()
+        for task in arrivals:
+            task.cancel()
+        await asyncio.gather(runner, arriving, *arrivals, return_exceptions=True)
+        for app in driver.apps:
+            app.close()
+        if driver.apps:
+            await asyncio.wait([asyncio.ensure_future(app.closed) for app in driver.apps], timeout=10)
+        relay.stop()
+    return {
+        "offered": len(arrivals),
+        "admitted": admitted_at_start,
+        "admitted_during_measurement": len(driver.apps) - admitted_at_start,
+        "refused_clean": refusals.clean,
+        "refused_while_measured": refusals.clean - refused_before,
+        "relay_cpu_share_seen": [round(metric(text, "relay_cpu_share"), 3) for text in seen],
+        "relay_lag_ms_seen": [round(metric(text, "relay_event_loop_lag_seconds") * 1000, 1) for text in seen],
+        "refused_other": len(refusals.other),
+        "refused_other_examples": refusals.other[:5],
+        "relay_core_share": share,
+        "cpu_percent": cpu_percent,
+        "rate": arrival_per_s,
+        "stamps": measured,
+    }
