@@ -7,4 +7,5 @@ BIN="${VENV:-.venv}/bin"
 "$BIN/ruff" check relay tests bench examples
 "$BIN/ruff" format --check relay tests bench examples
 "$BIN/mypy" relay bench
-"$BIN/pytest" -q "$@"
+# Two workers: most tests wait on sockets and processes, so the suite takes ~6 minutes, not ~10.
+"$BIN/pytest" -q -n 2 "$@"
