@@ -40,6 +40,9 @@ class _Sink:
     def write(self, data: bytes) -> None:
         self.writes += 1
 
+    def writelines(self, data: list[bytes]) -> None:
+        self.writes += len(data)
+
     def is_closing(self) -> bool:
         return False
 

@@ -48,7 +48,7 @@ from relay.io.inbound import ClientEventChecker
 from relay.io.link import UpstreamLink
 from relay.io.session_store import Pending
 from relay.io.supervisor import Supervisor
-from relay.io.websocket import WebSocketConnection
+from relay.io.websocket import WebSocketConnection, batch
 from relay.observability.logging import get_logger
 
 C2U = "client_to_upstream"
@@ -249,8 +249,9 @@ class Conversation:
         conn.closed.add_done_callback(functools.partial(self._client_closed, conn))
         if resumed:
             backlog, found = self.sent.after(last_event_id)
-            for frame in backlog:
-                conn.send(frame)
+            with batch():  # the backlog in one write, not one per event
+                for frame in backlog:
+                    conn.send(frame)
             self.metrics.resumes_total.labels("ok" if found or not len(self.sent) else "gap").inc()
             self.log.info("client_resumed", replayed_events=len(backlog), last_event_found=found)
         self.sent.attach()
@@ -663,14 +664,15 @@ class Conversation:
     def release_held(self) -> None:
         """Send every held frame the gate now allows, in order."""
         link = self.link
-        while link is not None and (frame := self.gate.releasable()) is not None:
-            if not link.send(frame.data):
-                self.gate.upstream_lost()
-                self.gate.requeue(frame.data, frame.event_type, frame.held_at)
-                break
-            event = _loads(frame.data)
-            self.gate.sent(event, frame.event_type)
-            self.supervisor.on_client_event(event, frame.data)
+        with batch():  # what was held (audio sent before the session was ready) in one write
+            while link is not None and (frame := self.gate.releasable()) is not None:
+                if not link.send(frame.data):
+                    self.gate.upstream_lost()
+                    self.gate.requeue(frame.data, frame.event_type, frame.held_at)
+                    break
+                event = _loads(frame.data)
+                self.gate.sent(event, frame.event_type)
+                self.supervisor.on_client_event(event, frame.data)
         self._held_metrics()
         if self.gate.has_room():
             self.client.resume_reading("hold")

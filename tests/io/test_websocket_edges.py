@@ -321,6 +321,9 @@ class _Transport:
     def write(self, data: bytes) -> None:
         self.writes.append(data)
 
+    def writelines(self, data: list[bytes]) -> None:
+        self.writes.append(b"".join(data))  # one writev on a real socket
+
     def pause_reading(self) -> None:
         self.reading = False
 
@@ -342,6 +345,67 @@ def _server_connection() -> tuple[WebSocketConnection, _Transport]:
     transport = _Transport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     return conn, transport
+
+
+def _client_connection() -> tuple[WebSocketConnection, _Transport]:
+    conn = WebSocketConnection(client_side=True, max_size=1 << 24)
+    transport = _Transport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    return conn, transport
+
+
+def _unmasked(data: bytes) -> list[bytes]:
+    """The payloads of the masked client frames in ``data``, in order."""
+    payloads = []
+    while data:
+        size = data[1] & 0x7F
+        offset = 2
+        if size == 126:
+            size, offset = struct.unpack("!H", data[2:4])[0], 4
+        key, start = data[offset : offset + 4], offset + 4
+        payloads.append(apply_mask(data[start : start + size], key))
+        data = data[start + size :]
+    return payloads
+
+
+async def test_frames_that_arrive_in_one_read_leave_in_one_write_in_order() -> None:
+    """A relay pair by hand: what one read brings is forwarded with one write per peer."""
+    inbound, _ = _server_connection()
+    outbound, wire = _client_connection()
+    inbound.set_handler(lambda opcode, payload: outbound.send(payload))
+    events = [f'{{"type":"e","n":{i}}}'.encode() for i in range(5)]
+    inbound.data_received(b"".join(client_frame(e) for e in events))
+    assert len(wire.writes) == 1
+    assert _unmasked(wire.writes[0]) == events
+    inbound.data_received(client_frame(b'{"type":"alone"}'))  # one frame: written at once
+    assert len(wire.writes) == 2
+    assert _unmasked(wire.writes[1]) == [b'{"type":"alone"}']
+
+
+async def test_a_control_frame_sent_during_a_batch_follows_what_was_gathered() -> None:
+    inbound, _ = _server_connection()
+    outbound, wire = _client_connection()
+
+    def forward(opcode: int, payload: bytes) -> None:
+        outbound.send(payload)
+        if payload == b"1":
+            outbound.ping()  # written directly: what was gathered goes first
+
+    inbound.set_handler(forward)
+    inbound.data_received(b"".join(client_frame(p) for p in (b"0", b"1", b"2")))
+    frames = b"".join(wire.writes)
+    assert [f[0] for f in _frames(frames)] == [0x81, 0x81, 0x89, 0x81]  # text, text, ping, text
+    assert _unmasked(b"".join(f for f in _frames(frames) if f[0] == 0x81)) == [b"0", b"1", b"2"]
+
+
+def _frames(data: bytes) -> list[bytes]:
+    """Split small masked frames apart (payloads under 126 bytes)."""
+    frames = []
+    while data:
+        end = 2 + 4 + (data[1] & 0x7F)
+        frames.append(data[:end])
+        data = data[end:]
+    return frames
 
 
 async def test_messages_waiting_for_a_handler_pause_reading_and_are_all_delivered() -> None:
