@@ -63,6 +63,8 @@ CLOSE_TIMEOUT_S = 5.0  # how long a close waits for the peer's answer before dro
 # Messages kept for a handler not set yet (the client side's first frames, a server side before
 # its session starts): past this many, or this many bytes, reading pauses until it takes them.
 MAX_EARLY_MESSAGES = 16
+MAX_EARLY_BYTES = 1024 * 1024
+_EARLY = "early"  # the read-pause reason while the early messages wait
 
 # The batch being handled (see the module's docstring): the connections with frames gathered.
 # The relay is one thread and a batch one synchronous callback, so one module-level batch is it.
@@ -87,9 +89,6 @@ def batch() -> Iterator[None]:
         for conn in gathered:
             conn.flush()
 
-
-MAX_EARLY_BYTES = 1024 * 1024
-_EARLY = "early"  # the read-pause reason while the early messages wait
 
 MessageHandler = Callable[[int, bytes], None]
 
@@ -178,7 +177,9 @@ class WebSocketConnection(asyncio.Protocol):
     def flush(self) -> None:
         """Write what a batch gathered for this connection, at once."""
         gathered, self._gathered = self._gathered, []
-        if gathered and self.transport is not None:
+        # Aborted during the batch (a stuck peer, a protocol error): what it gathered is dropped
+        # with the socket, as it would have been on its way out.
+        if gathered and self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(gathered)
 
     def ping(self) -> None:

@@ -454,3 +454,22 @@ async def test_a_large_message_is_written_apart_from_its_header() -> None:
     assert b"".join(transport.writes) == encode_frame(payload, 0x2)
     conn.send(b"small")
     assert transport.writes[2] == encode_frame(b"small")  # small ones: one write, as before
+
+
+async def test_a_connection_aborted_during_a_batch_drops_what_it_gathered() -> None:
+    """A stuck peer aborted while a read's frames are handled: its gathered frames go with the
+    socket, and the batch's other connections still get theirs."""
+    inbound, _ = _server_connection()
+    doomed, doomed_wire = _client_connection()
+    other, other_wire = _client_connection()
+
+    def forward(opcode: int, payload: bytes) -> None:
+        doomed.send(payload)
+        other.send(payload)
+        if payload == b"1":
+            doomed.abort()
+
+    inbound.set_handler(forward)
+    inbound.data_received(b"".join(client_frame(p) for p in (b"0", b"1", b"2")))
+    assert doomed_wire.writes == []
+    assert _unmasked(b"".join(other_wire.writes)) == [b"0", b"1", b"2"]
