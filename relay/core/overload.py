@@ -8,7 +8,7 @@ existing conversations are still admitted: they are load the process already car
 
 Lag shows saturation once it has happened: a loop 95% busy still fires its timers nearly on
 time, yet its frames already queue behind each other for milliseconds. So the process's CPU
-share (of the one core an event loop can use) may be judged too, smoothed over about a
+share (of the one core an event loop can use) may be judged too, smoothed over about half a
 second so that a burst of handshakes does not trip it: above ``cpu_threshold`` new sessions go
 elsewhere while the admitted ones keep their latency (``bench/overload.py`` measures it).
 
@@ -77,7 +77,7 @@ class LagMeter:
         """What a refusal says: the lag if it is over, else the CPU share."""
         if self._lag_over() or self.cpu_share < self.cpu_threshold / 2:
             return f"its event loop runs {self.smoothed_s * 1000:.0f} ms late"
-        return f"it uses {self.cpu_share:.0%} of its core"
+        return f"it uses {self.cpu_share:.0%} of its core and admits sessions up to {self.cpu_threshold:.0%}"
 
     def retry_after_s(self) -> int:
         """A client told to come back later: sooner for a brief spike, later for a long one. A

@@ -54,7 +54,7 @@ class RelayMetrics:
         )
         self.cpu_share = Gauge(
             "relay_cpu_share",
-            "The process's CPU time per second (smoothed over ~1 s): the share of its one core in use.",
+            "The process's CPU time per second (smoothed over ~0.5 s): the share of its one core in use.",
             registry=r,
         )
         self.overloaded = Gauge(

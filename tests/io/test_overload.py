@@ -141,7 +141,7 @@ async def test_a_relay_over_its_cpu_share_refuses_new_sessions_and_says_why(
     [
         ([0.5] * 100, False),
         ([1.0] * 100, True),  # a full core, for long enough
-        ([1.0] * 10, False),  # a second of handshakes is not a full relay
+        ([1.0] * 5, False),  # half a second of handshakes is not a full relay
         ([1.0] * 100 + [0.85] * 50, True),  # hysteresis: within ten points of the threshold
         ([1.0] * 100 + [0.5] * 100, False),
     ],
