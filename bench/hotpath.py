@@ -14,6 +14,7 @@ import asyncio
 import base64
 import statistics
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -134,19 +135,34 @@ def per_frame_us(step: Any, frames: int = 5000, repeats: int = 7) -> float:
     return statistics.median(times)
 
 
-async def measure(frames: int = 5000) -> dict[str, Any]:
+async def measure(frames: int = 5000, interleaved: int = 100) -> dict[str, Any]:
+    """One session fed alone, then ``interleaved`` sessions fed in turn, as a loaded relay
+    sees them: each frame then finds its session's objects colder in the CPU's caches."""
     async with aiohttp.ClientSession() as http:
         path = await open_hot_path(http)
         c2u, u2c = per_frame_us(path.c2u, frames), per_frame_us(path.u2c, frames)
         forwarded = (path.upstream_sink.writes, path.client_sink.writes)
-        return {"c2u_us": c2u, "u2c_us": u2c, "forwarded": forwarded, "fed": (path.sent, path.received)}
+        result = {"c2u_us": c2u, "u2c_us": u2c, "forwarded": forwarded, "fed": (path.sent, path.received)}
+        if interleaved > 1:
+            paths = [await open_hot_path(http) for _ in range(interleaved)]
+            turn = _round_robin(paths)
+            result["interleaved"] = interleaved
+            result["c2u_interleaved_us"] = per_frame_us(lambda: next(turn).c2u(), frames)
+            result["u2c_interleaved_us"] = per_frame_us(lambda: next(turn).u2c(), frames)
+        return result
+
+
+def _round_robin(paths: list[HotPath]) -> Iterator[HotPath]:
+    while True:
+        yield from paths
 
 
 def main() -> None:
     result = asyncio.run(measure())
     print(
         f"relay's own work per frame (no sockets): client->upstream append {result['c2u_us']:.1f} us, "
-        f"upstream->client audio delta {result['u2c_us']:.1f} us"
+        f"upstream->client audio delta {result['u2c_us']:.1f} us; {result['interleaved']} sessions "
+        f"in turn: {result['c2u_interleaved_us']:.1f} us, {result['u2c_interleaved_us']:.1f} us"
     )
 
 

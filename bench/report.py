@@ -128,8 +128,14 @@ def write_report(results: dict[str, Any], out: Path) -> str:
     if hot:
         lines.append(
             f"Relay's own work per frame without sockets (bench/hotpath.py): 20 ms append "
-            f"{hot['c2u_us']:.1f} us, audio delta {hot['u2c_us']:.1f} us; the rest of the CPU per "
-            "frame above is the kernel's and the event loop's"
+            f"{hot['c2u_us']:.1f} us, audio delta {hot['u2c_us']:.1f} us"
+            + (
+                f" ({hot['interleaved']} sessions fed in turn: {hot['c2u_interleaved_us']:.1f} us, "
+                f"{hot['u2c_interleaved_us']:.1f} us)"
+                if "interleaved" in hot
+                else ""
+            )
+            + "; the rest of the CPU per frame above is the kernel's and the event loop's"
         )
     if not results.get("nginx"):
         lines.append("nginx was not found: the nginx rows are missing (install Debian's nginx).")
