@@ -76,18 +76,29 @@ def batch() -> Iterator[None]:
     """Gather what is sent inside, each connection's frames written at once at the end (nested
     batches join the outer one). Also for bursts the relay makes itself: a resume's replayed
     events, the frames released after a hold."""
-    global _gathering
-    if _gathering is not None:
-        yield
-        return
-    gathered: list[WebSocketConnection] = []
-    _gathering = gathered
+    gathered = _begin_batch()
     try:
         yield
     finally:
-        _gathering = None
-        for conn in gathered:
-            conn.flush()
+        _end_batch(gathered)
+
+
+def _begin_batch() -> list[WebSocketConnection] | None:
+    """Start a batch; None when one is already running (this one joins it)."""
+    global _gathering
+    if _gathering is not None:
+        return None
+    _gathering = []
+    return _gathering
+
+
+def _end_batch(gathered: list[WebSocketConnection] | None) -> None:
+    global _gathering
+    if gathered is None:
+        return
+    _gathering = None
+    for conn in gathered:
+        conn.flush()
 
 
 MessageHandler = Callable[[int, bytes], None]
@@ -278,11 +289,12 @@ class WebSocketConnection(asyncio.Protocol):
                 messages = self.reader.feed(data)
             except ProtocolError as exc:  # what came before the bad frame is still delivered
                 messages, failure = exc.messages, exc
-            if len(messages) > 1 and _gathering is None:
-                with batch():
-                    closed = self._deliver(messages)
-            else:
+            # Not ``with batch()``: the context manager's generator showed in the profile.
+            gathered = _begin_batch() if len(messages) > 1 else None
+            try:
                 closed = self._deliver(messages)
+            finally:
+                _end_batch(gathered)
             if failure is not None and not closed:
                 self._fail(failure)
         except ProtocolError as exc:  # a bad close frame
