@@ -31,6 +31,7 @@ from relay.core.protocol import MAX_APPEND_BYTES
 DEFAULT_PREFIX_PADDING_MS = 300  # the API's server_vad default; semantic_vad has no setting
 VAD_MARGIN_MS = 300  # covers the VAD's detection lag plus the event's trip to the relay
 _MARK_EVERY_S = 0.05  # how finely the wall-clock send times of the stream are remembered
+_MARGIN_S = VAD_MARGIN_MS / 1000
 _TRIM_EVERY_MS = 60  # audio appended between two trims of what a replay no longer needs
 
 
@@ -44,6 +45,7 @@ class AudioRetention:
         self._speech_from: int | None = None  # the current utterance is kept from here
         self._speech_end: int | None = None  # where the server heard the last utterance end
         self.encoding = "pcm16"
+        self._per_ms = BYTES_PER_MS["pcm16"]  # bytes per millisecond of audio in that encoding
         self.vad = True  # the API's default session has server VAD
         self.prefix_ms = DEFAULT_PREFIX_PADDING_MS
         self.trimmed_bytes = 0  # manual turns beyond the API's limit: the oldest audio let go
@@ -57,14 +59,11 @@ class AudioRetention:
         """Follow the session's effective input settings (from the server's echoes)."""
         if encoding != self.encoding:
             self.encoding = encoding
+            self._per_ms = BYTES_PER_MS.get(encoding, 48)
             self.cut(self.end)  # audio in the old format would be garbage under the new one
         self.vad = isinstance(turn_detection, dict)
         padding = turn_detection.get("prefix_padding_ms") if isinstance(turn_detection, dict) else None
         self.prefix_ms = padding if isinstance(padding, int) else DEFAULT_PREFIX_PADDING_MS
-
-    @property
-    def _per_ms(self) -> int:
-        return BYTES_PER_MS.get(self.encoding, 48)
 
     # ------------------------------------------------------------------ the stream
     def append(self, audio: bytes, now: float | None = None) -> None:
@@ -85,7 +84,7 @@ class AudioRetention:
 
     def _trim(self, now: float | None = None) -> None:
         marks = self._marks
-        while now is not None and len(marks) > 1 and now - marks[0][0] > VAD_MARGIN_MS / 1000:
+        while now is not None and len(marks) > 1 and now - marks[0][0] > _MARGIN_S:
             marks.popleft()  # the first mark left: where the stream was at most a margin ago
         keep_from = self.keep_from()
         chunks = self._chunks
