@@ -15,6 +15,7 @@ import asyncio
 import base64
 import hashlib
 import heapq
+import math
 import os
 import struct
 import time
@@ -254,6 +255,71 @@ class Schedule:
     turns: bool = True
 
 
+class Driver:
+    """Sends every app's appends on time from one heap (one timer, not one per app); apps may
+    join while it runs. ``append(index, seq)`` builds an app's frame and its event id."""
+
+    def __init__(
+        self,
+        schedule: Schedule,
+        append: Callable[[int, int], tuple[str, bytes]],
+        stamps: Stamps,
+        turn_frames: tuple[bytes, ...],
+    ) -> None:
+        self.schedule, self.append, self.stamps, self.turn_frames = schedule, append, stamps, turn_frames
+        self.apps: list[VoiceApp] = []
+        self._starts: list[float] = []
+        self._seqs: list[int] = []
+        self._next_turn: list[float] = []
+        self._heap: list[tuple[float, int]] = []  # (when due, app)
+
+    def add(self, app: VoiceApp, start: float, first_turn: float) -> None:
+        """``app`` appends from ``start`` for the schedule's duration, its turns from ``first_turn``."""
+        app.stamps = self.stamps  # it may have been made before a measurement began
+        heapq.heappush(self._heap, (start, len(self.apps)))
+        self.apps.append(app)
+        self._starts.append(start)
+        self._seqs.append(0)
+        self._next_turn.append(first_turn)
+
+    def measure_into(self, stamps: Stamps) -> None:
+        """Stamp every frame from now on into ``stamps``."""
+        self.stamps = stamps
+        for app in self.apps:
+            app.stamps = stamps
+
+    async def run(self, until: float = math.inf) -> None:
+        """Until ``until`` (loop time), or until every app has sent its duration."""
+        loop = asyncio.get_running_loop()
+        heap, schedule = self._heap, self.schedule
+        while loop.time() < until:
+            if not heap:
+                if math.isinf(until):
+                    return
+                await asyncio.sleep(0.01)  # no app yet
+                continue
+            # Event-loop timers tick in whole milliseconds (libuv): send whatever falls due within
+            # the next one, else a sub-millisecond sleep returns at once and the scheduler spins.
+            now = loop.time() + 0.001
+            while heap and heap[0][0] <= now:
+                when, index = heapq.heappop(heap)
+                start = self._starts[index]
+                if when - start >= schedule.duration:
+                    continue
+                self._seqs[index] += 1
+                key, frame = self.append(index, self._seqs[index])
+                self.stamps.c2u_sent[key] = time.perf_counter()
+                app = self.apps[index]
+                app.send(frame)
+                if schedule.turns and when >= self._next_turn[index]:
+                    for extra in self.turn_frames:
+                        app.send(extra)
+                    self._next_turn[index] += schedule.turn_every_s
+                heapq.heappush(heap, (start + self._seqs[index] * schedule.append_s, index))
+            if heap:
+                await asyncio.sleep(max(0.001, heap[0][0] - loop.time()))
+
+
 async def drive(
     apps: list[VoiceApp],
     starts: list[float],
@@ -262,31 +328,11 @@ async def drive(
     stamps: Stamps,
     turn_frames: tuple[bytes, ...],
 ) -> None:
-    """Send every app's appends on time from one heap; ``append(index, seq)`` builds the frame."""
-    loop = asyncio.get_running_loop()
-    heap = [(start, index) for index, start in enumerate(starts)]  # (when due, app)
-    heapq.heapify(heap)
-    seqs = [0] * len(apps)
+    """Every app from its start for the schedule's duration."""
+    driver = Driver(schedule, append, stamps, turn_frames)
     # Users do not take turns in step: first turns spread evenly over one period, so answers
     # start at a steady rate instead of in bursts that would measure the burst, not the path.
     count = len(apps)
-    next_turn = [start + schedule.turn_every_s * (0.5 + i / count) for i, start in enumerate(starts)]
-    while heap:
-        # Event-loop timers tick in whole milliseconds (libuv): send whatever falls due within the
-        # next one, else a sub-millisecond sleep returns at once and the scheduler spins.
-        now = loop.time() + 0.001
-        while heap and heap[0][0] <= now:
-            when, index = heapq.heappop(heap)
-            if when - starts[index] >= schedule.duration:
-                continue
-            seqs[index] += 1
-            key, frame = append(index, seqs[index])
-            stamps.c2u_sent[key] = time.perf_counter()
-            apps[index].send(frame)
-            if schedule.turns and when >= next_turn[index]:
-                for extra in turn_frames:
-                    apps[index].send(extra)
-                next_turn[index] += schedule.turn_every_s
-            heapq.heappush(heap, (starts[index] + seqs[index] * schedule.append_s, index))
-        if heap:
-            await asyncio.sleep(max(0.001, heap[0][0] - loop.time()))
+    for index, (app, start) in enumerate(zip(apps, starts, strict=True)):
+        driver.add(app, start, start + schedule.turn_every_s * (0.5 + index / count))
+    await driver.run()

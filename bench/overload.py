@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import heapq
-import time
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from bench.audio import speech_like
-from bench.load import Stamps, VoiceApp, open_app, settle
-from bench.real_conditions import _metrics, metric
-from bench.servers import TOKEN, start_relay
+from bench.load import Driver, Schedule, Stamps, VoiceApp, open_app, settle
+from bench.servers import TOKEN, metric, start_relay
 
 APPEND_S = 0.02
 TURN_EVERY_S = 3.0
@@ -51,70 +50,31 @@ class Refusals:
             self.other.append(lines[0] if head else repr(error))
 
 
-class _Driver:
-    """Every admitted app's appends from one heap, as ``bench.load.drive`` does, but for apps
-    that join while it runs."""
-
-    def __init__(self, stamps: Stamps) -> None:
-        self.stamps = stamps
-        self.apps: list[VoiceApp] = []
-        self._heap: list[tuple[float, int]] = []
-        self._seqs: list[int] = []
-        self._next_turn: list[float] = []
-        self._chunk = base64.b64encode(speech_like(20)).decode()
-
-    def add(self, app: VoiceApp) -> None:
-        loop = asyncio.get_running_loop()
-        index, now = len(self.apps), loop.time()
-        app.stamps = self.stamps  # it may have been made before the measurement began
-        self.apps.append(app)
-        self._seqs.append(0)
-        self._next_turn.append(now + TURN_EVERY_S * (0.5 + (index % 10) / 10))  # turns not in step
-        app.send(_UPDATE)
-        heapq.heappush(self._heap, (now + 0.05, index))
-
-    def measure_into(self, stamps: Stamps) -> None:
-        self.stamps = stamps
-        for app in self.apps:
-            app.stamps = stamps
-
-    async def run(self, until: float) -> None:
-        loop = asyncio.get_running_loop()
-        heap = self._heap
-        while loop.time() < until:
-            now = loop.time() + 0.001  # libuv timers tick in whole milliseconds
-            while heap and heap[0][0] <= now:
-                when, index = heapq.heappop(heap)
-                app = self.apps[index]
-                if app.closed.done():
-                    continue
-                self._seqs[index] += 1
-                key = f"bo{index}x{self._seqs[index]}"
-                self.stamps.c2u_sent[key] = time.perf_counter()
-                app.send(
-                    f'{{"type":"input_audio_buffer.append","event_id":"{key}","audio":"{self._chunk}"}}'.encode()
-                )
-                if when >= self._next_turn[index]:
-                    for frame in _TURN:
-                        app.send(frame)
-                    self._next_turn[index] += TURN_EVERY_S
-                heapq.heappush(heap, (when + APPEND_S, index))
-            await asyncio.sleep(max(0.001, heap[0][0] - loop.time()) if heap else 0.01)
-
-
-async def _arrive(url: str, driver: _Driver, refusals: Refusals) -> None:
-    """One app: admitted, it streams; refused, it goes elsewhere."""
+async def _arrive(url: str, driver: Driver, refusals: Refusals) -> None:
+    """One app: admitted, it streams at once; refused, it goes elsewhere."""
     app = VoiceApp(driver.stamps, _MARKER)
     try:
         await open_app(url, app.stamps, {"Authorization": f"Bearer {TOKEN}"}, _MARKER, app)
     except (ConnectionError, OSError, TimeoutError) as exc:
         refusals.record(app.refusal, exc)
         return
-    driver.add(app)
+    app.send(_UPDATE)
+    now, index = asyncio.get_running_loop().time(), len(driver.apps)
+    driver.add(app, now + 0.05, now + TURN_EVERY_S * (0.5 + index % 10 / 10))  # turns not in step
+
+
+def _appender() -> Callable[[int, int], tuple[str, bytes]]:
+    chunk = base64.b64encode(speech_like(20)).decode()
+
+    def append(index: int, seq: int) -> tuple[str, bytes]:
+        key = f"bo{index}x{seq}"
+        return key, f'{{"type":"input_audio_buffer.append","event_id":"{key}","audio":"{chunk}"}}'.encode()
+
+    return append
 
 
 async def _arrivals(
-    url: str, driver: _Driver, refusals: Refusals, per_s: float, until: float, tasks: list[asyncio.Task[None]]
+    url: str, driver: Driver, refusals: Refusals, per_s: float, until: float, tasks: list[asyncio.Task[None]]
 ) -> None:
     loop = asyncio.get_running_loop()
     begin = loop.time()
@@ -143,7 +103,8 @@ async def overload(
     loop = asyncio.get_running_loop()
     ramp = Stamps()
     current["clock"] = ramp
-    driver, refusals = _Driver(ramp), Refusals()
+    driver = Driver(Schedule(APPEND_S, TURN_EVERY_S, math.inf), _appender(), ramp, _TURN)
+    refusals = Refusals()
     url = f"ws://127.0.0.1:{relay.port}/v1/realtime?model=gpt-realtime"
     begin = loop.time()
     arrived_by = begin + offered / arrival_per_s
@@ -161,7 +122,7 @@ async def overload(
         cpu = process.cpu_times()
         seen = []
         while not runner.done():  # what the relay itself reports, once a second
-            seen.append(await _metrics(relay))
+            seen.append(await relay.metrics())
             await asyncio.wait([runner], timeout=1.0)
         cpu_after = process.cpu_times()
         share = (cpu_after.user + cpu_after.system - cpu.user - cpu.system) / duration

@@ -20,11 +20,10 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import numpy as np
 
 from bench.load import Schedule, Stamps, VoiceApp, drive, open_app
-from bench.servers import TOKEN, Proc, start_relay
+from bench.servers import TOKEN, metric, start_relay
 from relay.simulator.audio import synthesize
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
@@ -86,20 +85,6 @@ async def _close(apps: list[VoiceApp]) -> None:
     await asyncio.wait([asyncio.ensure_future(app.closed) for app in apps], timeout=10)
 
 
-async def _metrics(relay: Proc) -> str:
-    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{relay.port}/metrics") as resp:
-        return await resp.text()
-
-
-def metric(text: str, name: str) -> float:
-    """The sum of a metric's samples over all label sets."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 async def rotation_under_open_mics(
     set_up_ms: float, sessions: int, seconds: float, rotate_every_s: float
 ) -> dict[str, Any]:
@@ -114,7 +99,7 @@ async def rotation_under_open_mics(
         apps = await _apps(url, stamps, sessions)
         await _stream(apps, stamps, open_mic(), seconds, f"r{set_up_ms:g}.")
         await asyncio.sleep(2.0)  # answers to the last turns
-        text = await _metrics(relay)
+        text = await relay.metrics()
         await _close(apps)
     finally:
         relay.stop()

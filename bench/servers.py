@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
+
 TOKEN = "bench-token-0123456789abcdef"
 
 
@@ -26,6 +28,11 @@ class Proc:
     proc: subprocess.Popen[bytes]
     port: int
 
+    async def metrics(self) -> str:
+        """Its ``/metrics`` exposition (a relay's)."""
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{self.port}/metrics") as resp:
+            return await resp.text()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -33,6 +40,15 @@ class Proc:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+def metric(text: str, name: str) -> float:
+    """The sum of a metric's samples over all label sets, from an exposition's text."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def pin(core: int) -> list[str]:

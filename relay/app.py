@@ -159,13 +159,12 @@ async def _watch_loop_lag(ctx: RelayContext) -> None:
     for sample in itertools.count():
         if sample % _QUOTA_EVERY == 0:  # a pod's limit can be resized in place
             cores = cores_available()
-        expected = loop.time() + SAMPLE_INTERVAL_S
+        started = loop.time()
         await asyncio.sleep(SAMPLE_INTERVAL_S)
-        now, used = loop.time(), time.process_time()
-        share = (used - cpu) / max(now - expected + SAMPLE_INTERVAL_S, 1e-3) / cores
-        cpu = used
+        elapsed, used = loop.time() - started, time.process_time()
+        share, cpu = (used - cpu) / max(elapsed, 1e-3) / cores, used
         was = meter.overloaded
-        if meter.sample(now - expected, share, len(ctx.registry.sessions)) != was:
+        if meter.sample(elapsed - SAMPLE_INTERVAL_S, share, len(ctx.registry.sessions)) != was:
             _log.warning(
                 "overload" if meter.overloaded else "overload_over",
                 lag_s=round(meter.smoothed_s, 4),

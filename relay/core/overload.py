@@ -74,8 +74,8 @@ class LagMeter:
 
     @property
     def reason(self) -> str:
-        """What a refusal says: the lag if it is over, else the CPU share."""
-        if self._lag_over() or self.cpu_share < self.cpu_threshold / 2:
+        """What a refusal says: the lag if it is over (or the only thing judged), else the CPU."""
+        if self._lag_over() or self.cpu_threshold <= 0:
             return f"its event loop runs {self.smoothed_s * 1000:.0f} ms late"
         return f"it uses {self.cpu_share:.0%} of its core and admits sessions up to {self.cpu_threshold:.0%}"
 

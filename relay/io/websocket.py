@@ -179,7 +179,9 @@ class WebSocketConnection(asyncio.Protocol):
         self._gathered.append(frame)
 
     def _write(self, data: bytes) -> None:
-        """Write ``data`` after anything gathered: the order on the wire is the order sent."""
+        """Write ``data`` after anything gathered: the order on the wire is the order sent.
+        Every close goes through here, and nothing is gathered once closing: so a connection
+        never closes with frames left behind."""
         assert self.transport is not None
         if self._gathered:
             self.flush()
@@ -220,7 +222,6 @@ class WebSocketConnection(asyncio.Protocol):
                 self._drop_early()
                 frame = encode_frame(close_payload(code), OP_CLOSE, mask=self.client_side)
                 self._write(frame)
-            self.flush()
             self.transport.close()
 
     def abort(self) -> None:
@@ -289,12 +290,34 @@ class WebSocketConnection(asyncio.Protocol):
                 messages = self.reader.feed(data)
             except ProtocolError as exc:  # what came before the bad frame is still delivered
                 messages, failure = exc.messages, exc
-            # Not ``with batch()``: the context manager's generator showed in the profile.
+            # Frames that came together are a batch (not ``with batch()``: the context manager's
+            # generator showed in the profile; try/finally costs nothing until something raises).
             gathered = _begin_batch() if len(messages) > 1 else None
+            closed = False
             try:
-                closed = self._deliver(messages)
+                for opcode, payload in messages:
+                    if opcode < OP_CLOSE:  # text or binary
+                        if self.closing:
+                            # Our close is sent: data still arriving is read only to reach the
+                            # peer's close frame, and dropped (RFC 6455 section 1.4), never kept.
+                            continue
+                        if self._handler is None:
+                            self._early.append((opcode, payload))
+                            self._early_bytes += len(payload)
+                            if len(self._early) >= MAX_EARLY_MESSAGES or self._early_bytes >= MAX_EARLY_BYTES:
+                                self.pause_reading(_EARLY)
+                        else:
+                            self._handler(opcode, payload)
+                    elif opcode == OP_CLOSE:
+                        self._close_received(payload)
+                        closed = True
+                        break  # anything after the peer's close is not read (section 5.5.1)
+                    elif opcode == OP_PING:
+                        self._pong(payload)
+                    # OP_PONG: receiving it already counted as a sign of life
             finally:
-                _end_batch(gathered)
+                if gathered is not None:
+                    _end_batch(gathered)
             if failure is not None and not closed:
                 self._fail(failure)
         except ProtocolError as exc:  # a bad close frame
@@ -303,29 +326,6 @@ class WebSocketConnection(asyncio.Protocol):
             self._handshake_failed(exc)
         except Exception as exc:  # a handler's bug: its owner decides, the loop never sees it
             self.on_failure(exc)
-
-    def _deliver(self, messages: list[Message]) -> bool:
-        """Hand each message on; True once the peer's close frame was among them."""
-        for opcode, payload in messages:
-            if opcode < OP_CLOSE:  # text or binary
-                if self.closing:
-                    # Our close is sent: data still arriving is read only to reach the
-                    # peer's close frame, and dropped (RFC 6455 section 1.4), never kept.
-                    continue
-                if self._handler is None:
-                    self._early.append((opcode, payload))
-                    self._early_bytes += len(payload)
-                    if len(self._early) >= MAX_EARLY_MESSAGES or self._early_bytes >= MAX_EARLY_BYTES:
-                        self.pause_reading(_EARLY)
-                else:
-                    self._handler(opcode, payload)
-            elif opcode == OP_CLOSE:
-                self._close_received(payload)
-                return True  # anything after the peer's close is not read (section 5.5.1)
-            elif opcode == OP_PING:
-                self._pong(payload)
-            # OP_PONG: receiving it already counted as a sign of life
-        return False
 
     def eof_received(self) -> bool | None:
         return None  # let the transport close; connection_lost follows
@@ -369,7 +369,6 @@ class WebSocketConnection(asyncio.Protocol):
             self.closing = True
             answer = close_payload(code) if code != NO_STATUS else b""
             self._write(encode_frame(answer, OP_CLOSE, mask=self.client_side))
-        self.flush()
         self.transport.close()  # flushes what is buffered, then connection_lost
 
     def _fail(self, exc: ProtocolError) -> None:
@@ -390,7 +389,6 @@ class WebSocketConnection(asyncio.Protocol):
             self.closing = True
             frame = close_payload(exc.code, exc.reason.encode())  # cut to fit by close_payload
             self._write(encode_frame(frame, OP_CLOSE, mask=self.client_side))
-        self.flush()
         self.transport.close()
 
     def _handshake_failed(self, exc: BaseException) -> None:
