@@ -20,6 +20,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from relay import __version__
+from relay.core import speedups
 from relay.core.redaction import redact_text
 from relay.io.workers import (
     WORKER_DIR_ENV,
@@ -140,7 +141,8 @@ def _announce(settings: Settings) -> None:
     state = "shared in Redis" if settings.redis_url is not None else "in this process (resume on it only)"
     print(
         f"relay {__version__} listening on http://{settings.host}:{settings.port} "
-        f"(WebSocket /v1/realtime{workers}), upstream: {where}, conversations: {state}",
+        f"(WebSocket /v1/realtime{workers}), upstream: {where}, conversations: {state}, "
+        f"per-frame code: {speedups.build()}",
         file=sys.stderr,
         flush=True,
     )

@@ -5,7 +5,9 @@ cd "$(dirname "$0")/.."
 PY="${PY:-python3}"
 VENV="${VENV:-.venv}"
 STAMP="$VENV/.installed"
-if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+# Again when the build changes: the compiled per-frame code is made by this install.
+if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ setup.py -nt "$STAMP" ] \
+  || [ relay/core/_speedups.pyx -nt "$STAMP" ]; then
   "$PY" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q -e '.[test,bench]'

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import binascii
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pybase64
 
+from relay.core import speedups
 from relay.core.errors import InvalidEvent
 from relay.core.protocol import MAX_APPEND_BYTES, MIN_COMMIT_MS
 
@@ -44,7 +45,7 @@ def encoding_of(session: Mapping[str, Any]) -> str:
     return {"g711_ulaw": "pcmu", "g711_alaw": "pcma"}.get(str(beta), "pcm16")
 
 
-def looks_like_float32(pcm: bytes) -> bool:
+def py_looks_like_float32(pcm: bytes) -> bool:
     """True when ``pcm`` is float32 audio: nearly every 4th byte is a float exponent byte.
 
     Real PCM16 puts sample high bytes there, which wander across the whole range for speech,
@@ -68,6 +69,13 @@ def looks_like_float32(pcm: bytes) -> bool:
     # mantissa bytes free, while such PCM16 would repeat the band in the other samples' high bytes.
     others = pcm[1::4]
     return len(others.translate(None, _FLOAT_EXPONENT_BYTES)) > len(others) * 0.3
+
+
+if TYPE_CHECKING:  # the compiled twin (relay.core._speedups) has the same signature
+    looks_like_float32 = py_looks_like_float32
+else:
+    _compiled = speedups.compiled()
+    looks_like_float32 = py_looks_like_float32 if _compiled is None else _compiled.looks_like_float32
 
 
 def decode_append(audio_b64: str, client_event_id: str | None) -> bytes:

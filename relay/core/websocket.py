@@ -8,8 +8,9 @@ under 2 us each way). So this module does only what a relay needs, strictly: no 
 (permessage-deflate is never negotiated: compressing base64 audio costs CPU and saves little),
 text payloads are passed on as bytes without decoding (only checked to be UTF-8, cheaply: nearly
 all of them are ASCII JSON), control frames are checked as the RFC demands, and masking is done
-in C (``websockets.speedups``). Conformance is checked with the Autobahn|Testsuite
-(docs/conformance.md).
+in C (``websockets.speedups``). The reader and ``encode_frame`` also have compiled twins
+(``relay.core._speedups``; ``relay.core.speedups`` says which runs). Conformance is checked with
+the Autobahn|Testsuite, on both builds (docs/conformance.md).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import random
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from relay.core import speedups
 
 try:
     from websockets.speedups import apply_mask
@@ -42,7 +46,7 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _HEADER2 = struct.Struct("!BB")
 _HEADER4 = struct.Struct("!BBH")
 _HEADER10 = struct.Struct("!BBQ")
-_mask_bits = random.Random().getrandbits  # see encode_frame
+_mask_bits = random.Random().getrandbits  # see py_encode_frame
 
 MAX_REASON_BYTES = 123  # a control frame's 125 bytes, less the close code
 # Fragments: browsers and the SDKs send each event as one frame, but the RFC lets a peer cut a
@@ -74,7 +78,7 @@ class ProtocolError(Exception):
 
 
 # ---------------------------------------------------------------------------------- frames
-def encode_frame(payload: bytes, opcode: int = OP_TEXT, *, mask: bool = False) -> bytes:
+def py_encode_frame(payload: bytes, opcode: int = OP_TEXT, *, mask: bool = False) -> bytes:
     """One final frame. Clients must mask (section 5.3); servers must not.
 
     The mask key protects browsers' intermediaries from cache poisoning by script-chosen bytes;
@@ -98,7 +102,7 @@ def encode_frame(payload: bytes, opcode: int = OP_TEXT, *, mask: bool = False) -
 def encode_frame_parts(payload: bytes, opcode: int = OP_TEXT, *, mask: bool = False) -> tuple[bytes, bytes]:
     """One final frame as (header, body), to be written one after the other: for a large payload
     this saves the copy ``header + payload`` would make (20 MiB for a large conversation item).
-    The header is built as in :func:`encode_frame`, which keeps it inline: it runs per frame."""
+    The header is built as in :func:`py_encode_frame`, which keeps it inline: it runs per frame."""
     size = len(payload)
     mask_bit = 0x80 if mask else 0
     if size < 126:
@@ -148,7 +152,7 @@ def parse_close(payload: bytes) -> tuple[int, str]:
     return code, reason
 
 
-class FrameReader:
+class PyFrameReader:
     """Turns a byte stream into messages: fragments joined, control frames passed one by one.
 
     ``masked`` is what the peer must do: a server reads masked frames from clients, a client
@@ -409,3 +413,13 @@ def check_server_response(response: HandshakeResponse, key: str) -> None:
 
 def _tokens(value: str) -> list[str]:
     return [token.strip().lower() for token in value.split(",")]
+
+
+# ---------------------------------------------------------------------------------- the build
+if TYPE_CHECKING:  # both builds have these signatures; the pure-Python ones are the reference
+    FrameReader = PyFrameReader
+    encode_frame = py_encode_frame
+else:
+    _compiled = speedups.compiled()
+    FrameReader = PyFrameReader if _compiled is None else _compiled.FrameReader
+    encode_frame = py_encode_frame if _compiled is None else _compiled.encode_frame

@@ -18,6 +18,7 @@ from prometheus_client import (
 )
 
 from relay import __version__
+from relay.core import speedups
 from relay.observability.frame_metrics import FrameMetrics
 
 # From 50 µs (a frame through the relay) to 1 s (a stalled peer).
@@ -194,8 +195,10 @@ class RelayMetrics:
             ["field"],
             registry=r,
         )
-        self.build_info = Info("relay_build", "Relay version.", registry=r)
-        self.build_info.info({"version": __version__})
+        self.build_info = Info(
+            "relay_build", "Relay version, and whether its per-frame code is compiled.", registry=r
+        )
+        self.build_info.info({"version": __version__, "speedups": speedups.build()})
         # Counted per frame, so kept as plain integers and rendered at scrape time.
         self.frames = FrameMetrics(LATENCY_BUCKETS)
         r.register(self.frames)

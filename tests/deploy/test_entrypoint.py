@@ -50,6 +50,16 @@ def test_image_entrypoint_serves_and_drains(tmp_path: Path) -> None:
     ).stdout.lower()
     assert "pytest" not in installed
     assert "hypothesis" not in installed
+    # The image's wheel carries the compiled per-frame code (the build stage has gcc), unless
+    # this run is the pure-Python build's.
+    build = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "from relay.core import speedups; print(speedups.build())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    ).stdout.strip()
+    assert build == ("python" if os.environ.get("RELAY_NO_EXTENSIONS") else "compiled")
     port = free_port()
     env = {
         "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
