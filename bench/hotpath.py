@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import statistics
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
+import orjson
 from prometheus_client import CollectorRegistry
 
 from bench.audio import speech_like
@@ -159,6 +161,9 @@ def _round_robin(paths: list[HotPath]) -> Iterator[HotPath]:
 
 def main() -> None:
     result = asyncio.run(measure())
+    if "--json" in sys.argv[1:]:  # for bench/runner.py, which runs this for the pure-Python build
+        print(orjson.dumps(result).decode())
+        return
     print(
         f"relay's own work per frame (no sockets): client->upstream append {result['c2u_us']:.1f} us, "
         f"upstream->client audio delta {result['u2c_us']:.1f} us; {result['interleaved']} sessions "

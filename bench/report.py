@@ -137,6 +137,12 @@ def write_report(results: dict[str, Any], out: Path) -> str:
             )
             + "; the rest of the CPU per frame above is the kernel's and the event loop's"
         )
+    python = results.get("hot_path_python")
+    if hot and python:
+        lines.append(
+            f"The same, pure-Python build (RELAY_NO_EXTENSIONS=1): append {python['c2u_us']:.1f} us, "
+            f"audio delta {python['u2c_us']:.1f} us (compiled: {hot['c2u_us']:.1f} / {hot['u2c_us']:.1f})"
+        )
     if not results.get("nginx"):
         lines.append("nginx was not found: the nginx rows are missing (install Debian's nginx).")
     table = "\n".join(lines)
@@ -161,6 +167,16 @@ def _core_capacity(results: dict[str, Any]) -> list[str]:
     """What one core carries, from the CPU each proxy used in the main run (an extrapolation:
     latency rises well before a core is full, which is what the sweep shows)."""
     lines = []
+    by_name = {p.path: p for p in results["paths"]}
+    nginx = by_name.get("nginx")
+    if nginx and nginx.cpu_s and nginx.frames:
+        per_frame = nginx.cpu_s / nginx.frames
+        ratios = [
+            f"{p.path} {p.cpu_s / p.frames / per_frame:.2f}x"
+            for p in results["paths"]
+            if p.path.startswith("relay") and p.cpu_s and p.frames
+        ]
+        lines.append("CPU per frame against nginx's: " + ", ".join(ratios) + " (target <= 1.5x)")
     for path in results["paths"]:
         if path.cores:
             per_session_ms = path.cores / path.sessions * 1000
@@ -302,6 +318,9 @@ def _serialisable(results: dict[str, Any]) -> dict[str, Any]:
         "replay_ms": {str(k): v for k, v in results["replay_ms"].items()},
         "wakeup_floor_ms": results.get("wakeup_floor"),
         "hot_path_us": {k: v for k, v in results.get("hot_path", {}).items() if k.endswith("_us")},
+        "hot_path_python_us": {
+            k: v for k, v in results.get("hot_path_python", {}).items() if k.endswith("_us")
+        },
         "overload": _overload_serialisable(results.get("overload"), path),
     }
 

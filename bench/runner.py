@@ -18,6 +18,7 @@ import base64
 import gc
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import websockets
 
 from bench.audio import speech_like
@@ -41,6 +43,7 @@ from relay.simulator.timing import Timing
 
 APPEND_MS = 20
 TURN_EVERY_S = 3.0
+PYTHON_BUILD = "relay (pure Python)"
 
 
 Clock = Stamps  # one path's stamps: the simulator's probe and the generator write into it
@@ -167,6 +170,17 @@ async def compare(
     return results
 
 
+async def hot_path_of_python_build() -> dict[str, Any]:
+    """``bench/hotpath.py`` in a process of its own that runs the pure-Python twins."""
+    env = {**os.environ, "RELAY_NO_EXTENSIONS": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.hotpath", "--json", env=env, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    result: dict[str, Any] = orjson.loads(out)
+    return result
+
+
 def _cpu(pid: int | None) -> float:
     if pid is None:
         return 0.0
@@ -222,6 +236,8 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     gc.freeze()  # the harness's own heap (imports, servers) need not be traversed by every collection
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     relay = await start_relay(sim_port)
+    # The pure-Python build beside the compiled one (relay/core/speedups.py), in the main run only.
+    relay_py = await start_relay(sim_port, extra={"RELAY_NO_EXTENSIONS": "1"}) if args.python_build else None
     nginx = await start_nginx(sim_port, workdir)
     results: dict[str, Any] = {"paths": [], "sweep": [], "skipped": []}
     try:
@@ -231,7 +247,8 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         if nginx:
             targets.append(Target("nginx", url.format(nginx.port), nginx.proc.pid))
         targets.append(Target("relay", url.format(relay.port), relay.proc.pid))
-        main = await compare(targets, args.sessions, args.duration, args.trials, current)
+        both = [Target(PYTHON_BUILD, url.format(relay_py.port), relay_py.proc.pid)] if relay_py else []
+        main = await compare(targets + both, args.sessions, args.duration, args.trials, current)
         results["paths"] = list(main.values())
         deadline = time.monotonic() + args.budget
         for count in args.sweep:
@@ -273,9 +290,13 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         results["validation"] = validation_micro()
         results["replay_ms"] = replay_micro()
         results["hot_path"] = await hot_path_micro()
+        if args.python_build:
+            results["hot_path_python"] = await hot_path_of_python_build()
         results["nginx"] = nginx is not None
     finally:
         relay.stop()
+        if relay_py:
+            relay_py.stop()
         if nginx:
             nginx.stop()
         await runner.cleanup()
@@ -347,6 +368,12 @@ def run(argv: list[str]) -> int:
     parser.add_argument("--overload-rate", type=float, default=10.0, help="apps arriving per second")
     parser.add_argument(
         "--overload-cpu-percent", type=float, default=85.0, help="the relay's admission threshold"
+    )
+    parser.add_argument(
+        "--no-python-build",
+        dest="python_build",
+        action="store_false",
+        help="leave out the pure-Python build's row (RELAY_NO_EXTENSIONS) beside the compiled one",
     )
     parser.add_argument("--quick", action="store_true", help="10 sessions, 5 s, no sweep")
     parser.add_argument("--out", default="bench/results")

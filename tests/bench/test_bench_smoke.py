@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from bench.report import write_report
-from bench.runner import benchmark
+from bench.runner import PYTHON_BUILD, benchmark
 
 
 def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> None:
@@ -34,10 +34,11 @@ def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> N
         overload_offered=4,
         overload_rate=20.0,
         overload_cpu_percent=100.0,  # the plumbing only: refusals are tests/io/test_overload.py's
+        python_build=True,
     )
     results = asyncio.run(benchmark(args))
     paths = {p.path: p for p in results["paths"]}
-    assert {"direct", "relay"} <= paths.keys()
+    assert {"direct", "relay", PYTHON_BUILD} <= paths.keys()
     for path in paths.values():
         assert path.lost == 0
         assert len(path.c2u) > 50  # 2 sessions x 2 s of 20 ms appends, each matched end to end
@@ -49,13 +50,15 @@ def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> N
     assert [count for count, _ in results["sweep"]] == [2]
     assert results["skipped"] == [500]
     step = results["sweep"][0][1]
-    assert step.keys() == paths.keys()
+    assert step.keys() == paths.keys() - {PYTHON_BUILD}  # both builds side by side in the main run only
     assert all(p.lost == 0 and len(p.c2u) > 100 for p in step.values())
     table = write_report(results, tmp_path)
     assert "| relay | 2 | c2u |" in table
     assert "Largest count with relay-added p99 < 5 ms" in table
     assert re.search(r"own core .*: p50 [0-9.]+ ms, p99 [0-9.]+ ms", table)
     assert re.search(r"without sockets .*: 20 ms append [0-9.]+ us, audio delta [0-9.]+ us", table)
+    assert f"| {PYTHON_BUILD} | 2 | c2u |" in table
+    assert re.search(r"pure-Python build \(RELAY_NO_EXTENSIONS=1\): append [0-9.]+ us", table)
     capacity = r"relay CPU: [0-9.]+ ms per session-second: one core is full at ~[0-9]+ voice sessions"
     assert re.search(capacity, table)
     saved = json.loads((tmp_path / "results.json").read_text())
