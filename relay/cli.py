@@ -29,6 +29,7 @@ from relay.io.workers import (
     run_workers,
     serve_own_metrics,
 )
+from relay.observability.gc_pauses import GcPauses
 from relay.observability.logging import configure_logging, get_logger
 from relay.settings import Settings, load_settings
 
@@ -212,6 +213,9 @@ async def _run_relay(settings: Settings) -> None:
     if directory:
         app[WORKER_DIR] = directory
     runner, _ = await start_server(app, settings, reuse_port=directory is not None)
+    pauses = GcPauses(app[METRICS])  # start-up's objects out of later collections, pauses timed
+    pauses.freeze_start_up()
+    pauses.install()
     if directory:  # one of several workers: caps across them, its metrics for the merged /metrics
         slots = await SlotClient.connect(directory)
         app[RELAY_CONTEXT].registry.shared = slots

@@ -38,6 +38,7 @@ LATENCY_BUCKETS = (
     0.5,
     1.0,
 )
+GC_PAUSE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5)
 REPLAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -193,6 +194,19 @@ class RelayMetrics:
             "relay_beta_dropped_fields",
             "Beta fields with no GA meaning dropped during translation.",
             ["field"],
+            registry=r,
+        )
+        self.gc_pause_seconds = Histogram(
+            "relay_gc_pause_seconds",
+            "Event-loop stops by Python's cyclic garbage collector, by generation: every session "
+            "on the process waits them out.",
+            ["generation"],
+            buckets=GC_PAUSE_BUCKETS,
+            registry=r,
+        )
+        self.gc_frozen_objects = Gauge(
+            "relay_gc_frozen_objects",
+            "Objects made at start-up and kept out of every later collection (gc.freeze).",
             registry=r,
         )
         self.build_info = Info(
