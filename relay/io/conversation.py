@@ -192,6 +192,7 @@ class Conversation:
             if self.detached_at is not None:  # ended while waiting for its client
                 self.detached_at = None
                 self._count_detached()
+            self._let_go()
             self.metrics.sessions_active.dec()
             self.metrics.sessions_total.labels(self.outcome).inc()
             self.log.info(
@@ -200,6 +201,17 @@ class Conversation:
                 duration_s=round(time.monotonic() - self.started, 3),
                 **({"usage": self.usage.summary()} if self.usage is not None else {}),
             )
+
+    def _let_go(self) -> None:
+        """Cut what points back at this ended session from what it owned (its connections call
+        its methods, its audio check reports to it): then reference counting frees it all when
+        the registry lets go. As a cycle it would wait for a full collection, which stops every
+        session on the process for each object it walks (relay.observability.gc_pauses)."""
+        if isinstance(self.client, WebSocketConnection):
+            self.client.release()
+        if self.link is not None:
+            self.link.conn.release()
+        self.checker.input_audio.on_split_sample = _no_split_report
 
     async def _run(self) -> None:
         self.spawn(self._housekeeping(), "housekeeping")
@@ -833,6 +845,10 @@ _SNAPSHOT_TYPES = frozenset(
 
 
 def _ignore_failure(exc: BaseException) -> None:
+    return None
+
+
+def _no_split_report() -> None:
     return None
 
 

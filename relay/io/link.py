@@ -57,9 +57,9 @@ class UpstreamLink:
         self.conn.on_write_paused = on_write_paused
 
     def detach(self) -> None:
-        """Frames of a replaced upstream are no longer anyone's; they are dropped."""
-        self.conn.set_handler(_drop)
-        self.conn.on_write_paused = _ignore
+        """Frames of a replaced upstream are no longer anyone's; they are dropped, and its
+        failures no longer end the session (which the connection then no longer references)."""
+        self.conn.release()
 
     # ------------------------------------------------------------------ sending and closing
     def send(self, data: bytes) -> bool:
@@ -86,11 +86,3 @@ class UpstreamLink:
     def set_write_buffer_limits(self, high: int, low: int) -> None:
         if self.conn.transport is not None:
             self.conn.transport.set_write_buffer_limits(high=high, low=low)
-
-
-def _drop(opcode: int, data: bytes) -> None:
-    return None
-
-
-def _ignore(paused: bool) -> None:
-    return None

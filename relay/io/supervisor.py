@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import weakref
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -94,7 +95,9 @@ class Supervisor:
     """Owns the succession of upstream links behind one relay session."""
 
     def __init__(self, session: Conversation) -> None:
-        self.session = session
+        # Not a strong reference back: the session owns this supervisor, and the cycle would
+        # leave both for the cyclic collector when the session ends (relay.observability.gc_pauses).
+        self.session: Conversation = weakref.proxy(session)
         settings = session.settings
         self.settings = settings
         self.state = SessionState(

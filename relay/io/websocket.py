@@ -113,7 +113,9 @@ class WebSocketConnection(asyncio.Protocol):
         self.client_side = client_side
         self.reader = FrameReader(masked=not client_side, max_size=max_size)
         self.transport: asyncio.Transport | None = None
-        self.on_failure: Callable[[BaseException], None] = self._abort_on_failure
+        # The owner's callbacks (None: abort). They hold the owner, which holds this connection:
+        # ``release`` cuts that cycle when the owner is done, so no collection has to.
+        self.on_failure: Callable[[BaseException], None] | None = None
         self.on_write_paused: Callable[[bool], None] = _ignore
         self.close_code: int | None = None  # the peer's close code; 1006 if lost without one
         self.close_reason = ""
@@ -147,6 +149,13 @@ class WebSocketConnection(asyncio.Protocol):
                 self._protocol_error(self._failure)
             else:
                 self.resume_reading(_EARLY)
+
+    def release(self) -> None:
+        """Forget the owner (its session is over): what still arrives is dropped, a failure aborts."""
+        self._handler = _discard
+        self.on_failure = None
+        self.on_write_paused = _ignore
+        self._drop_early()
 
     def take_over(self, transport: asyncio.Transport, previous: asyncio.BaseProtocol | None) -> None:
         """Become the protocol of an already-connected transport (a server-side upgrade)."""
@@ -325,7 +334,10 @@ class WebSocketConnection(asyncio.Protocol):
         except HandshakeError as exc:
             self._handshake_failed(exc)
         except Exception as exc:  # a handler's bug: its owner decides, the loop never sees it
-            self.on_failure(exc)
+            if self.on_failure is None:
+                self.abort()
+            else:
+                self.on_failure(exc)
 
     def eof_received(self) -> bool | None:
         return None  # let the transport close; connection_lost follows
@@ -335,6 +347,8 @@ class WebSocketConnection(asyncio.Protocol):
             self.close_code = ABNORMAL_CLOSURE
         self.transport = None
         self.closing = True
+        if self._handler is not None:  # nothing more can arrive: the owner's callbacks can go
+            self.release()
         if self._handshake is not None:
             self._handshake_failed(exc or ConnectionResetError("closed during the handshake"))
         if not self.closed.done():
@@ -397,11 +411,12 @@ class WebSocketConnection(asyncio.Protocol):
             handshake.opened.set_exception(exc)
         self.abort()
 
-    def _abort_on_failure(self, exc: BaseException) -> None:
-        self.abort()
-
 
 def _ignore(paused: bool) -> None:
+    return None
+
+
+def _discard(opcode: int, payload: bytes) -> None:
     return None
 
 
