@@ -30,7 +30,6 @@ import orjson
 import websockets
 
 from bench.audio import speech_like
-from bench.hotpath import measure as hot_path_micro
 from bench.load import Schedule, Stamps, VoiceApp, drive, open_app, settle
 from bench.micro import replay_micro, validation_micro, wakeup_floor
 from bench.overload import overload
@@ -170,9 +169,11 @@ async def compare(
     return results
 
 
-async def hot_path_of_python_build() -> dict[str, Any]:
-    """``bench/hotpath.py`` in a process of its own that runs the pure-Python twins."""
-    env = {**os.environ, "RELAY_NO_EXTENSIONS": "1"}
+async def hot_path_of_build(*, python: bool) -> dict[str, Any]:
+    """``bench/hotpath.py`` in a process of its own, on the compiled build or the pure-Python one."""
+    env = {k: v for k, v in os.environ.items() if k != "RELAY_NO_EXTENSIONS"}
+    if python:
+        env["RELAY_NO_EXTENSIONS"] = "1"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.hotpath", "--json", env=env, stdout=asyncio.subprocess.PIPE
     )
@@ -289,9 +290,11 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         results["rss_per_session"] = await idle_rss_per_session(sim_port, args.idle_sessions)
         results["validation"] = validation_micro()
         results["replay_ms"] = replay_micro()
-        results["hot_path"] = await hot_path_micro()
+        # Each build in a fresh process of its own, one after the other: in this one, the load
+        # generator's heap and the simulator would make the first figure incomparable.
+        results["hot_path"] = await hot_path_of_build(python=False)
         if args.python_build:
-            results["hot_path_python"] = await hot_path_of_python_build()
+            results["hot_path_python"] = await hot_path_of_build(python=True)
         results["nginx"] = nginx is not None
     finally:
         relay.stop()
