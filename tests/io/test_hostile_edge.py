@@ -456,7 +456,9 @@ async def test_a_flood_of_failed_authentications_is_throttled(
         ] == 401
         other_writer.close()
     assert statuses[:50] == [401] * 50
-    assert statuses[50] == 429
+    # Then refused: at once, unless the 50 took long enough on a busy machine for the 20/s refill
+    # to let one or two more through (the count below bounds them the same way).
+    assert 50 <= statuses.index(429) <= 50 + 20 * elapsed + 1
     assert statuses.count(401) <= 50 + 20 * elapsed + 1
     assert closed_after_429 == statuses.count(429)
     assert relay.metric("relay_auth_rejections_total", {"reason": "invalid_token"}) == statuses.count(401) + 1
