@@ -16,26 +16,14 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromSt
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
-import codecs
 import os
 
 cdef enum:
-    OP_CONTINUATION = 0x0
     OP_TEXT = 0x1
     OP_BINARY = 0x2
-    OP_CLOSE = 0x8
-    OP_PING = 0x9
-    OP_PONG = 0xA
     PROTOCOL_ERROR = 1002
     INVALID_DATA = 1007
-    POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
-    # relay.core.websocket's defaults (tests/core/test_speedups.py holds them equal)
-    MAX_FRAGMENTS = 131_072
-    FRAGMENT_COST = 512
-
-cdef object _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
-
 
 cdef object _ProtocolError = None
 
@@ -80,39 +68,38 @@ cdef inline bint _copy(uint8_t* dst, const uint8_t* src, Py_ssize_t n, const uin
 
 
 cdef class FrameReader:
-    """``relay.core.websocket.PyFrameReader``, compiled: the same messages and errors."""
+    """``relay.core.websocket.PyFrameReader``, compiled: the same messages and errors.
+
+    Only the common frame (a whole, final text or binary frame) is read here; fragments and
+    control frames, rare, go to a pure-Python reader kept inside, whose code is the reference's
+    own (one implementation of the RFC's rules for them, not two).
+    """
 
     cdef int _mask_bit
-    cdef public Py_ssize_t max_size
-    cdef public Py_ssize_t max_fragments
-    cdef public Py_ssize_t fragment_cost
+    cdef readonly Py_ssize_t max_size
     cdef bytearray _pending
     cdef Py_ssize_t _need
-    cdef bytearray _fragments
-    cdef int _fragment_opcode
-    cdef Py_ssize_t _fragment_size
-    cdef Py_ssize_t _fragment_count
-    cdef object _utf8
+    cdef bint _fragmenting  # a fragmented message is open in ``_rare``
+    cdef object _rare
 
-    def __init__(
-        self,
-        *,
-        bint masked,
-        Py_ssize_t max_size,
-        Py_ssize_t max_fragments=MAX_FRAGMENTS,
-        Py_ssize_t fragment_cost=FRAGMENT_COST,
-    ):
+    def __init__(self, *, bint masked, Py_ssize_t max_size, **limits):
+        """As the reference's; ``limits``: its ``max_fragments`` and ``fragment_cost``."""
+        from relay.core.websocket import PyFrameReader  # loaded by now: it loads this module
+
         self._mask_bit = 0x80 if masked else 0
         self.max_size = max_size
-        self.max_fragments = max_fragments
-        self.fragment_cost = fragment_cost
         self._pending = bytearray()
         self._need = 0
-        self._fragments = bytearray()
-        self._fragment_opcode = 0
-        self._fragment_size = 0
-        self._fragment_count = 0
-        self._utf8 = None
+        self._fragmenting = False
+        self._rare = PyFrameReader(masked=masked, max_size=max_size, **limits)
+
+    @property
+    def max_fragments(self):
+        return self._rare.max_fragments
+
+    @property
+    def fragment_cost(self):
+        return self._rare.fragment_cost
 
     def feed(self, data):
         cdef object buf
@@ -171,17 +158,18 @@ cdef class FrameReader:
                     <uint8_t*>PyBytes_AS_STRING(payload), p + key_end, length, p + start if masked else NULL
                 )
                 pos = stop
-                if first == 0x81 and not self._fragment_opcode:  # final text, no RSV bits
+                if first == 0x81 and not self._fragmenting:  # final text, no RSV bits
                     if not ascii:
                         try:
                             payload.decode()
                         except UnicodeDecodeError:
                             raise ProtocolError(INVALID_DATA, "text message is not UTF-8") from None
                     messages.append((OP_TEXT, payload))
-                elif first == 0x82 and not self._fragment_opcode:  # final binary, no RSV bits
+                elif first == 0x82 and not self._fragmenting:  # final binary, no RSV bits
                     messages.append((OP_BINARY, payload))
-                else:
-                    message = self._message(first, payload)
+                else:  # fragments, control frames, broken frames: the reference's own code
+                    message = self._rare._message(first, payload)
+                    self._fragmenting = self._rare._fragment_opcode != 0
                     if message is not None:
                         messages.append(message)
         except Exception as exc:
@@ -194,62 +182,6 @@ cdef class FrameReader:
             else:
                 self._pending = PyByteArray_FromStringAndSize(<const char*>p + pos, end - pos)
         return messages
-
-    cdef object _message(self, int first, bytes payload):
-        cdef int opcode = first & 0x0F
-        cdef bint final = first >= 0x80
-        if first & 0x70:
-            raise ProtocolError(PROTOCOL_ERROR, "reserved bits set without an extension")
-        if opcode == OP_CLOSE or opcode == OP_PING or opcode == OP_PONG:
-            if not final or len(payload) > 125:
-                raise ProtocolError(PROTOCOL_ERROR, "control frames must be final and short")
-            return opcode, payload
-        if opcode == OP_TEXT or opcode == OP_BINARY:
-            if self._fragment_opcode:
-                raise ProtocolError(PROTOCOL_ERROR, "a new message began inside a fragmented one")
-            if opcode == OP_TEXT:
-                self._check_text(payload, final)
-            if final:
-                return opcode, payload
-            self._fragment_opcode, self._fragment_count = opcode, 1
-            self._fragment_size = len(payload) + self.fragment_cost
-            self._fragments += payload
-            return None
-        if opcode != OP_CONTINUATION:
-            raise ProtocolError(PROTOCOL_ERROR, f"unknown opcode {opcode}")
-        if not self._fragment_opcode:
-            raise ProtocolError(PROTOCOL_ERROR, "continuation frame outside a fragmented message")
-        self._fragment_count += 1
-        if self._fragment_count > self.max_fragments:
-            raise ProtocolError(POLICY_VIOLATION, f"message in more than {self.max_fragments} fragments")
-        self._fragment_size += len(payload) + self.fragment_cost
-        if self._fragment_size > self.max_size:
-            raise ProtocolError(
-                MESSAGE_TOO_BIG,
-                f"message exceeds {self.max_size} bytes ({self.fragment_cost} counted per fragment)",
-            )
-        if self._fragment_opcode == OP_TEXT:
-            self._check_text(payload, final)
-        self._fragments += payload
-        if not final:
-            return None
-        message = (self._fragment_opcode, bytes(self._fragments))
-        self._fragment_opcode, self._fragment_size, self._fragment_count = 0, 0, 0
-        self._fragments = bytearray()
-        return message
-
-    cdef _check_text(self, bytes fragment, bint final):
-        decoder = self._utf8
-        if decoder is None:
-            if fragment.isascii():
-                return
-            decoder = self._utf8 = _Utf8Decoder()
-        try:
-            decoder.decode(fragment, final)
-        except UnicodeDecodeError:
-            raise ProtocolError(INVALID_DATA, "text message is not UTF-8") from None
-        if final:
-            self._utf8 = None
 
 
 # A mask key per client frame from xorshift64*, seeded once from the OS: the reasoning of
