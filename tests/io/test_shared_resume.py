@@ -103,6 +103,13 @@ async def _until_metric(port: int, name: str, value: float, labels: dict[str, st
             await asyncio.sleep(0.05)
 
 
+async def _answered(relay: RelayProcess, responses: int) -> None:
+    """Until ``relay`` has passed on that many response.done events (to a client or its resume
+    buffer): how long an answer takes depends on how busy the machine is, not on a fixed sleep."""
+    done = {"direction": "upstream_to_client", "type": "response.done"}
+    await _until_metric(relay.port, "relay_frames_total", responses, done)
+
+
 def _shown(events: list[Event]) -> list[Event]:
     return [e for e in events if e["type"] != "relay.session_resumable"]
 
@@ -147,7 +154,7 @@ async def test_a_client_resumes_on_another_process_with_every_event_once(cluster
     owner, other, third = cluster.relays
     client, token, processed = await _answer_while_away(cluster, owner)
     # The answer finishes while the client is away: the owner keeps it (and writes it to Redis).
-    await asyncio.sleep(1.5)
+    await _answered(owner, 2)
     seen = _shown(client.events[:processed])
     resumed = await cluster.resume(other.port, token, seen[-1]["event_id"])
     assert resumed.ws.response is not None
@@ -183,7 +190,8 @@ async def test_a_crashed_owner_is_taken_over_once_its_lease_lapses(cluster: Clus
     answer ends with one response.done (incomplete: what was said before the crash)."""
     owner, other = cluster.relays
     buffered = await _answer_while_away(cluster, owner)
-    await asyncio.sleep(1.5)  # that answer ends; the owner's syncs write it to Redis
+    await _answered(owner, 2)  # that answer ends
+    await asyncio.sleep(1.5)  # and the owner's syncs write it to Redis
     streaming = await _answer_while_away(cluster, owner)
     await asyncio.sleep(0.4)
     owner.proc.send_signal(signal.SIGKILL)
