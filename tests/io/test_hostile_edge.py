@@ -148,7 +148,11 @@ async def test_slowloris_heads_are_closed_at_the_header_timeout(serve: EdgeFacto
     for _ in range(300):
         opened.append(time.monotonic())
         conns.append(await _partial(edge.port))
-    assert edge.metric("relay_edge_unfinished_heads") == 300
+    unfinished, now = edge.metric("relay_edge_unfinished_heads"), time.monotonic()
+    # All 300 counted, less any that a busy machine took longer than the timeout to open after
+    # the first (those are already closed, as they should be).
+    assert sum(now - at < 0.9 for at in opened) <= unfinished <= 300
+    assert unfinished == 300 or now - opened[0] > 0.9
     opened.append(time.monotonic())
     dribbler = await _partial(edge.port, head=b"G")
     conns.append(dribbler)
