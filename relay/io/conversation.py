@@ -203,14 +203,10 @@ class Conversation:
             )
 
     def _let_go(self) -> None:
-        """Cut what points back at this ended session from what it owned (its connections call
-        its methods, its audio check reports to it): then reference counting frees it all when
-        the registry lets go. As a cycle it would wait for a full collection, which stops every
+        """Cut the audio check's callback into this ended session, so reference counting frees
+        it when the registry lets go (its connections drop their callbacks themselves when their
+        sockets are gone). As a cycle it would wait for a full collection, which stops every
         session on the process for each object it walks (relay.observability.gc_pauses)."""
-        if isinstance(self.client, WebSocketConnection):
-            self.client.release()
-        if self.link is not None:
-            self.link.conn.release()
         self.checker.input_audio.on_split_sample = _no_split_report
 
     async def _run(self) -> None:
