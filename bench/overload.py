@@ -28,6 +28,7 @@ from bench.servers import TOKEN, metric, start_relay
 
 APPEND_S = 0.02
 TURN_EVERY_S = 3.0
+_GOLDEN = 0.6180339887498949  # successive multiples, mod 1, fill the interval evenly
 _MARKER = b'"response.output_audio.delta"'
 _UPDATE = b'{"type":"session.update","session":{"type":"realtime","audio":{"input":{"turn_detection":null}}}}'
 _TURN = (b'{"type":"input_audio_buffer.commit"}', b'{"type":"response.create"}')
@@ -60,7 +61,11 @@ async def _arrive(url: str, driver: Driver, refusals: Refusals) -> None:
         return
     app.send(_UPDATE)
     now, index = asyncio.get_running_loop().time(), len(driver.apps)
-    driver.add(app, now + 0.05, now + TURN_EVERY_S * (0.5 + index % 10 / 10))  # turns not in step
+    # Apps arrive on a fixed beat (every 100 ms at 10 a second: a multiple of the 20 ms append
+    # period), so starting each at its arrival would put every append in the same millisecond
+    # and measure that burst, not the path. Each starts at its own phase, spread evenly.
+    phase = (index * _GOLDEN) % 1.0 * APPEND_S
+    driver.add(app, now + 0.05 + phase, now + TURN_EVERY_S * (0.5 + index % 10 / 10))  # turns not in step
 
 
 def _appender() -> Callable[[int, int], tuple[str, bytes]]:
