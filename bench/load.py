@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import gc
 import hashlib
 import heapq
 import math
@@ -20,7 +22,7 @@ import os
 import struct
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import cast
 from urllib.parse import urlsplit
@@ -83,6 +85,25 @@ class Stamps:
 
     def moved(self) -> int:
         return len(self.c2u_recv) + len(self.u2c_recv) + len(self.u2c_sent)
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No garbage collection in the load process while a path is measured.
+
+    Generator and simulator share this process, and its heap grows with every stamp: a full
+    collection here stopped both for 39-138 ms mid-measurement (timed with ``gc.callbacks`` in an
+    overload run), which the stamps then charged to whichever path was being measured. The
+    garbage waits for the end of the window instead (tens of MB at most).
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+        gc.collect()
 
 
 async def settle(clock: Stamps, quiet_s: float = 1.0, limit_s: float = 15.0) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.audio import speech_like
-from bench.load import Driver, Schedule, Stamps, VoiceApp, open_app, settle
+from bench.load import Driver, Schedule, Stamps, VoiceApp, collector_paused, open_app, settle
 from bench.servers import TOKEN, metric, start_relay
 
 APPEND_S = 0.02
@@ -120,18 +120,19 @@ async def overload(
     arriving = asyncio.create_task(_arrivals(url, driver, refusals, arrival_per_s, end, arrivals))
     try:
         await asyncio.sleep(max(0.0, measured_from - loop.time()))
-        measured = Stamps()
-        current["clock"] = measured
-        driver.measure_into(measured)
-        admitted_at_start, refused_before = len(driver.apps), refusals.clean
-        cpu = process.cpu_times()
-        seen = []
-        while not runner.done():  # what the relay itself reports, once a second
-            seen.append(await relay.metrics())
-            await asyncio.wait([runner], timeout=1.0)
-        cpu_after = process.cpu_times()
-        share = (cpu_after.user + cpu_after.system - cpu.user - cpu.system) / duration
-        await settle(measured)
+        with collector_paused():
+            measured = Stamps()
+            current["clock"] = measured
+            driver.measure_into(measured)
+            admitted_at_start, refused_before = len(driver.apps), refusals.clean
+            cpu = process.cpu_times()
+            seen = []
+            while not runner.done():  # what the relay itself reports, once a second
+                seen.append(await relay.metrics())
+                await asyncio.wait([runner], timeout=1.0)
+            cpu_after = process.cpu_times()
+            share = (cpu_after.user + cpu_after.system - cpu.user - cpu.system) / duration
+            await settle(measured)
     finally:
         runner.cancel()
         arriving.cancel()

@@ -30,7 +30,7 @@ import orjson
 import websockets
 
 from bench.audio import speech_like
-from bench.load import Schedule, Stamps, VoiceApp, drive, open_app, settle
+from bench.load import Schedule, Stamps, VoiceApp, collector_paused, drive, open_app, settle
 from bench.micro import replay_micro, validation_micro, wakeup_floor
 from bench.overload import overload
 from bench.real_conditions import open_mic_rss, rotation_under_open_mics
@@ -85,8 +85,9 @@ async def voice_sessions(
     starts = [begin + APPEND_MS / 1000 * i / count for i in range(count)]
     schedule = Schedule(APPEND_MS / 1000, TURN_EVERY_S, duration, turns)
     turn = (b'{"type":"input_audio_buffer.commit"}', b'{"type":"response.create"}')
-    await drive(apps, starts, schedule, append, clock, turn)
-    await settle(clock)  # let frames in flight and the last responses arrive
+    with collector_paused():
+        await drive(apps, starts, schedule, append, clock, turn)
+        await settle(clock)  # let frames in flight and the last responses arrive
     for app in apps:
         app.close()
     await asyncio.wait([asyncio.ensure_future(app.closed) for app in apps], timeout=10)
