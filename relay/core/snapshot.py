@@ -104,7 +104,7 @@ def capture(
 def restore(state: SessionState, snapshot: Snapshot) -> None:
     """Give a fresh state the snapshot's configuration and conversation, for the replay."""
     state.set_config({"session": dict(snapshot.config)})
-    state.items = [dict(item) for item in snapshot.items]
+    state.replace_items([dict(item) for item in snapshot.items])
 
 
 def unfinished_response(frames: list[bytes], snapshot: Snapshot) -> dict[str, Any] | None:
@@ -143,7 +143,7 @@ def keep_partial_output(state: SessionState, done: dict[str, Any]) -> None:
     response = done.get("response")
     for item in response.get("output") or [] if isinstance(response, dict) else []:
         if isinstance(item, dict) and item.get("id") and state.find(item["id"]) is None:
-            state.items.append(clone(item))
+            state.keep_item(clone(item))
 
 
 def _optional_dict(value: Any) -> dict[str, Any] | None:

@@ -453,3 +453,55 @@ def test_the_mirror_keeps_what_a_replay_can_use_and_bounded_audio() -> None:
     assert kept == [f"audio_{n}" for n in range(12, 20)]  # the newest eight
     replayed = plan_replay(state, user_audio="audio").creates["audio_0"]["item"]["content"][0]
     assert replayed == {"type": "input_text", "text": "said 0"}
+
+
+def _audio_item(n: int, audio: str) -> dict[str, Any]:
+    part = {"type": "input_audio", "audio": audio, "transcript": f"said {n}"}
+    return {"id": f"audio_{n}", "type": "message", "role": "user", "content": [part]}
+
+
+def _audio_held(state: SessionState) -> int:
+    return sum(len(part.get("audio", "")) for item in state.items for part in item["content"])
+
+
+@pytest.mark.parametrize("way", ["restored", "completed", "kept"])
+def test_audio_that_reaches_the_mirror_any_way_stays_bounded(way: str) -> None:
+    """Items are measured for audio only when what was added could pass the bound; audio that
+    came in by a restore, an item's completion or the relay's own kept item counts as well."""
+    from relay.core.session import MAX_ITEM_AUDIO_CHARS
+    from relay.core.snapshot import Snapshot, keep_partial_output, restore
+
+    audio = "A" * (1024 * 1024)
+    state = SessionState()
+    if way == "restored":  # a takeover: the conversation's audio arrives all at once
+        items = [_audio_item(n, audio) for n in range(8)]
+        restore(state, Snapshot("s", "k", b"", None, items=items))
+    elif way == "completed":  # items added without audio, their audio shown on completion
+        for n in range(8):
+            state.on_server_event({"type": "conversation.item.added", "item": _audio_item(n, "")})
+            state.on_server_event({"type": "conversation.item.done", "item": _audio_item(n, audio)})
+    else:  # what the user heard of cut answers, kept by the relay
+        for n in range(8):
+            keep_partial_output(state, {"response": {"output": [_audio_item(n, audio)]}})
+    assert _audio_held(state) == 8 * len(audio)  # at the bound: nothing dropped yet
+    for n in range(8, 12):
+        state.on_server_event({"type": "conversation.item.added", "item": _audio_item(n, audio)})
+    assert _audio_held(state) <= MAX_ITEM_AUDIO_CHARS
+    kept = [item["id"] for item in state.items if "audio" in item["content"][0]]
+    assert kept == [f"audio_{n}" for n in range(4, 12)]  # the newest eight
+
+
+def test_items_are_found_and_placed_by_id_in_a_long_conversation() -> None:
+    """Events name recent items; an item placed after an older one still lands beside it."""
+    state = SessionState()
+    for n in range(300):
+        item = {"id": f"item_{n}", "type": "message", "role": "user", "content": []}
+        state.on_server_event({"type": "conversation.item.added", "item": item})
+    late = {"id": "late", "type": "message", "role": "user", "content": []}
+    state.on_server_event({"type": "conversation.item.added", "item": late, "previous_item_id": "item_10"})
+    assert [item["id"] for item in state.items[10:13]] == ["item_10", "late", "item_11"]
+    found = state.find("item_10")
+    assert found is not None
+    assert found["id"] == "item_10"
+    assert state.find("item_299") is state.items[-1]
+    assert state.find("never") is None
