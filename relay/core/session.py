@@ -11,6 +11,7 @@ upstream needs.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import orjson
@@ -50,6 +51,7 @@ class SessionState:
         # At least the audio characters held in items: only over the bound are they walked and
         # measured (a walk per added item cost ~0.3 ms at 500 items, twice a turn).
         self._item_audio_chars = 0
+        self._ids: set[str] = set()  # of the items: a new item is not searched for among hundreds
         self.audio = AudioRetention()
         self.in_flight = InFlight()
         self.retained_audio: dict[str, bytes] = {}  # committed user audio, by item id
@@ -92,6 +94,8 @@ class SessionState:
     def find(self, item_id: str) -> dict[str, Any] | None:
         """The item with ``item_id``, searched from the newest: events name recent items, and a
         long conversation holds hundreds."""
+        if isinstance(item_id, str) and item_id not in self._ids:
+            return None
         items = self.items
         for index in range(len(items) - 1, -1, -1):
             if items[index].get("id") == item_id:
@@ -101,13 +105,19 @@ class SessionState:
     def replace_items(self, items: list[dict[str, Any]]) -> None:
         """A conversation restored (from a snapshot): its audio is counted afresh."""
         self.items = items
+        self._ids = set(_ids_of(items))
         self._item_audio_chars = sum(map(_audio_chars, items))
 
     def keep_item(self, item: dict[str, Any]) -> None:
         """An item the relay itself adds at the end (what the user heard of a cut answer)."""
         self.items.append(item)
+        self._note_id(item)
         self._item_audio_chars += _audio_chars(item)
         self._bound()
+
+    def _note_id(self, item: dict[str, Any]) -> None:
+        if isinstance(item_id := item.get("id"), str):
+            self._ids.add(item_id)
 
     # ------------------------------------------------------------------ client side
     def on_client_event(self, event: Event) -> None:
@@ -185,6 +195,7 @@ class SessionState:
         elif isinstance(previous, str):
             position = self._position_after(previous)
         self.items.insert(position, clone(item))
+        self._note_id(item)
         if item.get("role") == "user" and item["id"] in self.retained_audio:
             self._attach_audio(self.items[position])
         self._item_audio_chars += _audio_chars(self.items[position])
@@ -201,7 +212,9 @@ class SessionState:
     def _bound(self) -> None:
         """Keep the mirror to what a replay can use: the newest items, and bounded audio."""
         if len(self.items) > self.max_items + _ITEM_SLACK:
-            del self.items[: len(self.items) - self.max_items]
+            dropped = len(self.items) - self.max_items
+            self._ids.difference_update(_ids_of(self.items[:dropped]))
+            del self.items[:dropped]
         if self._item_audio_chars <= MAX_ITEM_AUDIO_CHARS:
             return
         budget = MAX_ITEM_AUDIO_CHARS
@@ -241,6 +254,8 @@ class SessionState:
     def _deleted(self, event: Event) -> None:
         self._answered(event)
         self.items = [item for item in self.items if item.get("id") != event.get("item_id")]
+        if isinstance(item_id := event.get("item_id"), str):
+            self._ids.discard(item_id)
 
     def _committed(self, event: Event) -> None:
         answered = self._answered(event)
@@ -443,6 +458,10 @@ _SERVER_HANDLERS = {
     "response.output_item.done": SessionState._output_item_done,
     "response.done": SessionState._response_done,
 }
+
+
+def _ids_of(items: list[dict[str, Any]]) -> Iterator[str]:
+    return (item_id for item in items if isinstance(item_id := item.get("id"), str))
 
 
 def _audio_chars(item: dict[str, Any]) -> int:

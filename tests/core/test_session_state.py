@@ -484,6 +484,7 @@ def test_audio_that_reaches_the_mirror_any_way_stays_bounded(way: str) -> None:
         for n in range(8):
             keep_partial_output(state, {"response": {"output": [_audio_item(n, audio)]}})
     assert _audio_held(state) == 8 * len(audio)  # at the bound: nothing dropped yet
+    assert [state.find(f"audio_{n}") for n in range(8)] == state.items  # each found by its id
     for n in range(8, 12):
         state.on_server_event({"type": "conversation.item.added", "item": _audio_item(n, audio)})
     assert _audio_held(state) <= MAX_ITEM_AUDIO_CHARS
@@ -505,3 +506,14 @@ def test_items_are_found_and_placed_by_id_in_a_long_conversation() -> None:
     assert found["id"] == "item_10"
     assert state.find("item_299") is state.items[-1]
     assert state.find("never") is None
+    state.on_server_event({"type": "conversation.item.deleted", "item_id": "item_10"})
+    assert state.find("item_10") is None
+    small = SessionState(max_items=10)
+    for n in range(100):  # dropped from the mirror past its bound: no longer found
+        item = {"id": f"item_{n}", "type": "message", "role": "user", "content": []}
+        small.on_server_event({"type": "conversation.item.added", "item": item})
+    assert small.find("item_0") is None
+    assert small.find("item_99") is small.items[-1]
+    again = {"id": "item_0", "type": "message", "role": "user", "content": []}
+    small.on_server_event({"type": "conversation.item.added", "item": again})
+    assert small.items[-1]["id"] == "item_0"  # added again, at the end
