@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import statistics
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -65,6 +67,28 @@ class _Sink:
         return None
 
 
+# One answer's server events besides its audio deltas, as the simulator sent them (19: the commit's,
+# the user and assistant items', the response's, six transcript deltas).
+_TURN_EVENTS = [
+    event.encode() for event in orjson.loads((Path(__file__).parent / "turn_events.json").read_bytes())
+]
+_TURN_IDS = sorted(set(re.findall(rb'"((?:item|resp|event)_[A-Za-z0-9]+)"', b"".join(_TURN_EVENTS))), key=len)
+_TURN_CLIENT = [
+    encode_frame(frame, mask=True)
+    for frame in (b'{"type":"input_audio_buffer.commit"}', b'{"type":"response.create"}')
+]
+
+
+def turn_frames(turn: int) -> list[bytes]:
+    """Turn ``turn``'s server frames: the same events with ids of their own."""
+    frames = []
+    for event in _TURN_EVENTS:
+        for known in _TURN_IDS:
+            event = event.replace(known, known + b"t%d" % turn)
+        frames.append(encode_frame(event))
+    return frames
+
+
 class HotPath:
     """One session wired to null transports; ``c2u()`` / ``u2c()`` forward one frame each."""
 
@@ -103,6 +127,16 @@ class HotPath:
     def u2c(self) -> None:
         self.upstream.data_received(self.deltas[self.received % 500])
         self.received += 1
+
+    def turn(self, server_frames: list[bytes]) -> None:
+        """One turn without its audio deltas: 200 ms of appends, the commit and response.create,
+        then the answer's other events (``turn_frames``)."""
+        for _ in range(10):
+            self.c2u()
+        for frame in _TURN_CLIENT:
+            self.client.data_received(frame)
+        for frame in server_frames:
+            self.upstream.data_received(frame)
 
 
 async def open_hot_path(http: aiohttp.ClientSession) -> HotPath:
@@ -151,7 +185,22 @@ async def measure(frames: int = 5000, interleaved: int = 100) -> dict[str, Any]:
             result["interleaved"] = interleaved
             result["c2u_interleaved_us"] = per_frame_us(lambda: next(turn).c2u(), frames)
             result["u2c_interleaved_us"] = per_frame_us(lambda: next(turn).u2c(), frames)
+        result["turn_us"] = await turn_us(http)
         return result
+
+
+async def turn_us(http: aiohttp.ClientSession, turns: int = 600, block: int = 100) -> list[float]:
+    """Microseconds per turn, per ``block`` of turns, from a fresh conversation to a long one
+    (the relay's mirror holds up to 500 items; a turn adds two)."""
+    path = await open_hot_path(http)
+    frames = [turn_frames(n) for n in range(turns)]
+    times = []
+    for start in range(0, turns, block):
+        started = time.perf_counter()
+        for n in range(start, start + block):
+            path.turn(frames[n])
+        times.append((time.perf_counter() - started) / block * 1e6)
+    return times
 
 
 def _round_robin(paths: list[HotPath]) -> Iterator[HotPath]:
@@ -167,7 +216,10 @@ def main() -> None:
     print(
         f"relay's own work per frame (no sockets): client->upstream append {result['c2u_us']:.1f} us, "
         f"upstream->client audio delta {result['u2c_us']:.1f} us; {result['interleaved']} sessions "
-        f"in turn: {result['c2u_interleaved_us']:.1f} us, {result['u2c_interleaved_us']:.1f} us"
+        f"in turn: {result['c2u_interleaved_us']:.1f} us, {result['u2c_interleaved_us']:.1f} us; "
+        f"a turn's other events and 10 appends, per 100 turns from a fresh conversation: "
+        + ", ".join(f"{us:.0f}" for us in result["turn_us"])
+        + " us"
     )
 
 

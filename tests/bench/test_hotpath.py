@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from bench.hotpath import measure
+import aiohttp
+
+from bench.hotpath import measure, open_hot_path, turn_frames
 
 
 async def test_every_fed_frame_is_forwarded_once() -> None:
@@ -14,3 +16,19 @@ async def test_every_fed_frame_is_forwarded_once() -> None:
     assert result["interleaved"] == 3
     assert result["c2u_interleaved_us"] > 0
     assert result["u2c_interleaved_us"] > 0
+    assert len(result["turn_us"]) == 6  # 600 turns, per 100
+
+
+async def test_a_turn_is_forwarded_whole_and_kept_in_the_mirror() -> None:
+    """The turn the harness times is the real thing: its client events go upstream, the answer's
+    events reach the client, and the conversation's mirror gains the user's and the assistant's
+    items (so a long run times a long conversation)."""
+    async with aiohttp.ClientSession() as http:
+        path = await open_hot_path(http)
+        for n in range(3):
+            path.turn(turn_frames(n))
+    assert path.upstream_sink.writes == 3 * (10 + 2)  # appends, commit, response.create
+    assert path.client_sink.writes == 3 * 19
+    items = path.session.supervisor.state.items
+    assert [item["role"] for item in items] == ["user", "assistant"] * 3
+    assert len({item["id"] for item in items}) == 6
