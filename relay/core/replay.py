@@ -11,6 +11,7 @@ take assistant audio); user audio becomes its transcript or, when retained, the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -53,16 +54,53 @@ def plan_replay(
 ) -> ReplayPlan:
     config = {k: clone(v) for k, v in state.config.items() if not k.startswith("_")}
     config.setdefault("type", "realtime")
-    kept = _within_budget(state.items, max_items, max_tokens)
+    forms = _Forms(state, user_audio)
+    kept = _within_budget(state.items, max_items, max_tokens, forms.tokens)
     creates: dict[str, Event] = {}
     previous: str | None = None
     for item in kept:
-        create: Event = {"type": "conversation.item.create", "item": replayable(item, user_audio)}
+        create: Event = {"type": "conversation.item.create", "item": forms.replayable(item)}
         if previous is not None:
             create["previous_item_id"] = previous
         creates[item["id"]] = create
         previous = item["id"]
+    forms.prune()
     return ReplayPlan({"type": "session.update", "session": config}, creates, len(state.items) - len(kept))
+
+
+class _Forms:
+    """Each item's replayable form and token count, made once and kept in the state's
+    ``replay_forms`` until the state changes the item (``SessionState.item_changed``): a
+    snapshot plans the replay of up to 500 items several times a turn (2.5-4 ms each, unkept).
+    A form is only read (plans share it), and kept with its item and user-audio choice, so an
+    item replaced by another object of the same id is never given the old one's form."""
+
+    def __init__(self, state: SessionState, user_audio: str) -> None:
+        self.state, self.user_audio = state, user_audio
+        self.kept: dict[str, Any] = state.replay_forms
+
+    def _form(self, item: dict[str, Any]) -> tuple[Any, str, dict[str, Any], int]:
+        key = item.get("id")
+        form = self.kept.get(key) if isinstance(key, str) else None
+        if form is None or form[0] is not item or form[1] != self.user_audio:
+            form = (item, self.user_audio, replayable(item, self.user_audio), _tokens(item))
+            if isinstance(key, str):
+                self.kept[key] = form
+        return form
+
+    def replayable(self, item: dict[str, Any]) -> dict[str, Any]:
+        return self._form(item)[2]
+
+    def tokens(self, item: dict[str, Any]) -> int:
+        return self._form(item)[3]
+
+    def prune(self) -> None:
+        """Forms of items the state no longer holds go, once they are as many as its items."""
+        items = self.state.items
+        if len(self.kept) > 2 * len(items) + 64:
+            present = {item.get("id") for item in items}
+            for key in [key for key in self.kept if key not in present]:
+                del self.kept[key]
 
 
 def plan_delta(prepared: ReplayPlan, current: ReplayPlan) -> list[Event]:
@@ -229,12 +267,14 @@ def _tokens(item: dict[str, Any]) -> int:
     return size // 4 + 4
 
 
-def _within_budget(items: list[dict[str, Any]], max_items: int, max_tokens: int) -> list[dict[str, Any]]:
+def _within_budget(
+    items: list[dict[str, Any]], max_items: int, max_tokens: int, tokens_of: Callable[[dict[str, Any]], int]
+) -> list[dict[str, Any]]:
     """The newest items that fit, oldest trimmed first; outputs never outlive their call."""
     kept: list[dict[str, Any]] = []
     tokens = 0
     for item in reversed(items):
-        cost = _tokens(item)
+        cost = tokens_of(item)
         if len(kept) >= max_items or tokens + cost > max_tokens:
             break
         kept.append(item)

@@ -52,6 +52,9 @@ class SessionState:
         # measured (a walk per added item cost ~0.3 ms at 500 items, twice a turn).
         self._item_audio_chars = 0
         self._ids: set[str] = set()  # of the items: a new item is not searched for among hundreds
+        # relay.core.replay's cache of each item's replayable form, by item id: a snapshot plans a
+        # replay of up to 500 items several times a turn. An entry goes when its item changes.
+        self.replay_forms: dict[str, Any] = {}
         self.audio = AudioRetention()
         self.in_flight = InFlight()
         self.retained_audio: dict[str, bytes] = {}  # committed user audio, by item id
@@ -107,6 +110,12 @@ class SessionState:
         self.items = items
         self._ids = set(_ids_of(items))
         self._item_audio_chars = sum(map(_audio_chars, items))
+
+    def item_changed(self, item: dict[str, Any]) -> None:
+        """``item`` was changed in place: its replayable form is made again when next needed."""
+        item_id = item.get("id")
+        if isinstance(item_id, str):
+            self.replay_forms.pop(item_id, None)
 
     def keep_item(self, item: dict[str, Any]) -> None:
         """An item the relay itself adds at the end (what the user heard of a cut answer)."""
@@ -186,6 +195,7 @@ class SessionState:
         existing = self.find(item["id"])
         if existing is not None:
             existing.update(clone(item))
+            self.item_changed(existing)
             self._item_audio_chars += _audio_chars(existing)
             return
         previous = event.get("previous_item_id")
@@ -225,6 +235,7 @@ class SessionState:
                     budget -= len(audio)
                     if budget < 0:
                         del part["audio"]  # replayed from its transcript instead
+                        self.item_changed(item)
         self._item_audio_chars = MAX_ITEM_AUDIO_CHARS - max(budget, 0)
 
     def _item_done(self, event: Event) -> None:
@@ -235,6 +246,7 @@ class SessionState:
             existing = self.find(item["id"])
             if existing is not None:
                 existing.update(clone(item))
+                self.item_changed(existing)
                 self._item_audio_chars += _audio_chars(existing)
 
     def _transcribed(self, event: Event) -> None:
@@ -242,14 +254,16 @@ class SessionState:
         item = self.find(str(event.get("item_id")))
         content = item.get("content") if item else None
         index = event.get("content_index", 0)
-        if isinstance(content, list) and isinstance(index, int) and index < len(content):
+        if item is not None and isinstance(content, list) and isinstance(index, int) and index < len(content):
             content[index]["transcript"] = event.get("transcript")
+            self.item_changed(item)
 
     def _truncated(self, event: Event) -> None:
         self._answered(event)
         item = self.find(str(event.get("item_id")))
         if item is not None:
             item["_truncated_ms"] = event.get("audio_end_ms")
+            self.item_changed(item)
 
     def _deleted(self, event: Event) -> None:
         self._answered(event)
@@ -315,6 +329,7 @@ class SessionState:
         content = item.get("content") or []
         if content and content[0].get("type") == "input_audio":
             content[0]["audio"] = pybase64.b64encode_as_string(self.retained_audio.pop(item["id"]))
+            self.item_changed(item)
 
     # ------------------------------------------------------------------ responses
     def _response_created(self, event: Event) -> None:
@@ -371,6 +386,7 @@ class SessionState:
         if self.partial is not None and isinstance(item, dict) and item.get("id") == self.partial.get("id"):
             if stored is not None and self.partial_audio_bytes:
                 stored["_audio_ms"] = self.partial_audio_bytes / self._output_bytes_per_ms()
+                self.item_changed(stored)
             self.partial = None
 
     def _output_bytes_per_ms(self) -> int:
@@ -410,6 +426,7 @@ def interrupted_response_done(state: SessionState, reason: str) -> Event | None:
         existing = state.find(item["id"])
         if existing is not None:
             existing.update(clone(item))
+            state.item_changed(existing)
     done = dict(response)
     done.update(
         status="incomplete",

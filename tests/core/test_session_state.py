@@ -517,3 +517,104 @@ def test_items_are_found_and_placed_by_id_in_a_long_conversation() -> None:
     again = {"id": "item_0", "type": "message", "role": "user", "content": []}
     small.on_server_event({"type": "conversation.item.added", "item": again})
     assert small.items[-1]["id"] == "item_0"  # added again, at the end
+
+
+def _fresh_plan(state: SessionState, user_audio: str) -> list[dict[str, Any]]:
+    """The plan of a state with the same config and items and no kept replay forms."""
+    fresh = SessionState()
+    fresh.config = copy.deepcopy(state.config)
+    fresh.replace_items(copy.deepcopy(state.items))
+    return plan_replay(fresh, user_audio=user_audio).events
+
+
+def _assistant(item_id: str) -> dict[str, Any]:
+    return {"id": item_id, "type": "message", "role": "assistant", "content": []}
+
+
+def _user(item_id: str, transcript: str | None, audio: str | None = None) -> dict[str, Any]:
+    part = {"type": "input_audio", "transcript": transcript} | ({"audio": audio} if audio else {})
+    return {"id": item_id, "type": "message", "role": "user", "content": [part]}
+
+
+def _said(item_id: str, text: str) -> dict[str, Any]:
+    content = [{"type": "output_audio", "transcript": text}]
+    return {"id": item_id, "type": "message", "role": "assistant", "status": "completed", "content": content}
+
+
+def _answer(response_id: str, item_id: str, text: str, *, truncate_first: bool) -> list[dict[str, Any]]:
+    """An answer streamed and completed; truncated after its item is done, or while it streams
+    (the user spoke over it: the truncation comes before the item's completion)."""
+    truncated = {
+        "type": "conversation.item.truncated",
+        "item_id": item_id,
+        "content_index": 0,
+        "audio_end_ms": 20,
+    }
+    done = [
+        {"type": "response.output_item.done", "response_id": response_id, "item": _said(item_id, text)},
+        {"type": "conversation.item.done", "item": _said(item_id, text)},
+    ]
+    return [
+        {"type": "response.created", "response": {"id": response_id, "output_modalities": ["audio"]}},
+        {"type": "response.output_item.added", "response_id": response_id, "item": _assistant(item_id)},
+        {"type": "conversation.item.added", "item": _assistant(item_id)},
+        {"type": "response.output_audio.delta", "item_id": item_id, "delta": "AAAA" * 600},
+        {"type": "response.output_audio_transcript.delta", "item_id": item_id, "delta": text},
+        *([truncated, *done] if truncate_first else [*done, truncated]),
+        {"type": "response.done", "response": {"id": response_id, "status": "completed"}},
+    ]
+
+
+_MIB = "A" * 1024 * 1024  # ten of them: the oldest items' audio goes past the mirror's bound
+_CHANGES_IN_PLACE: list[dict[str, Any]] = [
+    {"type": "conversation.item.added", "item": _user("u1", None)},
+    {"type": "conversation.item.input_audio_transcription.completed", "item_id": "u1", "content_index": 0,
+     "transcript": "hello there"},
+    {"type": "conversation.item.done", "item": _user("u1", "hello there, again")},
+    {"type": "conversation.item.added", "item": _user("u1", "added again")},
+    *_answer("r1", "a1", "one two three four", truncate_first=False),
+    *_answer("r3", "a3", "five six seven eight", truncate_first=True),
+    *({"type": "conversation.item.added", "item": _user(f"big{n}", f"said {n}", _MIB)} for n in range(10)),
+    {"type": "conversation.item.deleted", "item_id": "u1"},
+]  # fmt: skip
+
+
+def _agrees(state: SessionState, user_audio: str) -> bool:
+    return plan_replay(state, user_audio=user_audio).events == _fresh_plan(state, user_audio)
+
+
+@pytest.mark.parametrize("user_audio", ["transcript", "audio"])
+def test_a_plan_from_kept_replay_forms_is_the_plan_made_afresh(user_audio: str) -> None:
+    """Replay forms are kept between plans (a snapshot plans several times a turn); after each
+    event of every recorded session, and of changes made to items in place (a transcript, an
+    item's completion, a truncation, a deletion, a cut answer's partial output), the plan is the
+    one a state without kept forms makes."""
+    for path in recording_files():
+        state = SessionState()
+        for frame in load(path):
+            data = copy.deepcopy(frame["data"])
+            if frame["direction"] == "sent" and data["type"] == "input_audio_buffer.append":
+                state.append_audio(base64.b64decode(data["audio"]))
+            elif frame["direction"] == "sent":
+                state.on_client_event(data)
+            else:
+                state.on_server_event(data)
+                assert _agrees(state, user_audio), (path.stem, data["type"])
+    state = SessionState()
+    for event in _CHANGES_IN_PLACE:
+        if event["type"] == "response.output_audio.delta":  # as the conversation counts them
+            state.on_audio_delta(len(event["delta"]))
+        else:
+            state.on_server_event(copy.deepcopy(event))
+        assert _agrees(state, user_audio), event["type"]
+    created = {"type": "response.created", "response": {"id": "r2", "output_modalities": ["audio"]}}
+    for event in (
+        created,
+        {"type": "response.output_item.added", "response_id": "r2", "item": _assistant("a2")},
+        {"type": "conversation.item.added", "item": _assistant("a2")},
+        {"type": "response.output_audio_transcript.delta", "item_id": "a2", "delta": "cut short"},
+    ):
+        state.on_server_event(event)
+        assert _agrees(state, user_audio), event["type"]
+    assert interrupted_response_done(state, "upstream_replaced") is not None
+    assert _agrees(state, user_audio)
