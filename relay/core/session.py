@@ -52,9 +52,9 @@ class SessionState:
         # measured (a walk per added item cost ~0.3 ms at 500 items, twice a turn).
         self._item_audio_chars = 0
         self._ids: set[str] = set()  # of the items: a new item is not searched for among hundreds
-        # relay.core.replay's cache of each item's replayable form, by item id: a snapshot plans a
-        # replay of up to 500 items several times a turn. An entry goes when its item changes.
-        self.replay_forms: dict[str, Any] = {}
+        # Each item's replay form as JSON, with its token count, by item id (for snapshots:
+        # relay.core.replay.encoded_replay_items). It goes when the item changes or leaves.
+        self.replay_forms: dict[str, tuple[str, bytes, int]] = {}
         self.audio = AudioRetention()
         self.in_flight = InFlight()
         self.retained_audio: dict[str, bytes] = {}  # committed user audio, by item id
@@ -109,6 +109,7 @@ class SessionState:
         """A conversation restored (from a snapshot): its audio is counted afresh."""
         self.items = items
         self._ids = set(_ids_of(items))
+        self.replay_forms.clear()
         self._item_audio_chars = sum(map(_audio_chars, items))
 
     def item_changed(self, item: dict[str, Any]) -> None:
@@ -121,6 +122,7 @@ class SessionState:
         """An item the relay itself adds at the end (what the user heard of a cut answer)."""
         self.items.append(item)
         self._note_id(item)
+        self.item_changed(item)  # a new object, whatever was kept under its id
         self._item_audio_chars += _audio_chars(item)
         self._bound()
 
@@ -206,6 +208,7 @@ class SessionState:
             position = self._position_after(previous)
         self.items.insert(position, clone(item))
         self._note_id(item)
+        self.item_changed(item)  # a new object, whatever was kept under its id
         if item.get("role") == "user" and item["id"] in self.retained_audio:
             self._attach_audio(self.items[position])
         self._item_audio_chars += _audio_chars(self.items[position])
@@ -223,7 +226,9 @@ class SessionState:
         """Keep the mirror to what a replay can use: the newest items, and bounded audio."""
         if len(self.items) > self.max_items + _ITEM_SLACK:
             dropped = len(self.items) - self.max_items
-            self._ids.difference_update(_ids_of(self.items[:dropped]))
+            for item_id in _ids_of(self.items[:dropped]):
+                self._ids.discard(item_id)
+                self.replay_forms.pop(item_id, None)
             del self.items[:dropped]
         if self._item_audio_chars <= MAX_ITEM_AUDIO_CHARS:
             return
@@ -270,6 +275,7 @@ class SessionState:
         self.items = [item for item in self.items if item.get("id") != event.get("item_id")]
         if isinstance(item_id := event.get("item_id"), str):
             self._ids.discard(item_id)
+            self.replay_forms.pop(item_id, None)
 
     def _committed(self, event: Event) -> None:
         answered = self._answered(event)

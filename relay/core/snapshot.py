@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from relay.core.replay import plan_replay
+from relay.core.replay import encoded_replay_items, replay_config
 from relay.core.session import SessionState, clone, interrupted_response_done
 
 VERSION = 1
@@ -39,7 +39,9 @@ class Snapshot:
     call_id: str | None = None
     first_session_id: str | None = None  # the upstream session id the client was shown
     config: dict[str, Any] = field(default_factory=dict)
-    items: list[dict[str, Any]] = field(default_factory=list)  # replayable, in conversation order
+    # Replayable, in conversation order: dicts once decoded; as captured, each already encoded
+    # (orjson.Fragment), so that a snapshot taken several times a turn does not encode them again.
+    items: list[Any] = field(default_factory=list)
     active_response: dict[str, Any] | None = None  # response.created's, while one streams
 
     def encode(self) -> bytes:
@@ -94,11 +96,11 @@ def capture(
     max_items: int,
     max_tokens: int,
     user_audio: str,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+) -> tuple[dict[str, Any], list[Any]]:
     """The configuration and the items a replay would send now (the replay budget bounds both
-    what is stored and what a takeover replays)."""
-    plan = plan_replay(state, max_items=max_items, max_tokens=max_tokens, user_audio=user_audio)
-    return plan.update["session"], [create["item"] for create in plan.creates.values()]
+    what is stored and what a takeover replays); the items already encoded, for ``encode``."""
+    items = encoded_replay_items(state, max_items=max_items, max_tokens=max_tokens, user_audio=user_audio)
+    return replay_config(state), items
 
 
 def restore(state: SessionState, snapshot: Snapshot) -> None:

@@ -14,6 +14,7 @@ from relay.core.protocol import Interface
 from relay.core.replay import EchoFilter, plan_delta, plan_replay, plan_tail
 from relay.core.retention import VAD_MARGIN_MS
 from relay.core.session import SessionState, interrupted_response_done
+from relay.core.snapshot import capture
 from relay.core.validation import Validator
 from tests.support.recordings import load, recording_files
 
@@ -519,14 +520,6 @@ def test_items_are_found_and_placed_by_id_in_a_long_conversation() -> None:
     assert small.items[-1]["id"] == "item_0"  # added again, at the end
 
 
-def _fresh_plan(state: SessionState, user_audio: str) -> list[dict[str, Any]]:
-    """The plan of a state with the same config and items and no kept replay forms."""
-    fresh = SessionState()
-    fresh.config = copy.deepcopy(state.config)
-    fresh.replace_items(copy.deepcopy(state.items))
-    return plan_replay(fresh, user_audio=user_audio).events
-
-
 def _assistant(item_id: str) -> dict[str, Any]:
     return {"id": item_id, "type": "message", "role": "assistant", "content": []}
 
@@ -580,15 +573,18 @@ _CHANGES_IN_PLACE: list[dict[str, Any]] = [
 
 
 def _agrees(state: SessionState, user_audio: str) -> bool:
-    return plan_replay(state, user_audio=user_audio).events == _fresh_plan(state, user_audio)
+    """A snapshot's items, from the forms the state keeps, are the items a plan makes afresh."""
+    _, items = capture(state, max_items=500, max_tokens=24_000, user_audio=user_audio)
+    made = [create["item"] for create in plan_replay(state, user_audio=user_audio).creates.values()]
+    return bool(orjson.loads(orjson.dumps(items)) == made)
 
 
 @pytest.mark.parametrize("user_audio", ["transcript", "audio"])
-def test_a_plan_from_kept_replay_forms_is_the_plan_made_afresh(user_audio: str) -> None:
-    """Replay forms are kept between plans (a snapshot plans several times a turn); after each
-    event of every recorded session, and of changes made to items in place (a transcript, an
-    item's completion, a truncation, a deletion, a cut answer's partial output), the plan is the
-    one a state without kept forms makes."""
+def test_a_snapshot_from_kept_replay_forms_holds_the_items_made_afresh(user_audio: str) -> None:
+    """Items' replay forms are kept between snapshots (several a turn); after each event of
+    every recorded session, and of changes made to items in place (a transcript, an item's
+    completion, a truncation, audio trimmed, a deletion, a cut answer's partial output), the
+    snapshot's items are those a replay plan makes afresh."""
     for path in recording_files():
         state = SessionState()
         for frame in load(path):
@@ -618,3 +614,18 @@ def test_a_plan_from_kept_replay_forms_is_the_plan_made_afresh(user_audio: str) 
         assert _agrees(state, user_audio), event["type"]
     assert interrupted_response_done(state, "upstream_replaced") is not None
     assert _agrees(state, user_audio)
+
+
+def test_a_restored_conversation_is_snapshotted_as_restored() -> None:
+    """Items restored under ids the state already knew are new items: nothing kept for the old
+    ones is used for them."""
+    from relay.core.snapshot import Snapshot, restore
+
+    state = SessionState()
+    for n in range(3):
+        state.on_server_event({"type": "conversation.item.added", "item": _user(f"u{n}", f"first {n}")})
+    assert _agrees(state, "transcript")
+    restore(state, Snapshot("s", "k", b"", None, items=[_user(f"u{n}", f"second {n}") for n in range(3)]))
+    assert _agrees(state, "transcript")
+    _, items = capture(state, max_items=500, max_tokens=24_000, user_audio="transcript")
+    assert b"second 2" in orjson.dumps(items)

@@ -28,7 +28,8 @@ def test_a_restored_state_replays_exactly_what_the_original_would() -> None:
     config, items = capture(original, max_items=500, max_tokens=24_000, user_audio="transcript")
     snapshot = Snapshot("relay_1", "token:abc", b"\x01" * 32, "gpt-realtime", config=config, items=items)
     decoded = Snapshot.decode(snapshot.encode())
-    assert decoded == snapshot
+    assert decoded.config == snapshot.config
+    assert decoded.items == [create["item"] for create in plan_replay(original).creates.values()]
     restored = SessionState()
     restore(restored, decoded)
     assert plan_replay(restored).events == plan_replay(original).events
