@@ -113,22 +113,27 @@ class SessionState:
         self._item_audio_chars = sum(map(_audio_chars, items))
 
     def item_changed(self, item: dict[str, Any]) -> None:
-        """``item`` was changed in place: its replayable form is made again when next needed."""
+        """``item`` is new or was changed in place: its kept replay form goes, and its audio is
+        counted (an upper bound: audio it replaced is not taken off until the bound is walked)."""
         item_id = item.get("id")
         if isinstance(item_id, str):
             self.replay_forms.pop(item_id, None)
+        self._item_audio_chars += _audio_chars(item)
 
     def keep_item(self, item: dict[str, Any]) -> None:
         """An item the relay itself adds at the end (what the user heard of a cut answer)."""
         self.items.append(item)
-        self._note_id(item)
-        self.item_changed(item)  # a new object, whatever was kept under its id
-        self._item_audio_chars += _audio_chars(item)
+        self._entered(item)
         self._bound()
 
-    def _note_id(self, item: dict[str, Any]) -> None:
+    def _entered(self, item: dict[str, Any]) -> None:
         if isinstance(item_id := item.get("id"), str):
             self._ids.add(item_id)
+        self.item_changed(item)  # a new object, whatever was kept under its id
+
+    def _left(self, item_id: str) -> None:
+        self._ids.discard(item_id)
+        self.replay_forms.pop(item_id, None)
 
     # ------------------------------------------------------------------ client side
     def on_client_event(self, event: Event) -> None:
@@ -198,7 +203,6 @@ class SessionState:
         if existing is not None:
             existing.update(clone(item))
             self.item_changed(existing)
-            self._item_audio_chars += _audio_chars(existing)
             return
         previous = event.get("previous_item_id")
         position = len(self.items)
@@ -207,11 +211,9 @@ class SessionState:
         elif isinstance(previous, str):
             position = self._position_after(previous)
         self.items.insert(position, clone(item))
-        self._note_id(item)
-        self.item_changed(item)  # a new object, whatever was kept under its id
         if item.get("role") == "user" and item["id"] in self.retained_audio:
             self._attach_audio(self.items[position])
-        self._item_audio_chars += _audio_chars(self.items[position])
+        self._entered(self.items[position])
         self._bound()
 
     def _position_after(self, item_id: str) -> int:
@@ -227,8 +229,7 @@ class SessionState:
         if len(self.items) > self.max_items + _ITEM_SLACK:
             dropped = len(self.items) - self.max_items
             for item_id in _ids_of(self.items[:dropped]):
-                self._ids.discard(item_id)
-                self.replay_forms.pop(item_id, None)
+                self._left(item_id)
             del self.items[:dropped]
         if self._item_audio_chars <= MAX_ITEM_AUDIO_CHARS:
             return
@@ -252,7 +253,6 @@ class SessionState:
             if existing is not None:
                 existing.update(clone(item))
                 self.item_changed(existing)
-                self._item_audio_chars += _audio_chars(existing)
 
     def _transcribed(self, event: Event) -> None:
         self._transcribed_or_failed(event)
@@ -274,8 +274,7 @@ class SessionState:
         self._answered(event)
         self.items = [item for item in self.items if item.get("id") != event.get("item_id")]
         if isinstance(item_id := event.get("item_id"), str):
-            self._ids.discard(item_id)
-            self.replay_forms.pop(item_id, None)
+            self._left(item_id)
 
     def _committed(self, event: Event) -> None:
         answered = self._answered(event)
@@ -335,7 +334,6 @@ class SessionState:
         content = item.get("content") or []
         if content and content[0].get("type") == "input_audio":
             content[0]["audio"] = pybase64.b64encode_as_string(self.retained_audio.pop(item["id"]))
-            self.item_changed(item)
 
     # ------------------------------------------------------------------ responses
     def _response_created(self, event: Event) -> None:
