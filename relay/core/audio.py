@@ -167,12 +167,17 @@ def _float32_at_any_phase(stream: bytes) -> bool:
 
 
 class AudioAccount:
-    """Audio appended since the last commit or clear, so a too-early commit is answered locally."""
+    """Audio the client appended since its last commit or clear, so a too-early commit is
+    answered locally.
+
+    Counted from the client's own stream only: the server's ``committed`` and ``cleared`` come
+    back late (the app may be appending its next utterance by then), so taking them as a reset
+    would lose audio the app did send, and refuse its next commit as empty.
+    """
 
     def __init__(self, encoding: str = "pcm16") -> None:
         self.encoding = encoding
         self.bytes = 0
-        self.uncertain = False  # server VAD may have committed audio we counted
 
     def set_encoding(self, encoding: str) -> None:
         self.encoding = encoding
@@ -193,8 +198,8 @@ class AudioAccount:
     def check_commit(self, turn_detection_on: bool, client_event_id: str | None) -> None:
         """The API's exact error for a commit under 100 ms, when the relay knows it is one.
 
-        With server VAD on, the server commits on its own and the relay's count may lag, so only
-        a buffer known to be empty is answered locally.
+        With server VAD on, the server commits on its own and the relay cannot know what is left,
+        so only a buffer the client never appended to since its commit or clear is answered locally.
         """
         buffered = self.buffered_ms
         if buffered >= MIN_COMMIT_MS or (turn_detection_on and self.bytes > 0):

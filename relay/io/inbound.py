@@ -158,13 +158,15 @@ class ClientEventChecker:
     def _account_for(self, event_type: str, event: dict[str, Any]) -> None:
         if event_type == "input_audio_buffer.commit":
             self.account.check_commit(self.turn_detection_on, _eid(event))
+            self.account.committed()
             self.input_audio.restart()
         elif event_type == "input_audio_buffer.clear":
             self.account.cleared()
             self.input_audio.restart()
 
     def on_server_event(self, event_type: str, event: dict[str, Any]) -> None:
-        """Keep the input format and buffer count in step with what the server confirmed."""
+        """Keep the input format and turn detection in step with what the server confirmed. (Not
+        the buffer count: see ``AudioAccount``.)"""
         if event_type in ("session.created", "session.updated"):
             session = event.get("session")
             if isinstance(session, dict):
@@ -172,10 +174,6 @@ class ClientEventChecker:
                 self.input_audio.set_encoding(encoding)
                 self.account.set_encoding(encoding)
                 self.turn_detection_on = _turn_detection(session) is not None
-        elif event_type == "input_audio_buffer.committed":
-            self.account.committed()
-        elif event_type == "input_audio_buffer.cleared":
-            self.account.cleared()
 
 
 def _eid(event: dict[str, Any]) -> str | None:

@@ -69,6 +69,69 @@ async def test_too_early_commit_and_float_audio_are_answered_locally(start_relay
     await upstream.close()
 
 
+async def test_late_confirmations_do_not_empty_the_next_utterance(start_relay: RelayFactory) -> None:
+    """The app's own VAD sends clear, appends, commit per utterance without waiting for the
+    server's answers; the live API's ``cleared`` and ``committed`` may arrive while the next
+    utterance is being appended. They confirm what the relay already counted: taking them as a
+    reset refused the next commit as empty (a lost utterance, seen in a transcription test)."""
+    held: list[dict[str, object]] = []
+
+    async def late_acks(conn: ScriptedConnection, data: bytes) -> None:
+        event = orjson.loads(data)
+        if event["type"] == "session.update":
+            session = {
+                "type": "realtime",
+                "audio": {"input": {"format": {"type": "audio/pcm", "rate": 24000}, "turn_detection": None}},
+            }
+            await conn.send({"type": "session.updated", "event_id": "u", "session": session})
+        elif event["type"] == "input_audio_buffer.clear":
+            held.append({"type": "input_audio_buffer.cleared", "event_id": f"c{len(held)}"})
+        elif event["type"] == "input_audio_buffer.commit":
+            held.append(
+                {"type": "input_audio_buffer.committed", "event_id": f"m{len(held)}", "item_id": "item_1"}
+            )
+        elif event.get("event_id") == "flush":  # the next utterance is in: answer now, late
+            for ack in held:
+                await conn.send(ack)
+            held.clear()
+
+    upstream = await ScriptedUpstream(late_acks).start()
+    relay = await start_relay(upstream="simulator", upstream_url=upstream.url)
+    chunk = base64.b64encode(bytes(960)).decode()  # 20 ms
+    async with websockets.connect(relay.ws_url, additional_headers=relay.auth) as ws:
+        await ws.recv()
+        await ws.send(
+            '{"type":"session.update","session":{"type":"realtime","audio":{"input":{"turn_detection":null}}}}'
+        )
+        await ws.recv()
+        for utterance in range(2):
+            await ws.send('{"type":"input_audio_buffer.clear"}')
+            for index in range(10):  # 200 ms
+                last = utterance == 1 and index == 9
+                append = {"type": "input_audio_buffer.append", "audio": chunk}
+                await ws.send(orjson.dumps(append | ({"event_id": "flush"} if last else {})).decode())
+            if utterance == 1:  # the first utterance's answers have come back: now commit
+                seen = []
+                while len(seen) < 3:
+                    event = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+                    assert event["type"] != "error", event
+                    seen.append(event["type"])
+                assert seen == [
+                    "input_audio_buffer.cleared",
+                    "input_audio_buffer.committed",
+                    "input_audio_buffer.cleared",
+                ]
+            await ws.send(f'{{"type":"input_audio_buffer.commit","event_id":"commit{utterance}"}}')
+        await asyncio.sleep(0.3)
+        with contextlib.suppress(TimeoutError):
+            while True:  # nothing refused
+                event = orjson.loads(await asyncio.wait_for(ws.recv(), 0.2))
+                assert event["type"] != "error", event
+    sent = [orjson.loads(f)["type"] for f in upstream.connections[0].received]
+    assert sent.count("input_audio_buffer.commit") == 2
+    await upstream.close()
+
+
 async def test_policy_forces_and_forbids(start_relay: RelayFactory) -> None:
     upstream = await ScriptedUpstream().start()
     relay = await start_relay(
