@@ -10,6 +10,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from relay.core.errors import InvalidEvent, error_event, new_id
+from relay.simulator.arguments import arguments_for
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.responses import (
     ResponsePlan,
@@ -136,7 +137,15 @@ class Responding:
         )
         said = " ".join(str(p.get("text") or p.get("transcript") or "") for p in last.get("content") or [])
         name = forced or next((n for n in names if _mentions(said, n)), None)
-        return (name, self.script.tool_arguments()) if name else None
+        if name is None:
+            return None
+        scripted = self.script.tool_arguments()
+        if scripted is not None:
+            return (name, scripted)
+        tool: dict[str, Any] = next(
+            (t for t in tools if t.get("type") == "function" and t["name"] == name), {}
+        )
+        return (name, arguments_for(tool.get("parameters"), said))
 
     async def _run_response(self, plan: ResponsePlan) -> None:
         streamer = ResponseStreamer(

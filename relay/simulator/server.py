@@ -47,7 +47,7 @@ class Script:
 
     replies: deque[str] = field(default_factory=deque)
     transcripts: deque[str] = field(default_factory=deque)
-    arguments: str = "{}"
+    arguments: str | None = None  # None: arguments that fit the tool's parameters
     transcription_failures: int = 0  # the next N transcriptions fail
 
     def transcription_fails(self) -> bool:
@@ -62,7 +62,7 @@ class Script:
     def next_transcript(self) -> str | None:
         return self.transcripts.popleft() if self.transcripts else None
 
-    def tool_arguments(self) -> str:
+    def tool_arguments(self) -> str | None:
         return self.arguments
 
 
