@@ -55,6 +55,9 @@ class SessionState:
         # Each item's replay form as JSON, with its token count, by item id (for snapshots:
         # relay.core.replay.encoded_replay_items). It goes when the item changes or leaves.
         self.replay_forms: dict[str, tuple[str, bytes, int]] = {}
+        # The items the current upstream holds only as the relay replayed them (an assistant's
+        # audio as text): what it says of them is not what the app was shown.
+        self.replayed_ids: set[str] = set()
         self.audio = AudioRetention()
         self.in_flight = InFlight()
         self.retained_audio: dict[str, bytes] = {}  # committed user audio, by item id
@@ -134,6 +137,25 @@ class SessionState:
     def _left(self, item_id: str) -> None:
         self._ids.discard(item_id)
         self.replay_forms.pop(item_id, None)
+        self.replayed_ids.discard(item_id)
+
+    def mark_replayed(self, item_ids: set[str]) -> None:
+        """A replacement upstream was given these items (the replay's budget may leave the oldest
+        out): it has them only in their replayed form."""
+        self.replayed_ids = item_ids & self._ids
+
+    def shown_item(self, item_id: str) -> dict[str, Any] | None:
+        """An item as the API showed it to the app (its ``retrieved`` form, less audio the relay
+        does not keep): the relay's own fields left out, a truncated answer's transcript gone."""
+        item = self.find(item_id)
+        if item is None:
+            return None
+        shown = {k: clone(v) for k, v in item.items() if not k.startswith("_")}
+        if item.get("_truncated_ms") is not None:
+            for part in shown.get("content") or []:
+                if isinstance(part, dict) and part.get("type") == "output_audio":
+                    part["transcript"] = ""  # the API drops it on truncate
+        return shown
 
     # ------------------------------------------------------------------ client side
     def on_client_event(self, event: Event) -> None:
@@ -248,6 +270,8 @@ class SessionState:
         item = event.get("item")
         if event.get("type") == "conversation.item.retrieved":
             self._answered(event)
+            if isinstance(item, dict) and item.get("id") in self.replayed_ids:
+                return  # the replay's form: the mirror has the original
         if isinstance(item, dict) and item.get("id"):
             existing = self.find(item["id"])
             if existing is not None:

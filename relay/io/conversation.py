@@ -655,6 +655,8 @@ class Conversation:
         An upstream already closing takes nothing: the frame goes back to the head of the hold
         and on to the replacement the supervisor is about to open, in order.
         """
+        if event_type == _TRUNCATE and self.supervisor.truncate_replayed(link, event or _loads(data), data):
+            return  # an answer it has only as replayed text: the relay answers for it
         if not link.send(data):
             self.gate.upstream_lost()
             self.gate.requeue(data, event_type, time.monotonic())
@@ -675,11 +677,14 @@ class Conversation:
         link = self.link
         with batch():  # what was held (audio sent before the session was ready) in one write
             while link is not None and (frame := self.gate.releasable()) is not None:
+                event = _loads(frame.data)
+                replayed = frame.event_type == _TRUNCATE
+                if replayed and self.supervisor.truncate_replayed(link, event, frame.data):
+                    continue  # as in send_now
                 if not link.send(frame.data):
                     self.gate.upstream_lost()
                     self.gate.requeue(frame.data, frame.event_type, frame.held_at)
                     break
-                event = _loads(frame.data)
                 self.gate.sent(event, frame.event_type)
                 self.supervisor.on_client_event(event, frame.data)
         self._held_metrics()
@@ -821,6 +826,7 @@ _AUDIO_DELTA_PREFIX = b'{"type":"response.output_audio.delta"'
 _UNTRACKED_SERVER_TYPES = frozenset({"response.output_audio.delta", "response.audio.delta"})
 _APPEND = "input_audio_buffer.append"
 _TICK_SLOTS = 10
+_TRUNCATE = "conversation.item.truncate"
 _RELEASING_SERVER_TYPES = frozenset({"session.created", "session.updated", "error"})
 # What a snapshot holds (configuration, items, the response in flight) changes only with these:
 # not with every transcript delta of a streaming answer.

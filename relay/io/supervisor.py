@@ -33,10 +33,18 @@ import orjson
 import pybase64
 
 from relay.core.backoff import classify_close, delays
-from relay.core.errors import UpstreamError, new_id
+from relay.core.errors import UpstreamError, error_event, new_id
 from relay.core.gate import ReadinessGate
 from relay.core.policy import Policy, merge
-from relay.core.replay import EchoFilter, ReplayPlan, plan_delta, plan_replay, plan_tail, plan_transcriptions
+from relay.core.replay import (
+    EchoFilter,
+    ReplayPlan,
+    plan_delta,
+    plan_replay,
+    plan_tail,
+    plan_transcriptions,
+    replayable,
+)
 from relay.core.session import SessionState, interrupted_response_done
 from relay.core.transcripts import FINISHED, TranscriptOrder
 from relay.io.frames import dumps
@@ -76,6 +84,7 @@ class Conversation(Protocol):
     def send_client_event(self, event: dict[str, Any]) -> None: ...
     def deliver(self, data: bytes, event_type: str) -> None: ...
     def forward_upstream(self, data: bytes, event_type: str, event: dict[str, Any] | None) -> None: ...
+    def on_upstream_text(self, link: UpstreamLink, data: bytes) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +158,8 @@ class Supervisor:
         if self._alias and event.get("item_id") in self._alias:
             event["item_id"] = self._alias[event["item_id"]]  # the app only knows its own id
             data = dumps(event)
+        if event_type == "conversation.item.retrieved":
+            data = self._as_shown(event, data)
         self.state.on_server_event(event)
         if event_type in _COMMIT_ORDERED and self.state.transcription:
             return self._in_commit_order(event_type, event, data)
@@ -161,6 +172,98 @@ class Supervisor:
         if event_type == "session.updated" and self.replacements:
             return _with_session_id(event, self.first_session_id)
         return data
+
+    def _as_shown(self, event: dict[str, Any], data: bytes) -> bytes:
+        """A retrieved item the upstream has only as replayed: the app gets it as it was shown
+        (an assistant's audio answer, not the text the replay gave the new upstream)."""
+        item = event.get("item")
+        item_id = item.get("id") if isinstance(item, dict) else None
+        if not isinstance(item_id, str) or item_id not in self.state.replayed_ids:
+            return data
+        shown = self.state.shown_item(item_id)
+        if shown is None:
+            return data
+        event["item"] = shown
+        return dumps(event)
+
+    def truncate_replayed(self, link: UpstreamLink, event: dict[str, Any], data: bytes) -> bool:
+        """A truncation of an answer the current upstream has only as replayed text, which it
+        cannot truncate (the API takes no assistant audio, and truncates only audio).
+
+        The app stopped playing an answer it heard before a replacement: it gets the API's
+        ``conversation.item.truncated`` from the relay, and the upstream gets the answer again
+        as far as it was heard (deleted and re-created in place, the same id), so the model
+        does not believe it said what the user never heard. Returns False for anything else,
+        which goes upstream as usual.
+        """
+        if self._replayed_answer(event) is None:
+            return False
+        self.on_client_event(event, data)  # in flight until its answer
+        self._answer_truncation(link, event)
+        return True
+
+    def _replayed_answer(self, truncate: dict[str, Any]) -> dict[str, Any] | None:
+        """The audio answer a truncation names, if the current upstream has it only as text."""
+        item_id = truncate.get("item_id")
+        if not isinstance(item_id, str) or item_id not in self.state.replayed_ids:
+            return None
+        item = self.state.find(item_id)
+        content = item.get("content") if item is not None else None
+        index = truncate.get("content_index")
+        if (
+            item is None
+            or item.get("role") != "assistant"
+            or not isinstance(content, list)
+            or not isinstance(index, int)
+            or not 0 <= index < len(content)
+            or not isinstance(content[index], dict)
+            or content[index].get("type") != "output_audio"
+            or not isinstance(truncate.get("audio_end_ms"), int)
+        ):
+            return None
+        return item
+
+    def _answer_truncation(self, link: UpstreamLink, truncate: dict[str, Any]) -> None:
+        """Answer an in-flight truncation of a replayed answer as the API would, and give the
+        upstream what was heard of it."""
+        item = self._replayed_answer(truncate)
+        if item is None:  # changed since (deleted): the upstream says what it says
+            link.send(dumps(truncate))
+            return
+        end_ms = int(truncate["audio_end_ms"])
+        length = item.get("_audio_ms")
+        if isinstance(length, int | float) and end_ms > length:
+            client_id = truncate.get("event_id")
+            answer = error_event(
+                "invalid_value",
+                f"Audio content of {int(length)}ms is already shorter than {end_ms}ms",
+                param="audio_end_ms",
+                client_event_id=client_id if isinstance(client_id, str) else None,
+            )
+            self.session.on_upstream_text(link, dumps(answer))
+            return
+        truncated = {
+            "type": "conversation.item.truncated",
+            "event_id": new_id("event_"),
+            "item_id": item["id"],
+            "content_index": truncate["content_index"],
+            "audio_end_ms": end_ms,
+        }
+        self.session.on_upstream_text(link, dumps(truncated))  # the mirror notes what was heard
+        items, replayed = self.state.items, self.state.replayed_ids
+        position = items.index(item)
+        # Before it: items replayed with it, or (the first replayed) only what the replay's
+        # budget left out, which the upstream never had.
+        after_replayed = any(i.get("id") in replayed for i in items[:position])
+        previous = items[position - 1].get("id") if after_replayed else "root"
+        create = replayable(item, self.settings.replay_user_audio)
+        self._send_own(
+            link,
+            [
+                {"type": "conversation.item.delete", "item_id": item["id"]},
+                {"type": "conversation.item.create", "previous_item_id": previous, "item": create},
+            ],
+        )
 
     def _in_commit_order(self, event_type: str, event: dict[str, Any], data: bytes) -> bytes | None:
         """Transcription sessions: transcripts reach the app in the order it committed audio."""
@@ -484,9 +587,14 @@ class Supervisor:
             session.metrics.client_gap_seconds.observe(time.monotonic() - held_since)
             return
         delta = self._send_own(new, plan_delta(prepared.plan, self._plan()))
+        state.mark_replayed(_replayed_ids(prepared.plan, delta))
         # The audio is the relay's to re-send; the events in it are the client's own (its ids).
         tail = plan_tail(state)
+        truncations = []  # of answers now replayed as text: answered once the switch is made
         for event in tail.events:
+            if event["type"] == "conversation.item.truncate" and self._replayed_answer(event) is not None:
+                truncations.append(event)
+                continue
             new.send(dumps(self._own(event) if event["type"] == "input_audio_buffer.append" else event))
         if self._echo is not None and self._echo.done:
             self._echo = None
@@ -494,8 +602,10 @@ class Supervisor:
         state.in_flight.rebase(tail.positions)
         self.replacements += 1
         session.metrics.upstream_replacements_total.labels(cause).inc()
-        resent = [e for e in tail.events if e["type"] != "input_audio_buffer.append"]
+        resent = [e for e in tail.events if e["type"] != "input_audio_buffer.append" and e not in truncations]
         session.switch_to(new, prepared.frames, resent)
+        for event in truncations:
+            self._answer_truncation(new, event)
         session.metrics.client_gap_seconds.observe(time.monotonic() - held_since)
         self.rotate_at = self._next_rotation(time.monotonic())
         if self.settings.notify_replacements:
@@ -509,6 +619,17 @@ class Supervisor:
             delta_events=len(delta),
             replayed_audio_bytes=len(tail.audio),
         )
+
+
+def _replayed_ids(plan: ReplayPlan, delta: list[dict[str, Any]]) -> set[str]:
+    """The items a replacement upstream was given: the plan's, as the delta since changed them."""
+    ids = set(plan.item_ids)
+    for event in delta:
+        if event["type"] == "conversation.item.create":
+            ids.add(event["item"]["id"])
+        elif event["type"] == "conversation.item.delete":
+            ids.discard(event["item_id"])
+    return ids
 
 
 def _loads(data: bytes) -> dict[str, Any]:

@@ -384,6 +384,75 @@ async def test_a_truncated_answer_is_replayed_as_far_as_it_was_heard(rig: Rig) -
     await client.close()
 
 
+@pytest.mark.parametrize("when", ["after-recovery", "during-recovery"])
+async def test_an_answer_heard_before_a_drop_can_be_retrieved_and_truncated_after_it(
+    rig: Rig, when: str
+) -> None:
+    """The app plays answers slower than the API sends them: the user may interrupt an answer
+    (the app truncates it) or the app may retrieve it after a replacement. The new upstream has
+    the answer only as the replay's text, which the API can neither truncate nor show as audio;
+    the app must see what the API would have said, and the model remember only what was heard."""
+    client = await rig.client()
+    words = [f"word{i}" for i in range(40)]
+    await _turn(client, "before the answer")
+    await rig.sim.script(replies=[" ".join(words)])
+    done = await _turn(client, "tell me something long")
+    item = done["response"]["output"][0]
+    audio_ms = sum(
+        len(base64.b64decode(e["delta"])) / 48
+        for e in client.events
+        if e["type"] == "response.output_audio.delta" and e["item_id"] == item["id"]
+    )
+    before = await rig.sim.open_session(client.relay_session)
+    shape = _conversation_shape(before)
+    await rig.sim.fault(before["id"], kind="drop")
+    start = len(client.events)
+    heard_ms = int(audio_ms / 4)
+    truncate = {"type": "conversation.item.truncate", "item_id": item["id"], "content_index": 0}
+    if when == "during-recovery":  # held until the replacement is ready, then answered
+        await client.send({**truncate, "audio_end_ms": heard_ms, "event_id": "cut"})
+        truncated = await client.wait_for("conversation.item.truncated", after=start)
+    after = await rig.sim.replacement(client.relay_session, before["id"], item["id"])
+    if when == "after-recovery":
+        await client.send({"type": "conversation.item.retrieve", "item_id": item["id"]})
+        retrieved = (await client.wait_for("conversation.item.retrieved", after=start))["item"]
+        assert retrieved["content"][0]["type"] == "output_audio"  # as shown, not the replay's text
+        assert retrieved["content"][0]["transcript"] == " ".join(words)
+        start = len(client.events)
+        await client.send({**truncate, "audio_end_ms": heard_ms, "event_id": "cut"})
+        truncated = await client.wait_for("conversation.item.truncated", after=start)
+    assert (truncated["item_id"], truncated["content_index"], truncated["audio_end_ms"]) == (
+        item["id"],
+        0,
+        heard_ms,
+    )
+    assert "error" not in client.types()[start:]
+    # The model now remembers only what was heard, in the same place in the conversation.
+    async with asyncio.timeout(5):
+        while True:
+            now = await rig.sim.session(after["id"])
+            cut = next((i for i in now["conversation"] if i["id"] == item["id"]), None)
+            if cut is not None and len(cut["content"][0]["text"].split()) < len(words):
+                break
+            await asyncio.sleep(0.05)
+    assert cut["content"][0]["text"] == " ".join(words[: round(len(words) * heard_ms / audio_ms)])
+    assert _conversation_shape(now) == shape
+    start = len(client.events)
+    await client.send({"type": "conversation.item.retrieve", "item_id": item["id"]})
+    retrieved = (await client.wait_for("conversation.item.retrieved", after=start))["item"]
+    assert retrieved["content"][0] == {"type": "output_audio", "transcript": ""}  # gone, as on truncate
+    # Beyond the answer's length: the API's own refusal.
+    start = len(client.events)
+    await client.send({**truncate, "audio_end_ms": int(audio_ms) + 1000, "event_id": "too_far"})
+    error = (await client.wait_for("error", after=start))["error"]
+    assert (error["code"], error["param"], error["event_id"]) == ("invalid_value", "audio_end_ms", "too_far")
+    assert error["message"].startswith("Audio content of ")
+    second = await _turn(client, "go on")
+    assert second["response"]["status"] == "completed"
+    client.assert_invariants()
+    await client.close()
+
+
 async def test_a_response_the_old_upstream_starts_during_a_rotation_is_not_cut_off(
     start_relay: RelayFactory,
 ) -> None:
