@@ -26,10 +26,21 @@ from tests.support.sim_control import SimControl
 CHUNK = 960  # 20 ms of PCM16 at 24 kHz
 
 
-@pytest.fixture
-async def rig(start_relay: RelayFactory) -> AsyncIterator[tuple[RelayHandle, SimControl]]:
-    runner, port = await start_simulator(SimulatorConfig(timing=Timing.fast(), speed=20.0))
-    relay = await start_relay(upstream="simulator", upstream_url=f"ws://127.0.0.1:{port}/v1/realtime")
+@pytest.fixture(params=["steady", "rotating"])
+async def rig(
+    request: pytest.FixtureRequest, start_relay: RelayFactory
+) -> AsyncIterator[tuple[RelayHandle, SimControl]]:
+    # "rotating": the live API's timing, and an upstream replaced every second, so the SDK's
+    # retrieves and truncations meet answers the new upstream has only as replayed text.
+    rotating = request.param == "rotating"
+    timing = Timing.realistic() if rotating else Timing.fast()
+    runner, port = await start_simulator(SimulatorConfig(timing=timing, speed=20.0))
+    relay = await start_relay(
+        upstream="simulator",
+        upstream_url=f"ws://127.0.0.1:{port}/v1/realtime",
+        rotate_after_s=1.0 if rotating else 0,
+        rotate_jitter_s=0,
+    )
     yield relay, SimControl(f"http://127.0.0.1:{port}")
     await runner.cleanup()
 
@@ -96,7 +107,13 @@ async def test_an_agent_with_a_tool_and_a_handoff(rig: tuple[RelayHandle, SimCon
                     break
                 await asyncio.sleep(0.05)
 
-        # A spoken question, as the SDK sends a microphone: raw PCM chunks, semantic VAD.
+        rotations = relay.metric("relay_upstream_replacements_total", {"cause": "rotation"})
+        if relay.settings.rotate_after_s:  # the answers so far now live on as replayed text
+            await _until(
+                lambda: relay.metric("relay_upstream_replacements_total", {"cause": "rotation"}) > rotations
+            )
+        # A spoken question, as the SDK sends a microphone: raw PCM chunks, semantic VAD. The SDK
+        # then retrieves its last answer to refresh its history.
         pcm = bytes(24 * 2 * 300) + synthesize("How much do I owe?", "pcm16") + bytes(24 * 2 * 900)
         audio_ends = sum(e.type == "audio_end" for e in events)
         for start in range(0, len(pcm), CHUNK):
@@ -108,6 +125,10 @@ async def test_an_agent_with_a_tool_and_a_handoff(rig: tuple[RelayHandle, SimCon
         )
         reader.cancel()
 
+    history = [e for e in events if e.type == "history_updated"][-1].history  # the SDK's view
+    answers = [i for i in history if getattr(i, "role", None) == "assistant"]
+    assert len(answers) >= 3
+    assert all(part.type == "audio" for i in answers for part in i.content), answers  # never text
     errors = [e for e in events if e.type == "error"]
     raw_errors = [e for e in events if e.type == "raw_model_event" and getattr(e.data, "type", "") == "error"]
     assert not errors, errors
