@@ -55,9 +55,11 @@ class SessionState:
         # Each item's replay form as JSON, with its token count, by item id (for snapshots:
         # relay.core.replay.encoded_replay_items). It goes when the item changes or leaves.
         self.replay_forms: dict[str, tuple[str, bytes, int]] = {}
-        # The items the current upstream holds only as the relay replayed them (an assistant's
-        # audio as text): what it says of them is not what the app was shown.
+        # Since a replacement: the items the current upstream holds only as the relay replayed
+        # them (an assistant's audio as text), and those the replay's budget left out, which it
+        # does not hold at all (relay.core.replayed answers the app about them).
         self.replayed_ids: set[str] = set()
+        self.left_out_ids: set[str] = set()
         self.audio = AudioRetention()
         self.in_flight = InFlight()
         self.retained_audio: dict[str, bytes] = {}  # committed user audio, by item id
@@ -138,11 +140,12 @@ class SessionState:
         self._ids.discard(item_id)
         self.replay_forms.pop(item_id, None)
         self.replayed_ids.discard(item_id)
+        self.left_out_ids.discard(item_id)
 
     def mark_replayed(self, item_ids: set[str]) -> None:
-        """A replacement upstream was given these items (the replay's budget may leave the oldest
-        out): it has them only in their replayed form."""
+        """A replacement upstream was given these items, and none of the others."""
         self.replayed_ids = item_ids & self._ids
+        self.left_out_ids = self._ids - item_ids
 
     def shown_item(self, item_id: str) -> dict[str, Any] | None:
         """An item as the API showed it to the app (its ``retrieved`` form, less audio the relay
@@ -270,8 +273,9 @@ class SessionState:
         item = event.get("item")
         if event.get("type") == "conversation.item.retrieved":
             self._answered(event)
-            if isinstance(item, dict) and item.get("id") in self.replayed_ids:
-                return  # the replay's form: the mirror has the original
+            item_id = item.get("id") if isinstance(item, dict) else None
+            if item_id in self.replayed_ids or item_id in self.left_out_ids:
+                return  # the replay's form, or the mirror's own: the mirror has the original
         if isinstance(item, dict) and item.get("id"):
             existing = self.find(item["id"])
             if existing is not None:

@@ -35,6 +35,7 @@ from relay.core.errors import HoldOverflow, InvalidEvent, RelayError, UpstreamEr
 from relay.core.gate import ReadinessGate
 from relay.core.ratelimit import TokenBucket
 from relay.core.redaction import redact_text
+from relay.core.replayed import ITEM_EVENTS
 from relay.core.resume import ResumeBufferFull, ResumeCredential, SeenClientEvents, SentLog
 from relay.core.session import interrupted_response_done
 from relay.core.snapshot import Snapshot, capture, keep_partial_output, restore, unfinished_response
@@ -655,8 +656,8 @@ class Conversation:
         An upstream already closing takes nothing: the frame goes back to the head of the hold
         and on to the replacement the supervisor is about to open, in order.
         """
-        if event_type == _TRUNCATE and self.supervisor.truncate_replayed(link, event or _loads(data), data):
-            return  # an answer it has only as replayed text: the relay answers for it
+        if event_type in ITEM_EVENTS and self.supervisor.answers_itself(link, event or _loads(data), data):
+            return  # about an item the upstream holds otherwise than the app saw it
         if not link.send(data):
             self.gate.upstream_lost()
             self.gate.requeue(data, event_type, time.monotonic())
@@ -678,8 +679,8 @@ class Conversation:
         with batch():  # what was held (audio sent before the session was ready) in one write
             while link is not None and (frame := self.gate.releasable()) is not None:
                 event = _loads(frame.data)
-                replayed = frame.event_type == _TRUNCATE
-                if replayed and self.supervisor.truncate_replayed(link, event, frame.data):
+                about_item = frame.event_type in ITEM_EVENTS
+                if about_item and self.supervisor.answers_itself(link, event, frame.data):
                     continue  # as in send_now
                 if not link.send(frame.data):
                     self.gate.upstream_lost()
@@ -826,7 +827,6 @@ _AUDIO_DELTA_PREFIX = b'{"type":"response.output_audio.delta"'
 _UNTRACKED_SERVER_TYPES = frozenset({"response.output_audio.delta", "response.audio.delta"})
 _APPEND = "input_audio_buffer.append"
 _TICK_SLOTS = 10
-_TRUNCATE = "conversation.item.truncate"
 _RELEASING_SERVER_TYPES = frozenset({"session.created", "session.updated", "error"})
 # What a snapshot holds (configuration, items, the response in flight) changes only with these:
 # not with every transcript delta of a streaming answer.

@@ -33,7 +33,7 @@ import orjson
 import pybase64
 
 from relay.core.backoff import classify_close, delays
-from relay.core.errors import UpstreamError, error_event, new_id
+from relay.core.errors import UpstreamError, new_id
 from relay.core.gate import ReadinessGate
 from relay.core.policy import Policy, merge
 from relay.core.replay import (
@@ -43,8 +43,8 @@ from relay.core.replay import (
     plan_replay,
     plan_tail,
     plan_transcriptions,
-    replayable,
 )
+from relay.core.replayed import LocalAnswer, answer_locally
 from relay.core.session import SessionState, interrupted_response_done
 from relay.core.transcripts import FINISHED, TranscriptOrder
 from relay.io.frames import dumps
@@ -186,84 +186,27 @@ class Supervisor:
         event["item"] = shown
         return dumps(event)
 
-    def truncate_replayed(self, link: UpstreamLink, event: dict[str, Any], data: bytes) -> bool:
-        """A truncation of an answer the current upstream has only as replayed text, which it
-        cannot truncate (the API takes no assistant audio, and truncates only audio).
-
-        The app stopped playing an answer it heard before a replacement: it gets the API's
-        ``conversation.item.truncated`` from the relay, and the upstream gets the answer again
-        as far as it was heard (deleted and re-created in place, the same id), so the model
-        does not believe it said what the user never heard. Returns False for anything else,
-        which goes upstream as usual.
-        """
-        if self._replayed_answer(event) is None:
+    def answers_itself(self, link: UpstreamLink, event: dict[str, Any], data: bytes) -> bool:
+        """Answer an item event the current upstream cannot (``relay.core.replayed``) instead of
+        sending it; False: it goes upstream as usual."""
+        local = answer_locally(self.state, event, self.settings.replay_user_audio)
+        if local is None:
             return False
-        self.on_client_event(event, data)  # in flight until its answer
-        self._answer_truncation(link, event)
+        self.on_client_event(event, data)  # in flight until its answer, as if sent
+        self._give(link, local)
         return True
 
-    def _replayed_answer(self, truncate: dict[str, Any]) -> dict[str, Any] | None:
-        """The audio answer a truncation names, if the current upstream has it only as text."""
-        item_id = truncate.get("item_id")
-        if not isinstance(item_id, str) or item_id not in self.state.replayed_ids:
-            return None
-        item = self.state.find(item_id)
-        content = item.get("content") if item is not None else None
-        index = truncate.get("content_index")
-        if (
-            item is None
-            or item.get("role") != "assistant"
-            or not isinstance(content, list)
-            or not isinstance(index, int)
-            or not 0 <= index < len(content)
-            or not isinstance(content[index], dict)
-            or content[index].get("type") != "output_audio"
-            or not isinstance(truncate.get("audio_end_ms"), int)
-        ):
-            return None
-        return item
+    def _answer_in_flight(self, link: UpstreamLink, event: dict[str, Any]) -> None:
+        local = answer_locally(self.state, event, self.settings.replay_user_audio)
+        if local is None:  # changed since (an earlier one deleted the item): the upstream's to answer
+            link.send(dumps(event))
+        else:
+            self._give(link, local)
 
-    def _answer_truncation(self, link: UpstreamLink, truncate: dict[str, Any]) -> None:
-        """Answer an in-flight truncation of a replayed answer as the API would, and give the
-        upstream what was heard of it."""
-        item = self._replayed_answer(truncate)
-        if item is None:  # changed since (deleted): the upstream says what it says
-            link.send(dumps(truncate))
-            return
-        end_ms = int(truncate["audio_end_ms"])
-        length = item.get("_audio_ms")
-        if isinstance(length, int | float) and end_ms > length:
-            client_id = truncate.get("event_id")
-            answer = error_event(
-                "invalid_value",
-                f"Audio content of {int(length)}ms is already shorter than {end_ms}ms",
-                param="audio_end_ms",
-                client_event_id=client_id if isinstance(client_id, str) else None,
-            )
-            self.session.on_upstream_text(link, dumps(answer))
-            return
-        truncated = {
-            "type": "conversation.item.truncated",
-            "event_id": new_id("event_"),
-            "item_id": item["id"],
-            "content_index": truncate["content_index"],
-            "audio_end_ms": end_ms,
-        }
-        self.session.on_upstream_text(link, dumps(truncated))  # the mirror notes what was heard
-        items, replayed = self.state.items, self.state.replayed_ids
-        position = items.index(item)
-        # Before it: items replayed with it, or (the first replayed) only what the replay's
-        # budget left out, which the upstream never had.
-        after_replayed = any(i.get("id") in replayed for i in items[:position])
-        previous = items[position - 1].get("id") if after_replayed else "root"
-        create = replayable(item, self.settings.replay_user_audio)
-        self._send_own(
-            link,
-            [
-                {"type": "conversation.item.delete", "item_id": item["id"]},
-                {"type": "conversation.item.create", "previous_item_id": previous, "item": create},
-            ],
-        )
+    def _give(self, link: UpstreamLink, local: LocalAnswer) -> None:
+        self.session.on_upstream_text(link, dumps(local.answer))  # the state takes it in, the app sees it
+        if local.upstream:
+            self._send_own(link, local.upstream)
 
     def _in_commit_order(self, event_type: str, event: dict[str, Any], data: bytes) -> bytes | None:
         """Transcription sessions: transcripts reach the app in the order it committed audio."""
@@ -590,10 +533,10 @@ class Supervisor:
         state.mark_replayed(_replayed_ids(prepared.plan, delta))
         # The audio is the relay's to re-send; the events in it are the client's own (its ids).
         tail = plan_tail(state)
-        truncations = []  # of answers now replayed as text: answered once the switch is made
+        local = []  # item events the new upstream cannot answer: the relay does, below
         for event in tail.events:
-            if event["type"] == "conversation.item.truncate" and self._replayed_answer(event) is not None:
-                truncations.append(event)
+            if answer_locally(state, event, self.settings.replay_user_audio) is not None:
+                local.append(event)
                 continue
             new.send(dumps(self._own(event) if event["type"] == "input_audio_buffer.append" else event))
         if self._echo is not None and self._echo.done:
@@ -602,10 +545,10 @@ class Supervisor:
         state.in_flight.rebase(tail.positions)
         self.replacements += 1
         session.metrics.upstream_replacements_total.labels(cause).inc()
-        resent = [e for e in tail.events if e["type"] != "input_audio_buffer.append" and e not in truncations]
+        for event in local:  # in flight before anything held: answered first
+            self._answer_in_flight(new, event)
+        resent = [e for e in tail.events if e["type"] != "input_audio_buffer.append" and e not in local]
         session.switch_to(new, prepared.frames, resent)
-        for event in truncations:
-            self._answer_truncation(new, event)
         session.metrics.client_gap_seconds.observe(time.monotonic() - held_since)
         self.rotate_at = self._next_rotation(time.monotonic())
         if self.settings.notify_replacements:

@@ -453,6 +453,57 @@ async def test_an_answer_heard_before_a_drop_can_be_retrieved_and_truncated_afte
     await client.close()
 
 
+async def test_items_the_replay_left_out_are_still_the_apps_to_retrieve_truncate_and_delete(
+    start_relay: RelayFactory,
+) -> None:
+    """A long conversation outgrows the replay's budget: the replacement upstream gets only the
+    newest items. The app still knows the older ones and acts on them (apps prune old items to
+    save tokens): the relay answers for them as the API would, from its mirror, not with the new
+    upstream's "not found"."""
+    runner, port = await start_simulator(REALISTIC)
+    relay = await start_relay(
+        upstream="simulator",
+        upstream_url=f"ws://127.0.0.1:{port}/v1/realtime",
+        reconnect_base_delay_s=0.05,
+        rotate_after_s=0,
+        replay_max_items=3,
+    )
+    rig = Rig(relay, SimControl(f"http://127.0.0.1:{port}"))
+    client = await rig.client()
+    first = await _turn(client, "the oldest question")
+    await _turn(client, "a second question")
+    await _turn(client, "a third question")
+    old_answer = first["response"]["output"][0]["id"]
+    question = next(e["item"] for e in client.events if e["type"] == "conversation.item.added")
+    before = await rig.sim.open_session(client.relay_session)
+    await rig.sim.fault(before["id"], kind="drop")
+    last = client.events[-1]
+    after = await rig.sim.replacement(
+        client.relay_session, before["id"], str(last["response"]["output"][0]["id"])
+    )
+    assert old_answer not in [i["id"] for i in after["conversation"]]  # left out by the budget
+    start = len(client.events)
+    await client.send({"type": "conversation.item.retrieve", "item_id": question["id"], "event_id": "get"})
+    retrieved = (await client.wait_for("conversation.item.retrieved", after=start))["item"]
+    assert (retrieved["id"], retrieved["content"]) == (question["id"], question["content"])
+    truncate = {"type": "conversation.item.truncate", "item_id": old_answer, "content_index": 0}
+    await client.send({**truncate, "audio_end_ms": 100})
+    truncated = await client.wait_for("conversation.item.truncated", after=start)
+    assert (truncated["item_id"], truncated["audio_end_ms"]) == (old_answer, 100)
+    for item_id in (question["id"], old_answer):
+        sent_at = len(client.events)
+        await client.send({"type": "conversation.item.delete", "item_id": item_id})
+        deleted = await client.wait_for("conversation.item.deleted", after=sent_at)
+        assert deleted["item_id"] == item_id
+    assert "error" not in client.types()[start:]
+    assert _conversation_shape(await rig.sim.session(after["id"])) == _conversation_shape(after)
+    done = await _turn(client, "go on")
+    assert done["response"]["status"] == "completed"
+    client.assert_invariants()
+    await client.close()
+    await runner.cleanup()
+
+
 async def test_a_response_the_old_upstream_starts_during_a_rotation_is_not_cut_off(
     start_relay: RelayFactory,
 ) -> None:
