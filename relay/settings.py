@@ -174,7 +174,8 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(10.0, gt=0, le=60)
     # Idle keep-alive HTTP connections (console, /metrics scrapes) close after this.
     keepalive_timeout_s: float = Field(15.0, gt=0)
-    # Connections without a complete request head: beyond these, new ones are closed at once.
+    # Connections whose request head is unfinished after a second (relay.io.guard): beyond
+    # these, new ones are closed at once.
     max_unfinished_heads: int = Field(512, ge=1)
     max_unfinished_heads_per_peer: int = Field(32, ge=1)  # per IPv4 address or IPv6 /64
     # Failed authentications per peer (token bucket); beyond it 429 before credentials are read.

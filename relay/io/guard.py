@@ -4,9 +4,12 @@ aiohttp has no header timeout: a client that opens a connection and sends its re
 byte at a time (Slowloris), or nothing at all, holds a socket for as long as aiohttp's keep-alive
 timeout. The guard is a thin protocol in front of aiohttp's request handler. It forwards every
 callback, closes the connection when no complete head (an empty line) arrived within
-``header_timeout_s``, and refuses new connections at once while too many heads are unfinished,
-globally or from one peer. When the first head is complete it hands the transport to aiohttp's
-handler (``transport.set_protocol``) and is gone: keep-alive requests (bounded by aiohttp's
+``header_timeout_s``, and refuses new connections at once while too many heads are stalled
+(unfinished after ``STALLED_AFTER_S``), globally or from one peer. Only stalled heads count: an
+honest client sends its head with the handshake, and a burst of them from one address (a load
+test, a NAT, a proxy opening many upgrades at once) has hundreds unfinished for a millisecond.
+When the first head is complete the guard hands the transport to aiohttp's handler
+(``transport.set_protocol``) and is gone: keep-alive requests (bounded by aiohttp's
 ``keepalive_timeout``), the relay's WebSocket take-over and TLS never see it again.
 """
 
@@ -30,6 +33,7 @@ from relay.observability.metrics import RelayMetrics
 _log = get_logger()
 
 HEAD_ENDS = (b"\n\r\n", b"\n\n")  # the empty line after the headers (bare LF tolerated)
+STALLED_AFTER_S = 1.0  # a head unfinished this long counts against the caps
 
 
 def peer_key(address: str | None) -> str:
@@ -123,8 +127,10 @@ class EdgeGuard:
         self.max_unfinished = max_unfinished
         self.max_unfinished_per_peer = max_unfinished_per_peer
         self.metrics = metrics
+        self.stalled_after_s = min(STALLED_AFTER_S, header_timeout_s)
         self.unfinished = 0
-        self._per_peer: dict[str, int] = {}
+        self.stalled = 0
+        self._stalled_per_peer: dict[str, int] = {}
         self._log = LogThrottle()
 
     def __call__(self) -> GuardedConnection:
@@ -132,25 +138,32 @@ class EdgeGuard:
 
     def admit(self, peer: str) -> str | None:
         """Count a new connection's head as unfinished; the refusal reason if over a cap."""
-        if self.unfinished >= self.max_unfinished:
+        if self.stalled >= self.max_unfinished:
             return "unfinished_heads"
-        if self._per_peer.get(peer, 0) >= self.max_unfinished_per_peer:
+        if self._stalled_per_peer.get(peer, 0) >= self.max_unfinished_per_peer:
             return "peer_unfinished_heads"
         self.unfinished += 1
-        self._per_peer[peer] = self._per_peer.get(peer, 0) + 1
         if self.metrics is not None:
             self.metrics.edge_unfinished_heads.inc()
         return None
 
-    def release(self, peer: str) -> None:
+    def stall(self, peer: str) -> None:
+        """A head still unfinished after ``stalled_after_s``: it counts against the caps."""
+        self.stalled += 1
+        self._stalled_per_peer[peer] = self._stalled_per_peer.get(peer, 0) + 1
+
+    def release(self, peer: str, *, stalled: bool) -> None:
         self.unfinished -= 1
-        left = self._per_peer[peer] - 1
-        if left:
-            self._per_peer[peer] = left
-        else:
-            del self._per_peer[peer]
         if self.metrics is not None:
             self.metrics.edge_unfinished_heads.dec()
+        if not stalled:
+            return
+        self.stalled -= 1
+        left = self._stalled_per_peer[peer] - 1
+        if left:
+            self._stalled_per_peer[peer] = left
+        else:
+            del self._stalled_per_peer[peer]
 
     def refused(self, reason: str, peer: str) -> None:
         if self.metrics is not None:
@@ -163,14 +176,15 @@ class EdgeGuard:
 class GuardedConnection(asyncio.Protocol):
     """One connection until its first request head is complete; then aiohttp's handler alone."""
 
-    __slots__ = ("_guard", "_inner", "_peer", "_tail", "_timer", "_transport")
+    __slots__ = ("_guard", "_inner", "_peer", "_stalled", "_tail", "_timer", "_transport")
 
     def __init__(self, guard: EdgeGuard) -> None:
         self._guard = guard
         self._inner: asyncio.Protocol | None = None
         self._transport: asyncio.Transport | None = None
         self._peer = ""
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the head's stall, then its timeout
+        self._stalled = False
         self._tail = b""  # the last bytes seen, for an empty line split across reads
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -182,8 +196,7 @@ class GuardedConnection(asyncio.Protocol):
             self._guard.refused(refusal, self._peer)
             self._transport.abort()  # closed at once: a refused socket costs nothing more
             return
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._guard.header_timeout_s, self._expire)
+        self._timer = asyncio.get_running_loop().call_later(self._guard.stalled_after_s, self._stall)
         self._inner = self._guard.server()
         self._inner.connection_made(transport)
 
@@ -209,7 +222,7 @@ class GuardedConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-            self._guard.release(self._peer)
+            self._guard.release(self._peer, stalled=self._stalled)
         if self._inner is not None:
             self._inner.connection_lost(exc)
             self._inner = None
@@ -226,15 +239,23 @@ class GuardedConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-            self._guard.release(self._peer)
+            self._guard.release(self._peer, stalled=self._stalled)
         if self._transport is not None:
             self._transport.set_protocol(inner)  # from now on aiohttp's handler alone
         self._transport = None
         self._inner = None
 
+    def _stall(self) -> None:
+        guard = self._guard
+        self._stalled = True
+        guard.stall(self._peer)
+        self._timer = asyncio.get_running_loop().call_later(
+            guard.header_timeout_s - guard.stalled_after_s, self._expire
+        )
+
     def _expire(self) -> None:
         self._timer = None
-        self._guard.release(self._peer)
+        self._guard.release(self._peer, stalled=self._stalled)
         self._guard.refused("header_timeout", self._peer)
         if self._transport is not None:
             self._transport.abort()

@@ -28,6 +28,7 @@ from structlog.testing import capture_logs
 
 from relay.app import create_app
 from relay.cli import start_server
+from relay.io.guard import STALLED_AFTER_S
 from relay.settings import Settings, load_settings
 from tests.conftest import TOKEN, RelayFactory, RelayHandle
 from tests.support.relay_process import relay_process
@@ -179,14 +180,17 @@ async def test_slowloris_heads_are_closed_at_the_header_timeout(serve: EdgeFacto
 
 
 async def test_unfinished_heads_are_capped_per_peer_and_overall(serve: EdgeFactory) -> None:
-    """Beyond the caps a new connection is closed at once, long before the header timeout;
-    a head that completes frees its place. Peers are 127.0.0.1, .2 and .3 (all loopback)."""
+    """Beyond the caps on stalled heads (unfinished after STALLED_AFTER_S) a new connection is
+    closed at once, long before the header timeout; a head that completes frees its place.
+    Peers are 127.0.0.1, .2 and .3 (all loopback)."""
     edge = await serve(header_timeout_s=8.0, max_unfinished_heads=8, max_unfinished_heads_per_peer=5)
     held = [await _partial(edge.port) for _ in range(5)]
+    await asyncio.sleep(STALLED_AFTER_S + 0.2)
     reader, _ = await _partial(edge.port)  # a sixth from the same peer
     start = time.monotonic()
     assert await asyncio.wait_for(_until_closed(reader), 1.0) - start < 1.0
     held += [await _partial(edge.port, source="127.0.0.2") for _ in range(3)]
+    await asyncio.sleep(STALLED_AFTER_S + 0.2)
     reader, _ = await _partial(edge.port, source="127.0.0.3")  # a ninth overall
     start = time.monotonic()
     assert await asyncio.wait_for(_until_closed(reader), 1.0) - start < 1.0
@@ -202,6 +206,25 @@ async def test_unfinished_heads_are_capped_per_peer_and_overall(serve: EdgeFacto
     assert status == 200
     for _, writer in held:
         writer.close()
+
+
+async def test_a_burst_of_upgrades_from_one_address_is_served(
+    serve: EdgeFactory, upstream: ScriptedUpstream
+) -> None:
+    """A load test, a NAT or a proxy opens many sessions at once from one address: hundreds of
+    heads are unfinished for a moment, none stalled. Every one is served (the per-peer cap of
+    32 once refused all but ~32 of 150 with a bare close)."""
+    edge = await serve(upstream="simulator", upstream_url=upstream.url)
+    assert edge.settings.max_unfinished_heads_per_peer < 150
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    async def session() -> str:
+        async with websockets.connect(edge.ws_url, additional_headers=auth, open_timeout=20) as ws:
+            return str(orjson.loads(await asyncio.wait_for(ws.recv(), 20))["type"])
+
+    types = await asyncio.gather(*(session() for _ in range(150)))
+    assert types == ["session.created"] * 150
+    assert edge.metric("relay_edge_refusals_total", {"reason": "peer_unfinished_heads"}) == 0
 
 
 async def test_keep_alive_and_websockets_outlive_the_header_timeout(
