@@ -123,36 +123,54 @@ def _digest(secret: str) -> bytes:
 
 
 class SeenClientEvents:
-    """Client event ids and item ids already forwarded upstream (the newest ``limit`` of each)."""
+    """Client event ids and item ids already forwarded upstream (the newest ``limit`` of each),
+    to recognise what an app re-sends after a resume because it is unsure it arrived.
+
+    Only a resume makes a repeat: an id seen on an earlier connection of the app, back within
+    ``RESEND_WINDOW_S`` of the resume. Within one connection ids are the app's business (the API
+    does not deduplicate them; some apps send every event under one fixed id), so a repeated id
+    there is forwarded like any event, and a repeat is recognised once per resume.
+    """
+
+    RESEND_WINDOW_S = 10.0
 
     def __init__(self, limit: int = 1024) -> None:
         self.limit = limit
-        self._event_ids: OrderedDict[str, None] = OrderedDict()
-        self._item_ids: OrderedDict[str, None] = OrderedDict()
+        self.connection = 0  # the app's connections so far, less one
+        self._resumed_at = float("-inf")
+        self._event_ids: OrderedDict[str, int] = OrderedDict()  # -> the connection it came on
+        self._item_ids: OrderedDict[str, int] = OrderedDict()
 
-    def repeated(self, event: dict[str, Any]) -> bool:
-        """True for an event forwarded before (it is dropped); otherwise it is remembered."""
+    def resumed(self, now: float) -> None:
+        """The app came back on a new connection: what it sends now may be re-sent."""
+        self.connection += 1
+        self._resumed_at = now
+
+    def repeated(self, event: dict[str, Any], now: float) -> bool:
+        """True for an event re-sent after a resume (it is dropped); otherwise it is remembered."""
         event_id = event.get("event_id")
-        if isinstance(event_id, str) and event_id in self._event_ids:
-            return True
         item = event.get("item") if event.get("type") == "conversation.item.create" else None
         item_id = item.get("id") if isinstance(item, dict) else None
-        if isinstance(item_id, str) and item_id in self._item_ids:
-            return True
+        current = self.connection
+        earlier = now - self._resumed_at <= self.RESEND_WINDOW_S and (
+            (isinstance(event_id, str) and self._event_ids.get(event_id, current) < current)
+            or (isinstance(item_id, str) and self._item_ids.get(item_id, current) < current)
+        )
         if isinstance(event_id, str):
-            _remember(self._event_ids, event_id, self.limit)
+            _remember(self._event_ids, event_id, current, self.limit)
         if isinstance(item_id, str):
-            _remember(self._item_ids, item_id, self.limit)
-        return False
+            _remember(self._item_ids, item_id, current, self.limit)
+        return earlier
 
     def remember_items(self, item_ids: list[str]) -> None:
         """Items the conversation already holds (a takeover's replay): a re-sent create of one of
         them is a repeat too."""
         for item_id in item_ids[-self.limit :]:
-            _remember(self._item_ids, item_id, self.limit)
+            _remember(self._item_ids, item_id, self.connection - 1, self.limit)
 
 
-def _remember(seen: OrderedDict[str, None], key: str, limit: int) -> None:
-    seen[key] = None
+def _remember(seen: OrderedDict[str, int], key: str, connection: int, limit: int) -> None:
+    seen[key] = connection
+    seen.move_to_end(key)
     if len(seen) > limit:
         seen.popitem(last=False)

@@ -258,6 +258,7 @@ class Conversation:
         conn.on_write_paused = self._client_write_paused
         conn.closed.add_done_callback(functools.partial(self._client_closed, conn))
         if resumed:
+            self.seen.resumed(time.monotonic())
             backlog, found = self.sent.after(last_event_id)
             with batch():  # the backlog in one write, not one per event
                 for frame in backlog:
@@ -625,7 +626,7 @@ class Conversation:
             self._report_dropped_beta_fields()
         for frame, event_type, event in checked:
             if event_type != _APPEND and event is not None:
-                if self.seen.repeated(event):
+                if self.seen.repeated(event, time.monotonic()):
                     # Sent again by an app unsure it arrived before its connection dropped.
                     self.metrics.client_events_deduplicated_total.inc()
                     continue

@@ -109,11 +109,29 @@ def test_malformed_tokens_are_not_split(token: str) -> None:
 def test_re_sent_events_are_seen_by_event_id_and_by_item_id() -> None:
     seen = SeenClientEvents(limit=3)
     item = {"type": "conversation.item.create", "event_id": "e1", "item": {"id": "item_1"}}
-    assert not seen.repeated(item)
-    assert seen.repeated({**item, "event_id": "e2"})  # same item id
-    assert seen.repeated({"type": "response.create", "event_id": "e1"})  # same event id
-    assert not seen.repeated({"type": "response.create"})  # no ids: never a duplicate
-    assert not seen.repeated({"type": "response.create"})
+    assert not seen.repeated(item, 0.0)
+    seen.resumed(1.0)  # the app is back on a new connection: what it sent before may come again
+    assert seen.repeated({**item, "event_id": "e2"}, 1.5)  # same item id
+    assert seen.repeated({"type": "response.create", "event_id": "e1"}, 1.5)  # same event id
+    assert not seen.repeated({"type": "response.create"}, 1.5)  # no ids: never a duplicate
+    assert not seen.repeated({"type": "response.create"}, 1.5)
     for n in range(5):
-        seen.repeated({"type": "response.create", "event_id": f"x{n}"})
-    assert not seen.repeated({"type": "response.create", "event_id": "e1"})  # forgotten: bounded
+        seen.repeated({"type": "response.create", "event_id": f"x{n}"}, 1.5)
+    seen.resumed(2.0)
+    assert not seen.repeated({"type": "response.create", "event_id": "e1"}, 2.5)  # forgotten: bounded
+
+
+def test_only_a_resume_makes_a_repeat() -> None:
+    """Within one connection ids are the app's business (some send every event under one fixed
+    id); after a resume a repeat is recognised once, and only while re-sends are expected."""
+    seen = SeenClientEvents()
+    fixed = {"type": "response.create", "event_id": "rc"}
+    assert not any(seen.repeated(fixed, t) for t in (0.0, 1.0, 2.0))  # every one forwarded
+    seen.resumed(3.0)
+    assert seen.repeated(fixed, 3.1)  # re-sent after the resume: dropped once
+    assert not seen.repeated(fixed, 3.2)  # sent again on this connection: a new one
+    seen.resumed(10.0)
+    assert not seen.repeated(fixed, 10.0 + SeenClientEvents.RESEND_WINDOW_S + 1)  # long after: new
+    item = {"type": "conversation.item.create", "item": {"id": "item_9"}}
+    assert not seen.repeated(item, 30.0)
+    assert not seen.repeated(item, 30.1)  # the API refuses the duplicate id itself

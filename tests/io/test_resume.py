@@ -294,3 +294,20 @@ async def test_the_openai_sdk_reconnects_into_the_same_conversation(rig: Rig) ->
     assert types.count("session.created") == 1
     assert transcript == LONG_ANSWER
     assert rig.relay.metric("relay_resumes_total", {"result": "ok"}) == 1
+
+
+async def test_an_app_that_sends_every_event_under_one_id_loses_none(rig: Rig) -> None:
+    """Event ids are the app's to choose and the API does not deduplicate them; some apps send
+    every event under one fixed id. Without a resume nothing is a re-send: every turn answered."""
+    client = await rig.client()
+    for question in ("first question", "second question", "third question"):
+        start = len(client.events)
+        await client.send({**text_item(question), "event_id": "evt"})
+        await client.send({"type": "response.create", "event_id": "evt"})
+        done = await client.wait_for("response.done", after=start)
+        assert done["response"]["status"] == "completed"
+    session = await rig.sim.open_session(client.relay_session)
+    texts = [i["content"][0].get("text") for i in session["conversation"] if i["role"] == "user"]
+    assert texts == ["first question", "second question", "third question"]
+    assert rig.relay.metric("relay_client_events_deduplicated_total") == 0
+    await client.close()
