@@ -98,7 +98,9 @@ class SessionRegistry:
         self.reserved += 1
 
     def _limit_for(self, kind: str) -> tuple[int | None, str]:
-        if kind == "token":
+        # A static token is usually a whole app's, and so are unauthenticated clients (a
+        # developer's relay on loopback): not one user's, so the per-identity cap is not theirs.
+        if kind in ("token", "anonymous"):
             return self.max_per_token, "RELAY_MAX_SESSIONS_PER_TOKEN"
         return self.max_per_identity, "RELAY_MAX_SESSIONS_PER_IDENTITY"
 

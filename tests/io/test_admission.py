@@ -223,6 +223,23 @@ async def test_a_jwt_user_is_capped_per_identity(
         assert status == 101
 
 
+async def test_unauthenticated_clients_are_one_app_not_one_user(
+    start_relay: RelayFactory, upstream: ScriptedUpstream
+) -> None:
+    """The quick start's relay (no tokens, loopback) serves a developer's whole app, and load
+    tests run against it: the per-user cap must not stop it at a handful of sessions."""
+    relay = await start_relay(
+        upstream="simulator", upstream_url=upstream.url, client_tokens=[], allow_unauthenticated=True
+    )
+    cap = relay.settings.max_sessions_per_identity
+    sessions = [websockets.connect(relay.ws_url) for _ in range(cap + 5)]
+    opened = await asyncio.gather(*sessions)
+    try:
+        assert len(opened) == cap + 5
+    finally:
+        await asyncio.gather(*(ws.close() for ws in opened))
+
+
 async def _raw_upgrade(port: int, header: bytes) -> tuple[int, dict[str, object]]:
     """An upgrade whose credential header is raw bytes (aiohttp's client only sends text)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
