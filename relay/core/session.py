@@ -460,12 +460,10 @@ def interrupted_response_done(state: SessionState, reason: str) -> Event | None:
             existing.update(clone(item))
             state.item_changed(existing)
     done = dict(response)
-    done.update(
-        status="incomplete",
-        output=output,
-        usage=None,
-        status_details={"type": "incomplete", "reason": reason},
-    )
+    # No API reason fits (it has only max_output_tokens and content_filter for an incomplete
+    # response, and SDKs refuse others): the cause goes in the error the schema allows.
+    details = {"type": "incomplete", "error": {"type": "server_error", "code": reason}}
+    done.update(status="incomplete", output=output, usage=None, status_details=details)
     state.active_response, state.partial, state.partial_text = None, None, ""
     return {"type": "response.done", "event_id": "event_relay_" + str(response.get("id")), "response": done}
 

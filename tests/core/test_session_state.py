@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 import pytest
+from openai.types.realtime import RealtimeServerEvent
+from pydantic import TypeAdapter
 
 from relay.core.backoff import classify_close, delays
 from relay.core.protocol import Interface
@@ -19,6 +21,7 @@ from relay.core.validation import Validator
 from tests.support.recordings import load, recording_files
 
 GA = Validator(Interface.GA)
+SERVER_EVENT: TypeAdapter[Any] = TypeAdapter(RealtimeServerEvent)
 
 
 def _feed(path: Any) -> tuple[SessionState, list[dict[str, Any]]]:
@@ -133,7 +136,11 @@ def test_interrupted_response_gets_one_terminal_done() -> None:
     done = interrupted_response_done(state, "upstream_replaced")
     assert done is not None
     assert done["response"]["status"] == "incomplete"
-    assert done["response"]["status_details"] == {"type": "incomplete", "reason": "upstream_replaced"}
+    assert done["response"]["status_details"] == {
+        "type": "incomplete",
+        "error": {"type": "server_error", "code": "upstream_replaced"},
+    }
+    SERVER_EVENT.validate_python(done)  # as the official SDK parses it (its reasons are a closed set)
     assert done["response"]["output"][0]["content"] == [{"type": "output_audio", "transcript": "Hello there"}]
     assert state.find("item_a")["content"][0]["transcript"] == "Hello there"  # type: ignore[index]
     assert interrupted_response_done(state, "upstream_replaced") is None  # exactly one

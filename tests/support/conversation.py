@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 import websockets
+from openai.types.realtime import RealtimeServerEvent
+from pydantic import TypeAdapter, ValidationError
 from websockets.asyncio.client import ClientConnection
 
 Event = dict[str, Any]
@@ -100,6 +102,23 @@ class RecordingClient:
             e["session"]["id"] for e in self.events if e["type"] in ("session.created", "session.updated")
         }
         assert len(session_ids) == 1, f"the client saw several session ids: {session_ids}"
+        assert_sdk_parses(self.events)
+
+
+# What the official SDK parses every server event with: an event it refuses is an error in the
+# app (the Agents SDK then lost track of its turns). The relay's own opt-in events are its own.
+_SERVER_EVENT: TypeAdapter[Any] = TypeAdapter(RealtimeServerEvent)
+_RELAY_OWN = ("relay.",)
+
+
+def assert_sdk_parses(events: list[Event]) -> None:
+    """Every server event (the simulator's and the relay's own) as the openai SDK reads it."""
+    for event in events:
+        if not str(event.get("type")).startswith(_RELAY_OWN):
+            try:
+                _SERVER_EVENT.validate_python(event)
+            except ValidationError as exc:
+                raise AssertionError(f"the openai SDK refuses {str(event)[:300]}: {exc}") from None
 
 
 def assert_one_stream(events: list[Event]) -> None:
