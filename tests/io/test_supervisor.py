@@ -54,7 +54,7 @@ async def replaced(relay: RelayHandle, times: int, timeout: float = 10) -> None:
 
 
 @pytest.fixture
-async def rig(start_relay: RelayFactory) -> AsyncIterator[Rig]:
+async def rig(request: pytest.FixtureRequest, start_relay: RelayFactory) -> AsyncIterator[Rig]:
     runner, port = await start_simulator(REALISTIC)
     relay = await start_relay(
         upstream="simulator",
@@ -62,6 +62,7 @@ async def rig(start_relay: RelayFactory) -> AsyncIterator[Rig]:
         reconnect_base_delay_s=0.05,
         reconnect_max_delay_s=0.5,
         rotate_after_s=0,
+        **getattr(request, "param", {}),  # a test's own settings: parametrize("rig", ..., indirect)
     )
     yield Rig(relay, SimControl(f"http://127.0.0.1:{port}"))
     await runner.cleanup()
@@ -347,10 +348,8 @@ async def test_drop_after_commit_before_the_response(rig: Rig) -> None:
     await client.close()
 
 
-async def test_a_truncated_answer_is_replayed_as_far_as_it_was_heard(rig: Rig) -> None:
-    """The app stops playback half-way and truncates; after a drop the new upstream must not
-    believe the assistant said the half the user never heard (the API forgets it on truncate)."""
-    client = await rig.client()
+async def _long_answer(rig: Rig, client: RecordingClient) -> tuple[dict[str, Any], list[str], float]:
+    """A spoken answer of 40 known words: its item, its words, its audio's length in ms."""
     words = [f"word{i}" for i in range(40)]
     await rig.sim.script(replies=[" ".join(words)])
     done = await _turn(client, "tell me something long")
@@ -360,6 +359,14 @@ async def test_a_truncated_answer_is_replayed_as_far_as_it_was_heard(rig: Rig) -
         for e in client.events
         if e["type"] == "response.output_audio.delta" and e["item_id"] == item["id"]
     )
+    return item, words, audio_ms
+
+
+async def test_a_truncated_answer_is_replayed_as_far_as_it_was_heard(rig: Rig) -> None:
+    """The app stops playback half-way and truncates; after a drop the new upstream must not
+    believe the assistant said the half the user never heard (the API forgets it on truncate)."""
+    client = await rig.client()
+    item, words, audio_ms = await _long_answer(rig, client)
     start = len(client.events)
     heard_ms = int(audio_ms / 4)
     await client.send(
@@ -393,16 +400,8 @@ async def test_an_answer_heard_before_a_drop_can_be_retrieved_and_truncated_afte
     the answer only as the replay's text, which the API can neither truncate nor show as audio;
     the app must see what the API would have said, and the model remember only what was heard."""
     client = await rig.client()
-    words = [f"word{i}" for i in range(40)]
     await _turn(client, "before the answer")
-    await rig.sim.script(replies=[" ".join(words)])
-    done = await _turn(client, "tell me something long")
-    item = done["response"]["output"][0]
-    audio_ms = sum(
-        len(base64.b64decode(e["delta"])) / 48
-        for e in client.events
-        if e["type"] == "response.output_audio.delta" and e["item_id"] == item["id"]
-    )
+    item, words, audio_ms = await _long_answer(rig, client)
     before = await rig.sim.open_session(client.relay_session)
     shape = _conversation_shape(before)
     await rig.sim.fault(before["id"], kind="drop")
@@ -453,22 +452,12 @@ async def test_an_answer_heard_before_a_drop_can_be_retrieved_and_truncated_afte
     await client.close()
 
 
-async def test_items_the_replay_left_out_are_still_the_apps_to_retrieve_truncate_and_delete(
-    start_relay: RelayFactory,
-) -> None:
+@pytest.mark.parametrize("rig", [{"replay_max_items": 3}], indirect=True)
+async def test_items_the_replay_left_out_are_still_the_apps_to_retrieve_truncate_and_delete(rig: Rig) -> None:
     """A long conversation outgrows the replay's budget: the replacement upstream gets only the
     newest items. The app still knows the older ones and acts on them (apps prune old items to
     save tokens): the relay answers for them as the API would, from its mirror, not with the new
     upstream's "not found"."""
-    runner, port = await start_simulator(REALISTIC)
-    relay = await start_relay(
-        upstream="simulator",
-        upstream_url=f"ws://127.0.0.1:{port}/v1/realtime",
-        reconnect_base_delay_s=0.05,
-        rotate_after_s=0,
-        replay_max_items=3,
-    )
-    rig = Rig(relay, SimControl(f"http://127.0.0.1:{port}"))
     client = await rig.client()
     first = await _turn(client, "the oldest question")
     await _turn(client, "a second question")
@@ -501,7 +490,6 @@ async def test_items_the_replay_left_out_are_still_the_apps_to_retrieve_truncate
     assert done["response"]["status"] == "completed"
     client.assert_invariants()
     await client.close()
-    await runner.cleanup()
 
 
 async def test_a_response_the_old_upstream_starts_during_a_rotation_is_not_cut_off(
