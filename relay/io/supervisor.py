@@ -36,14 +36,7 @@ from relay.core.backoff import classify_close, delays
 from relay.core.errors import UpstreamError, new_id
 from relay.core.gate import ReadinessGate
 from relay.core.policy import Policy, merge
-from relay.core.replay import (
-    EchoFilter,
-    ReplayPlan,
-    plan_delta,
-    plan_replay,
-    plan_tail,
-    plan_transcriptions,
-)
+from relay.core.replay import EchoFilter, ReplayPlan, plan_delta, plan_replay, plan_tail, plan_transcriptions
 from relay.core.replayed import LocalAnswer, answer_locally
 from relay.core.session import SessionState, interrupted_response_done
 from relay.core.transcripts import FINISHED, TranscriptOrder
