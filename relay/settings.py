@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     replay_max_items: int = Field(500, ge=0)
     replay_max_tokens: int = Field(24_000, ge=0)
     replay_user_audio: Literal["transcript", "audio"] = "transcript"
-    rerequest_pending_response: bool = True
+    rerequest_pending_response: bool = True  # after a drop: not started, or nothing of it sent yet
     notify_replacements: bool = False
 
     # --- client resume -----------------------------------------------------------------------

@@ -70,6 +70,7 @@ class SessionState:
         self.partial: dict[str, Any] | None = None  # the output item being streamed
         self.partial_text = ""
         self.partial_audio_bytes = 0  # of the item being streamed, from its deltas' sizes
+        self.response_heard = False  # the active response finished an output item already
         self.response_requested = False
         self.out_of_band_requested = 0  # the app's own response.create with conversation "none"
         self.speech_in_progress = False
@@ -371,6 +372,7 @@ class SessionState:
         self.active_response = clone(response)
         self.response_requested = False
         self.partial, self.partial_text = None, ""
+        self.response_heard = False
 
     def _out_of_band(self, response: dict[str, Any]) -> bool:
         """Whether a response writes outside the conversation (reference §2.6).
@@ -410,7 +412,26 @@ class SessionState:
                 event.get("delta") or ""
             )
 
+    def unheard_response(self) -> bool:
+        """A response is streaming and the app has had nothing of it yet to play, show or act on
+        (no text, no audio, no finished item: the model had not started, or was writing a tool
+        call's arguments)."""
+        return (
+            self.active_response is not None
+            and not self.response_heard
+            and not self.partial_text
+            and not self.partial_audio_bytes
+        )
+
+    def forget(self, item_ids: set[str]) -> None:
+        """Items the conversation is to go on without (an answer cut before anything of it)."""
+        self.items = [item for item in self.items if item.get("id") not in item_ids]
+        for item_id in item_ids:
+            self._left(item_id)
+
     def _output_item_done(self, event: Event) -> None:
+        if self.active_response is not None:
+            self.response_heard = True
         item = event.get("item")
         stored = self.find(str(item.get("id"))) if isinstance(item, dict) else None
         if stored is not None:

@@ -353,13 +353,19 @@ class Supervisor:
         # the new socket attaches to it as it stands, its responses still play to the caller and
         # their events arrive on the new socket. So nothing is ended here or asked again.
         own_session = session.call_id is None
-        not_started = own_session and self.state.response_requested and self.state.active_response is None
-        done = interrupted_response_done(self.state, "upstream_replaced") if own_session else None
+        state = self.state
+        not_started = own_session and state.response_requested and state.active_response is None
+        # Cut before the app had anything of it: closed for the app, and asked for again, so the
+        # user is not left waiting in silence for an answer that will never come.
+        unheard = own_session and state.unheard_response()
+        done = interrupted_response_done(state, "upstream_replaced") if own_session else None
         if done is not None:
             session.send_client_event(done)
+            if unheard and self.settings.rerequest_pending_response:
+                state.forget({str(item.get("id")) for item in done["response"]["output"]})
         prepared = await self._prepare(attempts=self.settings.reconnect_max_attempts, recovering=True)
         self._switch(prepared, cause=cause, held_since=started)
-        if not_started and self.settings.rerequest_pending_response:
+        if (not_started or unheard) and self.settings.rerequest_pending_response:
             request = {"type": "response.create", "event_id": self._relay_event_id()}
             session.forward_upstream(dumps(request), "response.create", request)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,11 @@ class Rig:
         return client
 
 
+WEATHER_TOOL = {
+    "type": "function",
+    "name": "get_weather",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
 # The live API's timing (sessions announced ~0.3 s after the upgrade, answers a round trip
 # late): an instant upstream would hide what a replacement costs the app.
 REALISTIC = SimulatorConfig(speed=50.0, timing=Timing.realistic())
@@ -140,48 +146,12 @@ async def test_drop_mid_audio_response_closes_it_once(rig: Rig) -> None:
     await client.send({"type": "response.create"})
     done = await client.wait_for("response.done", after=start)
     assert done["response"]["status"] in ("incomplete", "failed")
+    # Part of it was heard: the app decides what comes next, the relay asks for nothing.
+    await replaced(rig.relay, 1)
+    await asyncio.sleep(1.0)
+    assert "response.created" not in client.types()[client.events.index(done) :]
     # The conversation carries on, with the partial answer kept as what the user heard.
     second = await _turn(client, "and now?")
-    assert second["response"]["status"] == "completed"
-    client.assert_invariants()
-    await client.close()
-
-
-async def test_drop_mid_function_call_arguments(rig: Rig) -> None:
-    client = await rig.client()
-    await client.send(
-        {
-            "type": "session.update",
-            "session": {
-                "type": "realtime",
-                "tools": [
-                    {
-                        "type": "function",
-                        "name": "get_weather",
-                        "description": "Weather",
-                        "parameters": {
-                            "type": "object",
-                            "properties": {"city": {"type": "string"}},
-                        },
-                    }
-                ],
-            },
-        }
-    )
-    await client.wait_for("session.updated")
-    await rig.sim.script(tool_arguments={"city": "Paris, the capital of France"})
-    sim_session = await rig.sim.open_session(client.relay_session)
-    await rig.sim.fault(
-        sim_session["id"],
-        kind="drop",
-        after_event="response.function_call_arguments.delta",
-        count=1,
-    )
-    start = len(client.events)
-    await client.send(text_item("what is the get_weather in Paris"))
-    await client.send({"type": "response.create"})
-    await client.wait_for("response.done", after=start)
-    second = await _turn(client, "never mind")
     assert second["response"]["status"] == "completed"
     client.assert_invariants()
     await client.close()
@@ -488,6 +458,46 @@ async def test_items_the_replay_left_out_are_still_the_apps_to_retrieve_truncate
     assert _conversation_shape(await rig.sim.session(after["id"])) == _conversation_shape(after)
     done = await _turn(client, "go on")
     assert done["response"]["status"] == "completed"
+    client.assert_invariants()
+    await client.close()
+
+
+@pytest.mark.parametrize(
+    ("cut_after", "tools"),
+    [
+        pytest.param("response.created", [], id="before-any-output"),
+        pytest.param("response.function_call_arguments.delta", [WEATHER_TOOL], id="mid-tool-call"),
+    ],
+)
+async def test_an_answer_cut_before_the_app_had_anything_of_it_is_asked_for_again(
+    rig: Rig, cut_after: str, tools: list[dict[str, Any]]
+) -> None:
+    """The model's first output takes hundreds of milliseconds, and a tool call's arguments
+    stream before the app may run it: a drop then leaves the user with nothing to hear and an
+    app with nothing to act on. The relay closes the cut response for the app and asks the new
+    upstream again, and the conversation goes on without the empty start."""
+    client = await rig.client()
+    await client.send({"type": "session.update", "session": {"type": "realtime", "tools": tools}})
+    await client.wait_for("session.updated")
+    before = await rig.sim.open_session(client.relay_session)
+    await rig.sim.fault(before["id"], kind="drop", after_event=cut_after, count=1)
+    start = len(client.events)
+    await client.send(text_item("what is the weather in Paris?"))
+    await client.send({"type": "response.create"})
+    first = await client.wait_for("response.done", after=start)
+    assert first["response"]["status"] == "incomplete"
+    assert first["response"]["status_details"]["error"]["code"] == "upstream_replaced"
+    second = await client.wait_for("response.done", after=client.events.index(first) + 1)
+    assert second["response"]["status"] == "completed"
+    answer = second["response"]["output"][0]
+    if tools:
+        assert (answer["type"], json.loads(answer["arguments"])) == ("function_call", {"city": "Paris"})
+    else:
+        assert answer["content"][0]["transcript"]
+    after = await rig.sim.open_session(client.relay_session)
+    assert after["id"] != before["id"]
+    kinds = [(i["type"], i.get("role")) for i in after["conversation"]]
+    assert kinds == [("message", "user"), (answer["type"], answer.get("role"))]  # no empty start
     client.assert_invariants()
     await client.close()
 
