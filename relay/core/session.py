@@ -71,6 +71,10 @@ class SessionState:
         self.partial_text = ""
         self.partial_audio_bytes = 0  # of the item being streamed, from its deltas' sizes
         self.response_heard = False  # the active response finished an output item already
+        # The app's parameters (instructions, tools, ...) of the response it asked for and of the
+        # active one: a response asked for again after a drop is asked for as the app did.
+        self.requested_params: dict[str, Any] | None = None
+        self.active_params: dict[str, Any] | None = None
         self.response_requested = False
         self.out_of_band_requested = 0  # the app's own response.create with conversation "none"
         self.speech_in_progress = False
@@ -171,6 +175,7 @@ class SessionState:
                 self.out_of_band_requested += 1
             else:
                 self.response_requested = True
+                self.requested_params = clone(params) if isinstance(params, dict) and params else None
             return
         self.in_flight.sent(clone(event), self.audio.end)
         if kind == "input_audio_buffer.commit":
@@ -219,6 +224,7 @@ class SessionState:
                 self._unpin()
         elif error.get("code") == "conversation_already_has_active_response":
             self.response_requested = self.active_response is not None
+            self.requested_params = None  # refused: its parameters are no one's
 
     def _item_added(self, event: Event) -> None:
         item = event.get("item")
@@ -326,6 +332,7 @@ class SessionState:
             # The server starts a response for this turn by itself; until response.created
             # arrives it is owed, and a replacement upstream must be asked for it again.
             self.response_requested = True
+            self.requested_params = None  # the session's own defaults
 
     def _keep_for_transcription(self, item_id: str, audio: bytes) -> None:
         self.transcribing[item_id] = audio
@@ -373,6 +380,7 @@ class SessionState:
         self.response_requested = False
         self.partial, self.partial_text = None, ""
         self.response_heard = False
+        self.active_params, self.requested_params = self.requested_params, None
 
     def _out_of_band(self, response: dict[str, Any]) -> bool:
         """Whether a response writes outside the conversation (reference §2.6).

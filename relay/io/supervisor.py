@@ -358,6 +358,7 @@ class Supervisor:
         # Cut before the app had anything of it: closed for the app, and asked for again, so the
         # user is not left waiting in silence for an answer that will never come.
         unheard = own_session and state.unheard_response()
+        params = state.active_params if unheard else state.requested_params
         done = interrupted_response_done(state, "upstream_replaced") if own_session else None
         if done is not None:
             session.send_client_event(done)
@@ -366,7 +367,9 @@ class Supervisor:
         prepared = await self._prepare(attempts=self.settings.reconnect_max_attempts, recovering=True)
         self._switch(prepared, cause=cause, held_since=started)
         if (not_started or unheard) and self.settings.rerequest_pending_response:
-            request = {"type": "response.create", "event_id": self._relay_event_id()}
+            request: dict[str, Any] = {"type": "response.create", "event_id": self._relay_event_id()}
+            if params:
+                request["response"] = params
             session.forward_upstream(dumps(request), "response.create", request)
 
     async def take_over(self) -> None:

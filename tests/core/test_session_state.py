@@ -636,3 +636,22 @@ def test_a_restored_conversation_is_snapshotted_as_restored() -> None:
     assert _agrees(state, "transcript")
     _, items = capture(state, max_items=500, max_tokens=24_000, user_audio="transcript")
     assert b"second 2" in orjson.dumps(items)
+
+
+def test_a_response_is_asked_for_again_with_the_apps_parameters_only_when_they_were_its() -> None:
+    state = SessionState()
+    params = {"instructions": "One word.", "metadata": {"turn": "1"}}
+    state.on_client_event({"type": "response.create", "response": params})
+    assert state.requested_params == params
+    refused = {"code": "conversation_already_has_active_response", "event_id": None}
+    state.on_server_event({"type": "error", "error": refused})
+    assert state.requested_params is None  # refused: nothing to ask for again
+    state.on_client_event({"type": "response.create", "response": params})
+    created = {"id": "resp_1", "conversation_id": "conv_1", "output_modalities": ["audio"]}
+    state.on_server_event({"type": "response.created", "response": created})
+    assert (state.active_params, state.requested_params) == (params, None)
+    assert state.unheard_response()  # nothing of it reached the app yet
+    state.on_server_event({"type": "response.output_text.delta", "item_id": "x", "delta": "a"})
+    state.on_server_event({"type": "response.done", "response": {"id": "resp_1", "status": "completed"}})
+    state.on_client_event({"type": "response.create"})
+    assert state.requested_params is None  # a bare request: the session's defaults

@@ -475,7 +475,8 @@ async def test_an_answer_cut_before_the_app_had_anything_of_it_is_asked_for_agai
     """The model's first output takes hundreds of milliseconds, and a tool call's arguments
     stream before the app may run it: a drop then leaves the user with nothing to hear and an
     app with nothing to act on. The relay closes the cut response for the app and asks the new
-    upstream again, and the conversation goes on without the empty start."""
+    upstream again, with the app's parameters, and the conversation goes on without the empty
+    start."""
     client = await rig.client()
     await client.send({"type": "session.update", "session": {"type": "realtime", "tools": tools}})
     await client.wait_for("session.updated")
@@ -483,12 +484,13 @@ async def test_an_answer_cut_before_the_app_had_anything_of_it_is_asked_for_agai
     await rig.sim.fault(before["id"], kind="drop", after_event=cut_after, count=1)
     start = len(client.events)
     await client.send(text_item("what is the weather in Paris?"))
-    await client.send({"type": "response.create"})
+    await client.send({"type": "response.create", "response": {"metadata": {"turn": "7"}}})
     first = await client.wait_for("response.done", after=start)
     assert first["response"]["status"] == "incomplete"
     assert first["response"]["status_details"]["error"]["code"] == "upstream_replaced"
     second = await client.wait_for("response.done", after=client.events.index(first) + 1)
     assert second["response"]["status"] == "completed"
+    assert second["response"]["metadata"] == {"turn": "7"}  # asked for as the app asked
     answer = second["response"]["output"][0]
     if tools:
         assert (answer["type"], json.loads(answer["arguments"])) == ("function_call", {"city": "Paris"})
