@@ -103,7 +103,7 @@ def _previous(state: SessionState, item: dict[str, Any]) -> str:
     """Where the item sits on the upstream: after the item before it, or first of the replay
     (what comes before it in the mirror is then what the replay's budget left out)."""
     items = state.items
-    position = items.index(item)
+    position = state.index_of(str(item["id"])) or 0
     if position and items[position - 1].get("id") not in state.left_out_ids:
         return str(items[position - 1].get("id"))
     return "root"

@@ -105,14 +105,18 @@ class SessionState:
         return self.config.get("type") == "transcription"
 
     def find(self, item_id: str) -> dict[str, Any] | None:
-        """The item with ``item_id``, searched from the newest: events name recent items, and a
-        long conversation holds hundreds."""
+        index = self.index_of(item_id)
+        return None if index is None else self.items[index]
+
+    def index_of(self, item_id: str) -> int | None:
+        """Where the item with ``item_id`` is, searched from the newest: events name recent
+        items, and a long conversation holds hundreds."""
         if isinstance(item_id, str) and item_id not in self._ids:
             return None
         items = self.items
         for index in range(len(items) - 1, -1, -1):
             if items[index].get("id") == item_id:
-                return items[index]
+                return index
         return None
 
     def replace_items(self, items: list[dict[str, Any]]) -> None:
@@ -241,20 +245,13 @@ class SessionState:
         if previous == "root":
             position = 0
         elif isinstance(previous, str):
-            position = self._position_after(previous)
+            before = self.index_of(previous)
+            position = len(self.items) if before is None else before + 1
         self.items.insert(position, clone(item))
         if item.get("role") == "user" and item["id"] in self.retained_audio:
             self._attach_audio(self.items[position])
         self._entered(self.items[position])
         self._bound()
-
-    def _position_after(self, item_id: str) -> int:
-        """Where an item placed after ``item_id`` goes (the end when it is not known)."""
-        items = self.items
-        for index in range(len(items) - 1, -1, -1):  # usually the newest
-            if items[index].get("id") == item_id:
-                return index + 1
-        return len(items)
 
     def _bound(self) -> None:
         """Keep the mirror to what a replay can use: the newest items, and bounded audio."""
@@ -307,9 +304,8 @@ class SessionState:
 
     def _deleted(self, event: Event) -> None:
         self._answered(event)
-        self.items = [item for item in self.items if item.get("id") != event.get("item_id")]
         if isinstance(item_id := event.get("item_id"), str):
-            self._left(item_id)
+            self.forget({item_id})
 
     def _committed(self, event: Event) -> None:
         answered = self._answered(event)

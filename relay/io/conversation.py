@@ -650,21 +650,28 @@ class Conversation:
             self.send_now(link, data, event_type, event)
 
     def send_now(
-        self, link: UpstreamLink, data: bytes, event_type: str, event: dict[str, Any] | None
-    ) -> None:
-        """Send ahead of anything held (for events that were sent before the held ones).
+        self,
+        link: UpstreamLink,
+        data: bytes,
+        event_type: str,
+        event: dict[str, Any] | None,
+        held_at: float | None = None,
+    ) -> bool:
+        """Send ahead of anything held (for events that were sent before the held ones, and for
+        the held ones when they are let go); False when the upstream took nothing.
 
         An upstream already closing takes nothing: the frame goes back to the head of the hold
         and on to the replacement the supervisor is about to open, in order.
         """
         if event_type in ITEM_EVENTS and self.supervisor.answers_itself(link, event or _loads(data), data):
-            return  # about an item the upstream holds otherwise than the app saw it
+            return True  # about an item the upstream holds otherwise than the app saw it
         if not link.send(data):
             self.gate.upstream_lost()
-            self.gate.requeue(data, event_type, time.monotonic())
-            return
+            self.gate.requeue(data, event_type, time.monotonic() if held_at is None else held_at)
+            return False
         self.gate.sent(event, event_type)
         self.supervisor.on_client_event(event, data)
+        return True
 
     def _hold(self, data: bytes, event_type: str) -> None:
         self.gate.hold(data, event_type, time.monotonic())
@@ -679,16 +686,8 @@ class Conversation:
         link = self.link
         with batch():  # what was held (audio sent before the session was ready) in one write
             while link is not None and (frame := self.gate.releasable()) is not None:
-                event = _loads(frame.data)
-                about_item = frame.event_type in ITEM_EVENTS
-                if about_item and self.supervisor.answers_itself(link, event, frame.data):
-                    continue  # as in send_now
-                if not link.send(frame.data):
-                    self.gate.upstream_lost()
-                    self.gate.requeue(frame.data, frame.event_type, frame.held_at)
+                if not self.send_now(link, frame.data, frame.event_type, _loads(frame.data), frame.held_at):
                     break
-                self.gate.sent(event, frame.event_type)
-                self.supervisor.on_client_event(event, frame.data)
         self._held_metrics()
         if self.gate.has_room():
             self.client.resume_reading("hold")
