@@ -19,11 +19,11 @@ def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> N
     args = argparse.Namespace(
         sessions=2,
         duration=2.0,
-        sweep=[2, 500],
+        sweep=[2, 5000],
         sweep_duration=1.5,
         idle_sessions=5,
         trials=1,  # the interleaving of paths is exercised either way; one round keeps it short
-        budget=20.0,  # the small step fits, the 500-session one does not
+        budget=20.0,  # the small step fits; the 5000-session one (~60 s by the estimate) never does
         floor_rounds=20,
         rotation_sessions=2,
         rotation_duration=5.0,
@@ -48,7 +48,7 @@ def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> N
     assert len(paths["relay"].c2u) > 150
     # The sweep ran the small step on every path and skipped the one the time budget cannot hold.
     assert [count for count, _ in results["sweep"]] == [2]
-    assert results["skipped"] == [500]
+    assert results["skipped"] == [5000]
     step = results["sweep"][0][1]
     assert step.keys() == paths.keys() - {PYTHON_BUILD}  # both builds side by side in the main run only
     assert all(p.lost == 0 and len(p.c2u) > 100 for p in step.values())
