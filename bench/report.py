@@ -174,9 +174,14 @@ def _core_capacity(results: dict[str, Any]) -> list[str]:
         ratios = [
             f"{p.path} {p.cpu_s / p.frames / per_frame:.2f}x"
             for p in results["paths"]
-            if p.path.startswith("relay") and p.cpu_s and p.frames
+            if p.path.startswith(("relay", "floor")) and p.cpu_s and p.frames
         ]
         lines.append("CPU per frame against nginx's: " + ", ".join(ratios) + " (target <= 1.5x)")
+        if "floor (forward only)" in by_name:
+            lines.append(
+                "(floor: bench/floor.py forwards only, on the relay's WebSocket layer and uvloop: what "
+                "this design costs with no work per frame)"
+            )
     for path in results["paths"]:
         if path.cores:
             per_session_ms = path.cores / path.sessions * 1000

@@ -35,7 +35,7 @@ from bench.micro import replay_micro, validation_micro, wakeup_floor
 from bench.overload import overload
 from bench.real_conditions import open_mic_rss, rotation_under_open_mics
 from bench.resume import run_all as resume_run_all
-from bench.servers import TOKEN, Proc, start_nginx, start_relay
+from bench.servers import TOKEN, Proc, start_floor, start_nginx, start_relay
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
 from relay.simulator.timing import Timing
@@ -43,6 +43,7 @@ from relay.simulator.timing import Timing
 APPEND_MS = 20
 TURN_EVERY_S = 3.0
 PYTHON_BUILD = "relay (pure Python)"
+FLOOR = "floor (forward only)"  # bench/floor.py: this I/O design with no work per frame
 
 
 Clock = Stamps  # one path's stamps: the simulator's probe and the generator write into it
@@ -241,6 +242,7 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     # The pure-Python build beside the compiled one (relay/core/speedups.py), in the main run only.
     relay_py = await start_relay(sim_port, extra={"RELAY_NO_EXTENSIONS": "1"}) if args.python_build else None
     nginx = await start_nginx(sim_port, workdir)
+    floor = await start_floor(sim_port) if args.floor else None
     results: dict[str, Any] = {"paths": [], "sweep": [], "skipped": []}
     try:
         results["wakeup_floor"] = await asyncio.to_thread(wakeup_floor, args.floor_rounds, 0.01)
@@ -250,6 +252,8 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             targets.append(Target("nginx", url.format(nginx.port), nginx.proc.pid))
         targets.append(Target("relay", url.format(relay.port), relay.proc.pid))
         both = [Target(PYTHON_BUILD, url.format(relay_py.port), relay_py.proc.pid)] if relay_py else []
+        if floor:
+            both.append(Target(FLOOR, url.format(floor.port), floor.proc.pid))
         main = await compare(targets + both, args.sessions, args.duration, args.trials, current)
         results["paths"] = list(main.values())
         deadline = time.monotonic() + args.budget
@@ -301,6 +305,8 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
         relay.stop()
         if relay_py:
             relay_py.stop()
+        if floor:
+            floor.stop()
         if nginx:
             nginx.stop()
         await runner.cleanup()
@@ -384,6 +390,12 @@ def run(argv: list[str]) -> int:
         dest="python_build",
         action="store_false",
         help="leave out the pure-Python build's row (RELAY_NO_EXTENSIONS) beside the compiled one",
+    )
+    parser.add_argument(
+        "--no-floor",
+        dest="floor",
+        action="store_false",
+        help="leave out the forward-only relay's row (bench/floor.py: the architecture's floor)",
     )
     parser.add_argument("--quick", action="store_true", help="10 sessions, 5 s, no sweep")
     parser.add_argument("--out", default="bench/results")

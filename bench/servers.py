@@ -93,6 +93,16 @@ async def start_relay(
     return Proc(proc, port)
 
 
+async def start_floor(sim_port: int) -> Proc:
+    """The forward-only relay (``bench/floor.py``), pinned as the relay is."""
+    port = free_port()
+    upstream = f"ws://127.0.0.1:{sim_port}/v1/realtime"
+    cmd = [*pin(0), sys.executable, "-m", "bench.floor", str(port), upstream]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    await _wait_port(port, proc)
+    return Proc(proc, port)
+
+
 def nginx_binary() -> str | None:
     return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
 

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from bench.report import write_report
-from bench.runner import PYTHON_BUILD, benchmark
+from bench.runner import FLOOR, PYTHON_BUILD, benchmark
 
 
 def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> None:
@@ -35,10 +35,11 @@ def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> N
         overload_rate=20.0,
         overload_cpu_percent=100.0,  # the plumbing only: refusals are tests/io/test_overload.py's
         python_build=True,
+        floor=True,
     )
     results = asyncio.run(benchmark(args))
     paths = {p.path: p for p in results["paths"]}
-    assert {"direct", "relay", PYTHON_BUILD} <= paths.keys()
+    assert {"direct", "relay", PYTHON_BUILD, FLOOR} <= paths.keys()
     for path in paths.values():
         assert path.lost == 0
         assert len(path.c2u) > 50  # 2 sessions x 2 s of 20 ms appends, each matched end to end
@@ -50,7 +51,7 @@ def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> N
     assert [count for count, _ in results["sweep"]] == [2]
     assert results["skipped"] == [5000]
     step = results["sweep"][0][1]
-    assert step.keys() == paths.keys() - {PYTHON_BUILD}  # both builds side by side in the main run only
+    assert step.keys() == paths.keys() - {PYTHON_BUILD, FLOOR}  # both builds and the floor: main run only
     assert all(p.lost == 0 and len(p.c2u) > 100 for p in step.values())
     table = write_report(results, tmp_path)
     assert "| relay | 2 | c2u |" in table
