@@ -29,6 +29,7 @@ from bench.servers import TOKEN, metric, start_relay
 APPEND_S = 0.02
 TURN_EVERY_S = 3.0
 _GOLDEN = 0.6180339887498949  # successive multiples, mod 1, fill the interval evenly
+_PLASTIC = 0.7548776662466927  # the same for turns, not in step with the appends' phases
 _MARKER = b'"response.output_audio.delta"'
 _UPDATE = b'{"type":"session.update","session":{"type":"realtime","audio":{"input":{"turn_detection":null}}}}'
 _TURN = (b'{"type":"input_audio_buffer.commit"}', b'{"type":"response.create"}')
@@ -64,8 +65,12 @@ async def _arrive(url: str, driver: Driver, refusals: Refusals) -> None:
     # Apps arrive on a fixed beat (every 100 ms at 10 a second: a multiple of the 20 ms append
     # period), so starting each at its arrival would put every append in the same millisecond
     # and measure that burst, not the path. Each starts at its own phase, spread evenly.
+    # Turns alike: on ten phases of the arrival beat, ~6 of 200 apps committed and asked for an
+    # answer in the same millisecond every 100 ms, and the answers' events queued the frames
+    # behind them (the row's tail came from that burst). Spread evenly over a turn's period too.
     phase = (index * _GOLDEN) % 1.0 * APPEND_S
-    driver.add(app, now + 0.05 + phase, now + TURN_EVERY_S * (0.5 + index % 10 / 10))  # turns not in step
+    turn = (index * _PLASTIC) % 1.0 * TURN_EVERY_S
+    driver.add(app, now + 0.05 + phase, now + TURN_EVERY_S / 2 + turn)
 
 
 def _appender() -> Callable[[int, int], tuple[str, bytes]]:
