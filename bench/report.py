@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+from bench.floor import NAME as FLOOR
+
 SATURATED_MS = 2.0  # a direct-path median above this: the load side, not the proxy, is measured
 BOUND_MS = 5.0  # the capacity sweep's bound on the relay's added p99
 
@@ -177,7 +179,7 @@ def _core_capacity(results: dict[str, Any]) -> list[str]:
             if p.path.startswith(("relay", "floor")) and p.cpu_s and p.frames
         ]
         lines.append("CPU per frame against nginx's: " + ", ".join(ratios) + " (target <= 1.5x)")
-        if "floor (forward only)" in by_name:
+        if FLOOR in by_name:
             lines.append(
                 "(floor: bench/floor.py forwards only, on the relay's WebSocket layer and uvloop: what "
                 "this design costs with no work per frame)"

@@ -30,6 +30,7 @@ import orjson
 import websockets
 
 from bench.audio import speech_like
+from bench.floor import NAME as FLOOR  # bench/floor.py: this I/O design with no work per frame
 from bench.load import Schedule, Stamps, VoiceApp, collector_paused, drive, open_app, settle
 from bench.micro import replay_micro, validation_micro, wakeup_floor
 from bench.overload import overload
@@ -43,7 +44,6 @@ from relay.simulator.timing import Timing
 APPEND_MS = 20
 TURN_EVERY_S = 3.0
 PYTHON_BUILD = "relay (pure Python)"
-FLOOR = "floor (forward only)"  # bench/floor.py: this I/O design with no work per frame
 
 
 Clock = Stamps  # one path's stamps: the simulator's probe and the generator write into it

@@ -45,6 +45,18 @@ class RelayHandle:
 RelayFactory = Callable[..., Awaitable[RelayHandle]]
 
 
+def in_process_settings(**overrides: Any) -> Settings:
+    """Settings of a relay served in the test's own process: the test token, loopback, and the
+    keyword overrides. Such a relay shares its event loop with the test's clients and upstreams,
+    whose own work (150 handshakes at once, a hostile 8 MiB frame) would read as the relay's lag:
+    admission control is off, and tested on its own (tests/io/test_overload.py)."""
+    overrides.setdefault("client_tokens", [TOKEN])
+    overrides.setdefault("host", "127.0.0.1")
+    overrides.setdefault("ping_interval_s", 20.0)
+    overrides.setdefault("overload_lag_ms", 0.0)
+    return load_settings(**overrides)
+
+
 @pytest.fixture
 async def start_relay(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[RelayFactory]:
     """Start relays on ephemeral ports; settings come from keyword overrides only."""
@@ -53,14 +65,7 @@ async def start_relay(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[RelayFac
     servers: list[TestServer] = []
 
     async def start(**overrides: Any) -> RelayHandle:
-        overrides.setdefault("client_tokens", [TOKEN])
-        overrides.setdefault("host", "127.0.0.1")
-        overrides.setdefault("ping_interval_s", 20.0)
-        # The relay shares this process's loop with the test's clients and upstreams, whose own
-        # work (a hostile 8 MiB frame, say) would read as the relay's lag: admission control is
-        # tested on its own (tests/io/test_overload.py).
-        overrides.setdefault("overload_lag_ms", 0.0)
-        settings = load_settings(**overrides)
+        settings = in_process_settings(**overrides)
         registry = CollectorRegistry()
         app = create_app(settings, registry)
         server = TestServer(app, host="127.0.0.1")

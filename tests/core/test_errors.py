@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from typing import Any
-
-from openai.types.realtime import RealtimeServerEvent
-from pydantic import TypeAdapter
 
 from relay.core.errors import InvalidEvent, UpstreamError, error_event, new_id
+from tests.support.conversation import SERVER_EVENT
 
 
 def test_ids_have_the_apis_shape_and_use_the_whole_alphabet() -> None:
@@ -26,7 +23,6 @@ def test_the_relays_own_errors_parse_as_the_official_sdk_reads_them() -> None:
     """Every error the relay answers with itself goes through error_event or an exception's
     to_event: whichever the code, param and event id, the openai SDK must parse it (an event it
     refuses surfaces in the app as a validation failure, not as the relay's message)."""
-    adapter: TypeAdapter[Any] = TypeAdapter(RealtimeServerEvent)
     events = [
         error_event("invalid_value", "m", param="audio_end_ms", client_event_id="evt_1"),
         error_event(None, "m"),
@@ -35,5 +31,5 @@ def test_the_relays_own_errors_parse_as_the_official_sdk_reads_them() -> None:
         UpstreamError("upstream gone", retryable=False).to_event(),
     ]
     for event in events:
-        parsed = adapter.validate_python(event)
+        parsed = SERVER_EVENT.validate_python(event)
         assert (parsed.type, parsed.error.message) == ("error", event["error"]["message"])

@@ -8,8 +8,6 @@ from typing import Any
 
 import orjson
 import pytest
-from openai.types.realtime import RealtimeServerEvent
-from pydantic import TypeAdapter
 
 from relay.core.backoff import classify_close, delays
 from relay.core.protocol import Interface
@@ -18,10 +16,10 @@ from relay.core.retention import VAD_MARGIN_MS
 from relay.core.session import SessionState, interrupted_response_done
 from relay.core.snapshot import capture
 from relay.core.validation import Validator
+from tests.support.conversation import assert_sdk_parses
 from tests.support.recordings import load, recording_files
 
 GA = Validator(Interface.GA)
-SERVER_EVENT: TypeAdapter[Any] = TypeAdapter(RealtimeServerEvent)
 
 
 def _feed(path: Any) -> tuple[SessionState, list[dict[str, Any]]]:
@@ -140,7 +138,7 @@ def test_interrupted_response_gets_one_terminal_done() -> None:
         "type": "incomplete",
         "error": {"type": "server_error", "code": "upstream_replaced"},
     }
-    SERVER_EVENT.validate_python(done)  # as the official SDK parses it (its reasons are a closed set)
+    assert_sdk_parses([done])  # its reasons are a closed set
     assert done["response"]["output"][0]["content"] == [{"type": "output_audio", "transcript": "Hello there"}]
     assert state.find("item_a")["content"][0]["transcript"] == "Hello there"  # type: ignore[index]
     assert interrupted_response_done(state, "upstream_replaced") is None  # exactly one

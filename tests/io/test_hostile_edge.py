@@ -29,8 +29,8 @@ from structlog.testing import capture_logs
 from relay.app import create_app
 from relay.cli import start_server
 from relay.io.guard import STALLED_AFTER_S
-from relay.settings import Settings, load_settings
-from tests.conftest import TOKEN, RelayFactory, RelayHandle
+from relay.settings import Settings
+from tests.conftest import TOKEN, RelayFactory, RelayHandle, in_process_settings
 from tests.support.relay_process import relay_process
 from tests.support.scripted_upstream import ScriptedUpstream
 from tests.support.tls import self_signed
@@ -65,11 +65,7 @@ async def serve(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[EdgeFactory]:
     runners: list[web.AppRunner] = []
 
     async def start(**overrides: Any) -> Edge:
-        overrides.setdefault("client_tokens", [TOKEN])
-        # These relays share the loop with the test's own clients (150 handshakes at once), whose
-        # work reads as the relay's lag: admission control is tested in tests/io/test_overload.py.
-        overrides.setdefault("overload_lag_ms", 0.0)
-        settings = load_settings(host="127.0.0.1", port=0, **overrides)
+        settings = in_process_settings(port=0, **overrides)
         registry = CollectorRegistry()
         runner, site = await start_server(create_app(settings, registry), settings)
         runners.append(runner)

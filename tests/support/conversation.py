@@ -107,7 +107,7 @@ class RecordingClient:
 
 # What the official SDK parses every server event with: an event it refuses is an error in the
 # app (the Agents SDK then lost track of its turns). The relay's own opt-in events are its own.
-_SERVER_EVENT: TypeAdapter[Any] = TypeAdapter(RealtimeServerEvent)
+SERVER_EVENT: TypeAdapter[Any] = TypeAdapter(RealtimeServerEvent)
 _RELAY_OWN = ("relay.",)
 
 
@@ -116,7 +116,7 @@ def assert_sdk_parses(events: list[Event]) -> None:
     for event in events:
         if not str(event.get("type")).startswith(_RELAY_OWN):
             try:
-                _SERVER_EVENT.validate_python(event)
+                SERVER_EVENT.validate_python(event)
             except ValidationError as exc:
                 raise AssertionError(f"the openai SDK refuses {str(event)[:300]}: {exc}") from None
 
