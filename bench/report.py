@@ -115,7 +115,7 @@ def _worst_added_p99(path: Any, direct: Any) -> float:
 def write_report(results: dict[str, Any], out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# relay benchmark", "", *latency_table(results), *_floor(results), *sweep_table(results)]
-    lines += _core_capacity(results)
+    lines += capacity_lines(results)
     lines += overload_lines(results)
     lines += _beta_and_rotation(results)
     lines += resume_lines(results.get("resume"))
@@ -165,7 +165,7 @@ def _floor(results: dict[str, Any]) -> list[str]:
     ]
 
 
-def _core_capacity(results: dict[str, Any]) -> list[str]:
+def capacity_lines(results: dict[str, Any]) -> list[str]:
     """What one core carries, from the CPU each proxy used in the main run (an extrapolation:
     latency rises well before a core is full, which is what the sweep shows)."""
     lines = []
@@ -179,6 +179,7 @@ def _core_capacity(results: dict[str, Any]) -> list[str]:
             if p.path.startswith(("relay", "floor")) and p.cpu_s and p.frames
         ]
         lines.append("CPU per frame against nginx's: " + ", ".join(ratios) + " (target <= 1.5x)")
+        lines.extend(_steady_state(results["paths"], nginx))
         if FLOOR in by_name:
             lines.append(
                 "(floor: bench/floor.py forwards only, on the relay's WebSocket layer and uvloop: what "
@@ -187,11 +188,32 @@ def _core_capacity(results: dict[str, Any]) -> list[str]:
     for path in results["paths"]:
         if path.cores:
             per_session_ms = path.cores / path.sessions * 1000
+            long_sessions = ""
+            if path.steady_cpu_s and path.cpu_s:
+                steady = path.sessions / (path.cores * path.steady_cpu_s / path.cpu_s)
+                long_sessions = f" (~{steady:.0f} when sessions are long: opening and closing apart)"
             lines.append(
                 f"{path.path} CPU: {per_session_ms:.2f} ms per session-second: one core is full at "
-                f"~{path.sessions / path.cores:.0f} voice sessions"
+                f"~{path.sessions / path.cores:.0f} voice sessions{long_sessions}"
             )
     return ["", *lines] if lines else []
+
+
+def _steady_state(paths: list[Any], nginx: Any) -> list[str]:
+    """The same ratio with every session open, and what opening and closing one costs: each
+    round opens its sessions, so short rounds weigh set-up far more than minutes-long calls do."""
+    if not nginx.steady_cpu_s:
+        return []
+    per_frame = nginx.steady_cpu_s / nginx.frames
+    measured = [p for p in paths if p.steady_cpu_s and p.frames]
+    ratios = ", ".join(
+        f"{p.path} {p.steady_cpu_s / p.frames / per_frame:.2f}x" for p in measured if p is not nginx
+    )
+    costs = ", ".join(f"{p.path} {_fmt(p.open_close_ms(), 2)} ms" for p in measured)
+    return [
+        f"In steady state (every session open): CPU per frame against nginx's: {ratios}",
+        f"CPU per session opened and closed: {costs}",
+    ]
 
 
 def overload_lines(results: dict[str, Any]) -> list[str]:
@@ -307,6 +329,7 @@ def _serialisable(results: dict[str, Any]) -> dict[str, Any]:
             "lost": p.lost,
             "frames": p.frames,
             "cpu_s": p.cpu_s,
+            "steady_cpu_s": p.steady_cpu_s,
             "cores": p.cores,
             **{f"{d}_p{q}": p.pct(d, q) for d in ("c2u", "u2c") for q in (50, 99, 99.9)},
         }

@@ -21,6 +21,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,14 @@ async def voice_sessions(
     beta: bool = False,
     turns: bool = True,
     tag: str = "",
+    steady: Callable[[], None] | None = None,
 ) -> None:
-    """``count`` apps: each appends every 20 ms; every few seconds commits and asks for an answer."""
+    """``count`` apps: each appends every 20 ms; every few seconds commits and asks for an answer.
+
+    ``steady`` is called when every app is open and configured, and again when the last frame
+    has arrived: what the proxy spends between the two calls is its cost per frame in steady
+    state, apart from opening and closing sessions.
+    """
     headers = {"Authorization": f"Bearer {TOKEN}"}
     if beta:
         headers["OpenAI-Beta"] = "realtime=v1"
@@ -87,8 +94,12 @@ async def voice_sessions(
     schedule = Schedule(APPEND_MS / 1000, TURN_EVERY_S, duration, turns)
     turn = (b'{"type":"input_audio_buffer.commit"}', b'{"type":"response.create"}')
     with collector_paused():
+        if steady:
+            steady()
         await drive(apps, starts, schedule, append, clock, turn)
         await settle(clock)  # let frames in flight and the last responses arrive
+        if steady:
+            steady()
     for app in apps:
         app.close()
     await asyncio.wait([asyncio.ensure_future(app.closed) for app in apps], timeout=10)
@@ -110,6 +121,14 @@ class PathResult:
     frames: int
     cpu_s: float | None = None
     cores: float | None = None  # the proxy's CPU seconds per second of load: share of its core
+    # Of cpu_s, what the proxy spent while every session was open (the rest: opening and closing).
+    steady_cpu_s: float | None = None
+
+    def open_close_ms(self) -> float | None:
+        """CPU per session opened and closed (connections, handshakes, set-up, teardown)."""
+        if self.cpu_s is None or self.steady_cpu_s is None or not self.sessions:
+            return None
+        return (self.cpu_s - self.steady_cpu_s) / self.sessions * 1000
 
     def pct(self, direction: str, q: float) -> float:
         values = self.c2u if direction == "c2u" else self.u2c
@@ -157,16 +176,27 @@ async def compare(
     """
     clocks = {t.name: Clock() for t in targets}
     cpu = dict.fromkeys(clocks, 0.0)
+    steady = dict.fromkeys(clocks, 0.0)
     for trial in range(trials):
         for target in targets:
             current["clock"] = clocks[target.name]
+            marks: list[float] = []
             before = _cpu(target.pid)
-            await voice_sessions(target.url, clocks[target.name], sessions, duration, tag=f"{trial}.")
+            await voice_sessions(
+                target.url,
+                clocks[target.name],
+                sessions,
+                duration,
+                tag=f"{trial}.",
+                steady=lambda: marks.append(_cpu(target.pid)),  # noqa: B023 (called within this round)
+            )
             cpu[target.name] += _cpu(target.pid) - before
+            steady[target.name] += marks[1] - marks[0]
     results = {}
     for t in targets:
         result = _result(t.name, sessions, clocks[t.name], cpu[t.name] if t.pid else None)
         result.cores = cpu[t.name] / (duration * trials) if t.pid else None
+        result.steady_cpu_s = steady[t.name] if t.pid else None
         results[t.name] = result
     return results
 

@@ -45,6 +45,11 @@ def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> N
         assert len(path.c2u) > 50  # 2 sessions x 2 s of 20 ms appends, each matched end to end
         assert len(path.u2c) > 0  # audio deltas of the answers, matched by event id
     assert paths["relay"].cpu_s is not None
+    # The steady window is inside the round (CPU times tick in 10 ms: two sessions' opening and
+    # closing may not show).
+    steady = paths["relay"].steady_cpu_s
+    assert steady is not None
+    assert 0 < steady <= paths["relay"].cpu_s
     # 2 sessions x 2 s x 50 appends/s, each matched end to end.
     assert len(paths["relay"].c2u) > 150
     # The sweep ran the small step on every path and skipped the one the time budget cannot hold.

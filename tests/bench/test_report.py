@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.report import sweep_table
+from bench.report import capacity_lines, sweep_table
 from bench.runner import PathResult
 
 
@@ -42,3 +42,32 @@ def test_over_the_bound_against_a_steady_baseline_is_a_measured_miss() -> None:
     )
     assert "Largest count with relay-added p99 < 5 ms: 50" in lines
     assert not any(line.startswith("Not measurable") for line in lines)
+
+
+def _cpu_path(name: str, frames: int, cpu_s: float, steady_cpu_s: float) -> PathResult:
+    values = np.array([1.0] * 10, dtype=np.float64)
+    path = PathResult(name, 100, values, values.copy(), 0, frames, cpu_s, cpu_s / 10)
+    path.steady_cpu_s = steady_cpu_s
+    return path
+
+
+def test_steady_state_is_reported_apart_from_opening_and_closing_sessions() -> None:
+    # Per 1000 frames: nginx 1.0 s in all, 0.9 s with every session open; the relay 2.5 s and 1.8 s.
+    nginx = _cpu_path("nginx", 1000, 1.0, 0.9)
+    relay = _cpu_path("relay", 1000, 2.5, 1.8)
+    lines = capacity_lines({"paths": [nginx, relay]})
+    assert "CPU per frame against nginx's: relay 2.50x (target <= 1.5x)" in lines
+    assert "In steady state (every session open): CPU per frame against nginx's: relay 2.00x" in lines
+    # (2.5 - 1.8) s over 100 sessions, and (1.0 - 0.9) s over 100.
+    assert "CPU per session opened and closed: nginx 1.00 ms, relay 7.00 ms" in lines
+    # 0.25 of a core for 100 sessions; 0.18 of it with the sessions open: ~556 long sessions.
+    capacity = "one core is full at ~400 voice sessions (~556 when sessions are long"
+    assert any(capacity in line for line in lines)
+
+
+def test_without_a_steady_window_only_the_whole_round_is_reported() -> None:
+    nginx = PathResult("nginx", 100, np.ones(10), np.ones(10), 0, 1000, 1.0, 0.1)
+    relay = PathResult("relay", 100, np.ones(10), np.ones(10), 0, 1000, 2.5, 0.25)
+    lines = capacity_lines({"paths": [nginx, relay]})
+    assert "CPU per frame against nginx's: relay 2.50x (target <= 1.5x)" in lines
+    assert not any("steady state" in line or "when sessions are long" in line for line in lines)
