@@ -183,6 +183,8 @@ class Conversation:
     async def run(self) -> None:
         self.metrics.sessions_active.inc()
         self.log.info("session_taken_over" if self._taking_over else "session_started")
+        if self._taking_over:
+            self._count_detached()  # it waits for its client from the start
         if self.store is not None:
             self.store.keep(self)
         try:
@@ -302,7 +304,7 @@ class Conversation:
             self.supervisor.cancel_response()
 
     def _count_detached(self) -> None:
-        self.metrics.detached_sessions.set(self.ctx.registry.detached())
+        self.metrics.detached_sessions.set(self.ctx.registry.note_detached(self))
 
     @property
     def detached(self) -> bool:

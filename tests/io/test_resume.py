@@ -193,6 +193,29 @@ async def test_the_grace_period_ends_a_conversation_nobody_resumes(rig: Rig) -> 
             await asyncio.sleep(0.05)  # the upstream session is closed, not leaked
 
 
+async def _detached_gauge_reaches(rig: Rig, value: float) -> None:
+    async with asyncio.timeout(10):
+        while rig.relay.metric("relay_detached_sessions") != value:  # noqa: ASYNC110 (a metric)
+            await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("rig", [{"resume_grace_s": 3.0}], indirect=True)
+async def test_the_detached_gauge_follows_each_conversation_out_and_back(rig: Rig) -> None:
+    clients = [await rig.client() for _ in range(3)]
+    tokens = [_token(client) for client in clients]
+    for count, client in enumerate(clients, start=1):
+        await client.cut()
+        await _detached_gauge_reaches(rig, count)
+    back = await _resume(rig, tokens[0], None)
+    await back.wait_for("relay.session_resumable")
+    await _detached_gauge_reaches(rig, 2)
+    await back.close()  # ended on purpose: it was attached, so the gauge does not move
+    await _metric_reaches(rig, "relay_sessions_total", 1, {"outcome": "client_closed"})
+    assert rig.relay.metric("relay_detached_sessions") == 2
+    await _metric_reaches(rig, "relay_resumes_total", 2, {"result": "grace_expired"})
+    await _detached_gauge_reaches(rig, 0)
+
+
 async def test_a_normal_close_ends_the_conversation(rig: Rig) -> None:
     client = await rig.client()
     token = _token(client)
