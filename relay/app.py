@@ -31,6 +31,7 @@ from relay.io.handler import (
     realtime_endpoint,
 )
 from relay.io.session_store import SessionStore
+from relay.io.ticker import Ticker
 from relay.io.upstream import UpstreamConfig
 from relay.io.workers import all_workers_metrics
 from relay.observability.logging import get_logger, register_secret
@@ -119,16 +120,19 @@ async def _relay_context(app: web.Application) -> AsyncIterator[None]:
             ),
             overload=LagMeter(settings.overload_lag_ms / 1000, settings.overload_cpu_percent / 100),
             store=_session_store(settings, app[METRICS]),
+            ticker=Ticker(min(0.5, settings.ping_interval_s / 4)),
         )
         store = app[RELAY_CONTEXT].store
         if store is not None:
             store.start()
         watch = asyncio.create_task(_watch_loop_lag(app[RELAY_CONTEXT]), name="loop lag")
+        ticking = asyncio.create_task(app[RELAY_CONTEXT].ticker.run(), name="housekeeping")
         try:
             yield
         finally:
             watch.cancel()
             await close_sessions(app, code=1001)
+            ticking.cancel()
             if store is not None:  # after the sessions: their ends are written
                 await store.close()
 

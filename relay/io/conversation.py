@@ -108,7 +108,6 @@ class Conversation:
         self.link: UpstreamLink | None = None
         self.outcome = "client_closed"
         self.started = time.monotonic()
-        self._tick_phase = hash(session_id) % _TICK_SLOTS / _TICK_SLOTS  # see _next_tick
         self._ended: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
@@ -213,7 +212,7 @@ class Conversation:
         self.checker.input_audio.on_split_sample = _no_split_report
 
     async def _run(self) -> None:
-        self.spawn(self._housekeeping(), "housekeeping")
+        self.ctx.ticker.join(self)
         try:
             # A task the conversation owns: a client that leaves while the first upstream is
             # still being prepared (a takeover's replay takes a while) ends it at once.
@@ -223,6 +222,7 @@ class Conversation:
                 await self._report(failure)
         finally:
             self._closing = True
+            self.ctx.ticker.leave(self)
             tasks = list(self._tasks)
             for task in tasks:
                 task.cancel()
@@ -768,39 +768,42 @@ class Conversation:
             self.client.resume_reading("upstream")
 
     # ------------------------------------------------------------------ housekeeping
-    async def _housekeeping(self) -> None:
-        """Hold timeouts, keepalive pings, stuck peers and rotation, a few times a second."""
-        interval = self.settings.ping_interval_s
-        tick = min(0.5, interval / 4)
-        while True:
-            await asyncio.sleep(self._next_tick(tick))
-            now = time.monotonic()
-            try:
-                self.gate.check_timeout(now)
-            except HoldOverflow:
-                self.log.warning("hold_timeout", held_events=self.gate.held_count)
-                raise
-            self._check_peers(now, interval)
-            if self.detached_at is not None and now - self.detached_at > self.settings.resume_grace_s:
-                self.outcome = "resume_grace_expired"
-                self.metrics.resumes_total.labels("grace_expired").inc()
-                self.log.info("resume_grace_expired", grace_s=self.settings.resume_grace_s)
-                return self.end(None)
-            if self.link is not None and self.supervisor.rotation_due(now):
-                self.spawn(self.supervisor.start_rotation(), "rotation")
+    def housekeeping(self, now: float) -> None:
+        """Hold timeouts, keepalive pings, stuck peers and the resume grace: a few times a second,
+        on the process's one clock (relay.io.ticker). A failure ends the conversation."""
+        if self._ended.done():
+            return
+        try:
+            self._check_holds(now)
+            self._check_peers(now, self.settings.ping_interval_s)
+        except Exception as exc:  # each ends the conversation, reported as its cause
+            self.end(exc)
+            return
+        if self.detached_at is not None and now - self.detached_at > self.settings.resume_grace_s:
+            self.outcome = "resume_grace_expired"
+            self.metrics.resumes_total.labels("grace_expired").inc()
+            self.log.info("resume_grace_expired", grace_s=self.settings.resume_grace_s)
+            self.end(None)
+            return
+        # A rotation falling due before the next check starts on time, not up to a period late.
+        rotate_in = self.supervisor.rotate_at - now
+        if rotate_in <= 0:
+            self._rotation_check()
+        elif rotate_in < self.ctx.ticker.period_s:
+            asyncio.get_running_loop().call_later(rotate_in, self._rotation_check)
 
-    def _next_tick(self, tick: float) -> float:
-        """Wake on one of a few grids the conversations share, and when a rotation falls due.
+    def _rotation_check(self) -> None:
+        if self.link is None or self._ended.done() or self._closing:
+            return
+        if self.supervisor.rotation_due(time.monotonic()):
+            self.spawn(self.supervisor.start_rotation(), "rotation")
 
-        Each ticking apart, 400 conversations woke an idle relay 300 times a second (~150 us of
-        CPU each); all on one grid, their ticks would hold up every frame behind them at once
-        (~15 us each: 6 ms). So a conversation ticks in one of ``_TICK_SLOTS`` phases.
-        """
-        now = time.monotonic()
-        grid = tick - (now - self._tick_phase * tick) % tick
-        if self.supervisor.rotating:
-            return grid
-        return min(grid, max(0.05, self.supervisor.rotate_at - now))
+    def _check_holds(self, now: float) -> None:
+        try:
+            self.gate.check_timeout(now)
+        except HoldOverflow:
+            self.log.warning("hold_timeout", held_events=self.gate.held_count)
+            raise
 
     def _check_peers(self, now: float, interval: float) -> None:
         limit = self.settings.stuck_peer_timeout_s
@@ -828,7 +831,6 @@ class Conversation:
 _AUDIO_DELTA_PREFIX = b'{"type":"response.output_audio.delta"'
 _UNTRACKED_SERVER_TYPES = frozenset({"response.output_audio.delta", "response.audio.delta"})
 _APPEND = "input_audio_buffer.append"
-_TICK_SLOTS = 10
 _RELEASING_SERVER_TYPES = frozenset({"session.created", "session.updated", "error"})
 # What a snapshot holds (configuration, items, the response in flight) changes only with these:
 # not with every transcript delta of a streaming answer.
