@@ -87,20 +87,14 @@ async def start_relay(
         RELAY_OVERLOAD_LAG_MS="0",
     )
     env.update(extra or {})
-    cmd = [*pin(0), sys.executable, "-m", "relay", "serve"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    await _wait_port(port, proc)
-    return Proc(proc, port)
+    return await _launch([*pin(0), sys.executable, "-m", "relay", "serve"], port, env)
 
 
 async def start_floor(sim_port: int) -> Proc:
     """The forward-only relay (``bench/floor.py``), pinned as the relay is."""
     port = free_port()
     upstream = f"ws://127.0.0.1:{sim_port}/v1/realtime"
-    cmd = [*pin(0), sys.executable, "-m", "bench.floor", str(port), upstream]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    await _wait_port(port, proc)
-    return Proc(proc, port)
+    return await _launch([*pin(0), sys.executable, "-m", "bench.floor", str(port), upstream], port)
 
 
 def nginx_binary() -> str | None:
@@ -115,8 +109,12 @@ async def start_nginx(sim_port: int, workdir: Path) -> Proc | None:
     (workdir / "logs").mkdir(parents=True, exist_ok=True)
     conf = workdir / "nginx.conf"
     conf.write_text(NGINX_CONF.format(port=port, upstream=sim_port, dir=workdir))
-    cmd = [*pin(0), binary, "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return await _launch([*pin(0), binary, "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"], port)
+
+
+async def _launch(cmd: list[str], port: int, env: dict[str, str] | None = None) -> Proc:
+    """A server process, quiet, once it listens on ``port``."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     await _wait_port(port, proc)
     return Proc(proc, port)
 

@@ -108,7 +108,6 @@ class SessionRegistry:
     def start(self, conversation: Live) -> None:
         """Run ``conversation`` (already reserved) until it ends; then free its slot."""
         self.sessions[conversation.id] = conversation
-        self.note_detached(conversation)  # a taken-over conversation waits for its client
         self.empty.clear()
         task = asyncio.create_task(conversation.run(), name=f"conversation {conversation.id}")
         self._tasks.add(task)
