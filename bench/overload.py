@@ -164,3 +164,53 @@ async def overload(
         "rate": arrival_per_s,
         "stamps": measured,
     }
+
+
+def _p99_per_second(stamps: Stamps) -> list[str]:
+    """Where in the window the slow frames were: a burst, or all along."""
+    import numpy as np
+
+    begin = min(stamps.c2u_sent.values(), default=0.0)
+    rows: dict[int, tuple[list[float], list[float]]] = {}
+    for i, (sent, recv) in enumerate(
+        ((stamps.c2u_sent, stamps.c2u_recv), (stamps.u2c_sent, stamps.u2c_recv))
+    ):
+        for key, at in sent.items():
+            if key in recv:
+                rows.setdefault(int(at - begin), ([], []))[i].append((recv[key] - at) * 1000)
+    return [
+        f"{second}: {np.percentile(c2u, 99) if c2u else 0:.1f} / {np.percentile(u2c, 99) if u2c else 0:.1f}"
+        for second, (c2u, u2c) in sorted(rows.items())
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The overload row alone: ``python -m bench.overload --offered 600 --cpu-percent 50``."""
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(prog="python -m bench.overload", description=__doc__)
+    parser.add_argument("--offered", type=int, default=600, help="apps offered before measuring")
+    parser.add_argument("--rate", type=float, default=10.0, help="apps arriving per second")
+    parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--cpu-percent", type=float, default=50.0)
+    args = parser.parse_args(argv)
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {1})  # as the benchmark: the load side on core 1, the relay on 0
+    import uvloop
+
+    from bench.report import overload_lines
+    from bench.runner import overload_row
+
+    results = uvloop.run(overload_row(args.offered, args.rate, args.duration, args.cpu_percent))
+    print("\n".join(overload_lines({"overload": results})))
+    print("relay p99 c2u / u2c (ms) per second of the window:", _p99_per_second(results["relay_stamps"]))
+    print(
+        f"admitted while measured {results['admitted_during_measurement']}; relay lag readings (ms) "
+        f"{results['relay_lag_ms_seen']}; CPU readings {results['relay_cpu_share_seen']}"
+    )
+    return 0 if results["relay"].lost + results["direct"].lost == 0 else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -358,7 +358,7 @@ def _serialisable(results: dict[str, Any]) -> dict[str, Any]:
 def _overload_serialisable(over: dict[str, Any] | None, path: Any) -> dict[str, Any] | None:
     if not over:
         return None
-    return {k: path(v) if k in ("relay", "direct") else v for k, v in over.items()}
+    return {k: path(v) if k in ("relay", "direct") else v for k, v in over.items() if k != "relay_stamps"}
 
 
 def _chart(results: dict[str, Any], target: Path) -> None:

@@ -255,17 +255,21 @@ async def _idle_rss(relay: Proc, count: int) -> float:
     return float(after - before) / count
 
 
-async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    current: dict[str, Clock] = {"clock": Clock()}  # where the simulator's probe writes now
-    config = SimulatorConfig(
+def simulator_config(current: dict[str, Clock]) -> SimulatorConfig:
+    """The throughput runs' simulator: it stamps each frame into ``current["clock"]``."""
+    return SimulatorConfig(
         speed=1.0,
         reply_text="Here is a short spoken answer.",
         # The throughput comparisons time single frames one way; acknowledgement delays would only
-        # shift when answers start. The real-conditions runs below keep the live API's timing.
+        # shift when answers start. The real-conditions runs keep the live API's timing.
         timing=Timing.fast(),
         probe=lambda kind, frame: current["clock"].probe(kind, frame),
     )
-    runner, sim_port = await start_simulator(config)
+
+
+async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    current: dict[str, Clock] = {"clock": Clock()}  # where the simulator's probe writes now
+    runner, sim_port = await start_simulator(simulator_config(current))
     gc.freeze()  # the harness's own heap (imports, servers) need not be traversed by every collection
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     relay = await start_relay(sim_port)
@@ -344,12 +348,16 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _overload(
-    args: argparse.Namespace, sim_port: int, current: dict[str, Clock], relay: PathResult, direct_url: str
+    args: argparse.Namespace,
+    sim_port: int,
+    current: dict[str, Clock],
+    relay: PathResult | None,
+    direct_url: str,
 ) -> dict[str, Any]:
     """Twice a core's capacity (from the relay's CPU in the main run) offered to a relay with
     admission control; the direct path with as many sessions as it admitted, for the difference."""
     offered = args.overload_offered
-    if offered < 0:
+    if offered < 0 and relay is not None:
         offered = round(2 * relay.sessions / relay.cores) if relay.cores else 2 * args.sessions
     result = await overload(
         sim_port,
@@ -359,12 +367,28 @@ async def _overload(
         duration=args.duration,
         cpu_percent=args.overload_cpu_percent,
     )
-    result["relay"] = _result("relay", result["admitted"], result.pop("stamps"), None)
+    result["relay_stamps"] = result.pop("stamps")
+    result["relay"] = _result("relay", result["admitted"], result["relay_stamps"], None)
     current["clock"] = Clock()
     result["direct"] = await run_path(
         "direct", direct_url, result["admitted"], args.duration, current["clock"]
     )
     return result
+
+
+async def overload_row(offered: int, rate: float, duration: float, cpu_percent: float) -> dict[str, Any]:
+    """The overload row on its own simulator (``python -m bench.overload``)."""
+    current: dict[str, Clock] = {"clock": Clock()}
+    runner, sim_port = await start_simulator(simulator_config(current))
+    gc.freeze()
+    args = argparse.Namespace(
+        overload_offered=offered, overload_rate=rate, duration=duration, overload_cpu_percent=cpu_percent
+    )
+    direct = f"ws://127.0.0.1:{sim_port}/v1/realtime?model=gpt-realtime"
+    try:
+        return await _overload(args, sim_port, current, None, direct)
+    finally:
+        await runner.cleanup()
 
 
 def run(argv: list[str]) -> int:

@@ -62,7 +62,10 @@ async def start_relay(
     rotate_after_s: float = 0,
     quiet_max_wait_s: float = 0.5,
     extra: dict[str, str] | None = None,
+    cwd: str | None = None,
 ) -> Proc:
+    """A relay on the simulator; ``cwd``: another checkout whose code runs (``python -m``
+    imports from the working directory first)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "OPENAI_", "AZURE_"))}
     env.update(
@@ -87,7 +90,7 @@ async def start_relay(
         RELAY_OVERLOAD_LAG_MS="0",
     )
     env.update(extra or {})
-    return await _launch([*pin(0), sys.executable, "-m", "relay", "serve"], port, env)
+    return await _launch([*pin(0), sys.executable, "-m", "relay", "serve"], port, env, cwd)
 
 
 async def start_floor(sim_port: int) -> Proc:
@@ -112,9 +115,11 @@ async def start_nginx(sim_port: int, workdir: Path) -> Proc | None:
     return await _launch([*pin(0), binary, "-p", str(workdir), "-c", str(conf), "-g", "daemon off;"], port)
 
 
-async def _launch(cmd: list[str], port: int, env: dict[str, str] | None = None) -> Proc:
+async def _launch(
+    cmd: list[str], port: int, env: dict[str, str] | None = None, cwd: str | None = None
+) -> Proc:
     """A server process, quiet, once it listens on ``port``."""
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     await _wait_port(port, proc)
     return Proc(proc, port)
 
