@@ -68,8 +68,8 @@ async def run(args: argparse.Namespace) -> list[Row]:
     if args.python_build:
         pure = await start_relay(sim_port, extra={"RELAY_NO_EXTENSIONS": "1"})
         rows.append(Row("relay (pure Python)", pure))
-    if args.other:
-        rows.append(Row(f"relay ({args.other})", await start_relay(sim_port, cwd=args.other)))
+    for other in args.other:
+        rows.append(Row(f"relay ({other})", await start_relay(sim_port, cwd=other)))
     relay = next(r for r in rows if r.name == "relay")
     assert relay.proc is not None
     pid = str(relay.proc.proc.pid)
@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=100)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--other", help="another checkout whose relay runs beside this one")
+    parser.add_argument(
+        "--other", action="append", default=[], help="another checkout whose relay runs beside this one"
+    )
     parser.add_argument("--python-build", action="store_true", help="also this checkout's pure-Python build")
     parser.add_argument("--no-nginx", action="store_true")
     parser.add_argument("--no-floor", action="store_true")

@@ -29,6 +29,16 @@ BETA_FIELD_HINTS = {
     "max_response_output_tokens": "in GA this is 'session.max_output_tokens'",
     "temperature": "'temperature' does not exist in the GA interface; remove it",
 }
+# GA fields sent on a beta connection (reference §2.2: "Unknown parameter: 'session.type'").
+GA_FIELD_HINTS = {
+    "type": "drop it there",
+    "output_modalities": "beta's is 'modalities' (['text'] or ['audio', 'text'])",
+    "audio": (
+        "beta's are 'input_audio_format', 'output_audio_format', 'voice', 'turn_detection' and "
+        "'input_audio_transcription'"
+    ),
+    "max_output_tokens": "beta's is 'max_response_output_tokens'",
+}
 _KNOWN_SESSION_FIELDS = (
     "type",
     "output_modalities",
@@ -63,15 +73,26 @@ def hint_for(event: dict[str, Any], error: InvalidEvent) -> str | None:
         _null_string,
         _session_id,
         _beta_field,
+        _ga_field,
         _format_string,
         _tool_type,
         _missing_session_type,
+        _modalities,
         _did_you_mean,
     ):
         hint = rule(event, error, param, leaf, value)
         if hint and hint not in found:
             found.append(hint)
     return " ".join(found[:3]) or None
+
+
+def _modalities(event: Any, error: InvalidEvent, param: str, leaf: str, value: Any) -> str | None:
+    """The other interface's combination: beta answered ['audio', 'text'], GA ['audio']."""
+    if not error.message.startswith("Invalid modalities") or not isinstance(value, list):
+        return None
+    if leaf == "output_modalities":
+        return "['audio'] answers with audio and its transcript; ['audio', 'text'] was the beta spelling"
+    return "beta answers with audio and its transcript as ['audio', 'text']; ['audio'] is the GA spelling"
 
 
 def _session_id_elsewhere(event: Any, error: InvalidEvent, param: str, leaf: str, value: Any) -> str | None:
@@ -123,6 +144,19 @@ def _beta_field(event: Any, error: InvalidEvent, param: str, leaf: str, value: A
     if error.code == "unknown_parameter" and param == f"session.{leaf}" and leaf in BETA_FIELD_HINTS:
         return f"this is a beta field: {BETA_FIELD_HINTS[leaf]}."
     return None
+
+
+def _ga_field(event: Any, error: InvalidEvent, param: str, leaf: str, value: Any) -> str | None:
+    """A GA field refused: the connection speaks beta (the client's OpenAI-Beta: realtime=v1
+    header, or the relay's upstream is an Azure preview deployment)."""
+    if error.code != "unknown_parameter" or param not in (f"session.{leaf}", f"response.{leaf}"):
+        return None
+    if leaf not in GA_FIELD_HINTS or leaf in BETA_FIELD_HINTS:
+        return None
+    return (
+        f"'{leaf}' is a GA field, and this connection speaks the beta interface "
+        f"('OpenAI-Beta: realtime=v1', or an Azure preview api-version): {GA_FIELD_HINTS[leaf]}."
+    )
 
 
 def _format_string(event: Any, error: InvalidEvent, param: str, leaf: str, value: Any) -> str | None:
@@ -185,4 +219,4 @@ def _did_you_mean(event: Any, error: InvalidEvent, param: str, leaf: str, value:
         "conversation",
     )
     close = difflib.get_close_matches(leaf, candidates, n=1, cutoff=0.75)
-    return f"did you mean '{close[0]}'?" if close else None
+    return f"did you mean '{close[0]}'?" if close and close[0] != leaf else None

@@ -33,6 +33,10 @@ from relay.core.schema.common import TAG_MARK
 
 _APPEND_TYPES = frozenset({"input_audio_buffer.append", "session.input_audio_buffer.append"})
 _APPEND_KEYS = frozenset({"type", "event_id", "audio"})
+_SESSION_UPDATES = frozenset({"session.update", "transcription_session.update"})
+# Allowed modality lists, sorted (reference §2.1; beta: BerriAI/litellm#14887's live message).
+_GA_MODALITIES = (["text"], ["audio"])
+_BETA_MODALITIES = (["text"], ["audio", "text"])
 # Locations pydantic adds for union members that are not part of the API's param path.
 _UNION_MEMBER_PREFIXES = ("literal[", "function-", "nullable", "constrained-")
 _UNION_MEMBERS = frozenset({"int", "str", "float", "bool", "list", "dict", "none"})
@@ -86,6 +90,28 @@ class Validator:
             adapter.validate_python(event)
         except ValidationError as exc:
             raise self._to_api_error(event, exc) from None
+        self._check_modalities(event, event_type)
+
+    def _check_modalities(self, event: dict[str, Any], event_type: str) -> None:
+        """Each element may be 'audio' or 'text' (the schema), but only some lists are allowed:
+        GA answers with ['audio'] (audio and its transcript) or ['text'], beta with ['text'] or
+        ['audio', 'text']. Apps moving between the two send the other's spelling."""
+        key = (
+            "session"
+            if event_type in _SESSION_UPDATES
+            else "response"
+            if event_type == "response.create"
+            else None
+        )
+        holder = event.get(key) if key else None
+        field = "output_modalities" if self.interface is Interface.GA else "modalities"
+        value = holder.get(field) if isinstance(holder, dict) else None
+        allowed = _GA_MODALITIES if self.interface is Interface.GA else _BETA_MODALITIES
+        if value is None or sorted(value) in allowed:
+            return
+        shown = " and ".join(str(sorted(a)) for a in allowed)
+        message = f"Invalid modalities: {value}. Supported combinations are: {shown}."
+        raise _with_hint(event, InvalidEvent("invalid_value", message, f"{key}.{field}", _event_id(event)))
 
     @staticmethod
     def is_plain_append(event: dict[str, Any]) -> bool:

@@ -504,3 +504,90 @@ def test_validation_stops_at_the_first_bad_element(event: dict[str, Any], param:
     else:
         assert error.code == "invalid_type"
         assert error.param is not None
+
+
+@pytest.mark.parametrize(
+    ("interface", "event", "param", "message"),
+    [
+        (
+            Interface.GA,
+            {
+                "type": "session.update",
+                "session": {"type": "realtime", "output_modalities": ["audio", "text"]},
+            },
+            "session.output_modalities",
+            "Invalid modalities: ['audio', 'text']. Supported combinations are: ['text'] and ['audio'].",
+        ),
+        (
+            Interface.GA,
+            {
+                "type": "response.create",
+                "event_id": "r1",
+                "response": {"output_modalities": ["text", "audio"]},
+            },
+            "response.output_modalities",
+            "Invalid modalities: ['text', 'audio']. Supported combinations are: ['text'] and ['audio'].",
+        ),
+        (
+            Interface.BETA,
+            {"type": "session.update", "session": {"modalities": ["audio"]}},
+            "session.modalities",
+            "Invalid modalities: ['audio']. Supported combinations are: ['text'] and ['audio', 'text'].",
+        ),
+    ],
+    ids=["ga_session_both", "ga_response_both", "beta_audio_alone"],
+)
+def test_modality_combinations_the_api_refuses(
+    interface: Interface, event: dict[str, Any], param: str, message: str
+) -> None:
+    """Each element is valid, the list is not: the other interface's spelling (reference §2.1)."""
+    with pytest.raises(InvalidEvent) as caught:
+        Validator(interface).check(event)
+    error = caught.value
+    assert (error.code, error.param, error.client_event_id) == ("invalid_value", param, event.get("event_id"))
+    api_sentence, _, hint = error.message.partition(" Hint: ")
+    assert api_sentence == message
+    other = "'audio', 'text'] was the beta spelling" if interface is Interface.GA else "['audio'] is the GA"
+    assert other in hint
+
+
+@pytest.mark.parametrize(
+    ("interface", "event"),
+    [
+        (
+            Interface.GA,
+            {"type": "session.update", "session": {"type": "realtime", "output_modalities": ["text"]}},
+        ),
+        (Interface.GA, {"type": "response.create", "response": {"output_modalities": ["audio"]}}),
+        (Interface.BETA, {"type": "session.update", "session": {"modalities": ["text", "audio"]}}),
+        (Interface.BETA, {"type": "response.create", "response": {"modalities": ["text"]}}),
+    ],
+)
+def test_modality_combinations_the_api_accepts(interface: Interface, event: dict[str, Any]) -> None:
+    Validator(interface).check(event)
+
+
+def test_ga_fields_on_a_beta_connection_say_so() -> None:
+    """The Azure-preview / OpenAI-Beta case of F8, the other way round: no 'did you mean' itself."""
+    validator = Validator(Interface.BETA)
+    for event, field, advice in (
+        ({"type": "session.update", "session": {"type": "realtime"}}, "type", "drop it"),
+        (
+            {"type": "session.update", "session": {"output_modalities": ["text"]}},
+            "output_modalities",
+            "'modalities'",
+        ),
+        (
+            {"type": "response.create", "response": {"output_modalities": ["text"]}},
+            "output_modalities",
+            "'modalities'",
+        ),
+        ({"type": "session.update", "session": {"audio": {}}}, "audio", "'input_audio_format'"),
+    ):
+        with pytest.raises(InvalidEvent) as caught:
+            validator.check(event)
+        message = caught.value.message
+        assert caught.value.code == "unknown_parameter"
+        assert f"'{field}' is a GA field" in message
+        assert advice in message
+        assert "did you mean" not in message

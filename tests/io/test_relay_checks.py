@@ -272,3 +272,29 @@ async def test_responses_started_by_server_vad_are_capped_too(start_relay: Relay
     assert event["response"]["status"] == "incomplete"
     assert event["response"]["status_details"]["reason"] == "max_output_tokens"
     await runner.cleanup()
+
+
+async def test_a_beta_modalities_list_on_ga_is_answered_and_the_session_goes_on(
+    start_relay: RelayFactory,
+) -> None:
+    """F8's commonest leftover: beta's default ['audio', 'text'] sent as GA output_modalities. The
+    simulator refuses it as the API does; the relay answers first, with the GA spelling."""
+    relay = await start_relay()
+    async with websockets.connect(relay.ws_url, additional_headers=relay.auth) as ws:
+        assert orjson.loads(await ws.recv())["type"] == "session.created"
+        await ws.send(
+            '{"type":"session.update","event_id":"u1","session":{"type":"realtime",'
+            '"output_modalities":["audio","text"]}}'
+        )
+        error = await _error(ws)
+        assert (error["code"], error["param"], error["event_id"]) == (
+            "invalid_value",
+            "session.output_modalities",
+            "u1",
+        )
+        assert "Supported combinations are: ['text'] and ['audio']." in str(error["message"])
+        assert "Hint: ['audio'] answers with audio and its transcript" in str(error["message"])
+        await ws.send('{"type":"session.update","session":{"type":"realtime","output_modalities":["text"]}}')
+        while (event := orjson.loads(await asyncio.wait_for(ws.recv(), 5)))["type"] != "session.updated":
+            assert event["type"] != "error", event
+        assert event["session"]["output_modalities"] == ["text"]

@@ -85,6 +85,12 @@ SCHEMA_CATALOGUE = [
         "Invalid 'session.audio.input.format.rate': integer below minimum value. Expected a value >= "
         "24000, but got 16000 instead.",
     ),
+    (  # reference §2.1: both together is not allowed (wording as the beta API's live message)
+        _update(output_modalities=["audio", "text"]),
+        "invalid_value",
+        "session.output_modalities",
+        "Invalid modalities: ['audio', 'text']. Supported combinations are: ['text'] and ['audio'].",
+    ),
 ]
 
 
