@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
@@ -464,6 +465,39 @@ class SessionState:
             and response.get("id") == self.active_response["id"]
         ):
             self.active_response, self.partial, self.partial_text = None, None, ""
+
+
+@dataclass
+class Interruption:
+    """What an upstream's replacement does to the response in flight."""
+
+    done: Event | None  # the response.done the client must get (None: nothing was streaming)
+    # The parameters to ask for the response again on the replacement ({}: the session's own);
+    # None: nothing to ask (the user heard part of it, or it is a call's, which lives on).
+    again: dict[str, Any] | None
+
+
+def interrupt_response(
+    state: SessionState, reason: str, *, own_session: bool, ask_again: bool
+) -> Interruption:
+    """End the response in flight for a replacement upstream (a drop, a move to another process).
+
+    Cut before the app had anything of it, or asked for and not started: closed for the app, and
+    (``ask_again``) asked for again on the replacement, so that the user is not left waiting in
+    silence for an answer that will never come. A phone call's session lives on at the API (a
+    dropped control socket does not end the call), so nothing of it is ended or asked again.
+    """
+    if not own_session:
+        return Interruption(None, None)
+    not_started = state.response_requested and state.active_response is None
+    unheard = state.unheard_response()
+    params = state.active_params if unheard else state.requested_params
+    done = interrupted_response_done(state, reason)
+    if not ask_again or not (not_started or unheard):
+        return Interruption(done, None)
+    if done is not None:  # what it had begun (a tool call's arguments) is not the conversation's
+        state.forget({str(item.get("id")) for item in done["response"]["output"]})
+    return Interruption(done, clone(params) if params else {})
 
 
 def interrupted_response_done(state: SessionState, reason: str) -> Event | None:

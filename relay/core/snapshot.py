@@ -8,7 +8,8 @@ from them opens a new upstream and replays, as the supervisor does after a drop.
 
 What a takeover cannot carry: input audio not yet committed (the unfinished utterance) and a
 response that was streaming (the old process ends it for the client with one ``response.done``
-before it lets go). A resume on the same process loses nothing.
+before it lets go; one the app had nothing of yet is asked for again on the new upstream). A
+resume on the same process loses nothing.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class Snapshot:
     # (orjson.Fragment), so that a snapshot taken several times a turn does not encode them again.
     items: list[Any] = field(default_factory=list)
     active_response: dict[str, Any] | None = None  # response.created's, while one streams
+    # A response the old process cut before the app had any of it (a move mid-turn): the taking
+    # process asks for it again with these parameters ({}: the session's own).
+    ask_again: dict[str, Any] | None = None
 
     def encode(self) -> bytes:
         return orjson.dumps(
@@ -59,6 +63,7 @@ class Snapshot:
                 "config": self.config,
                 "items": self.items,
                 "active_response": self.active_response,
+                "ask_again": self.ask_again,
             }
         )
 
@@ -83,6 +88,7 @@ class Snapshot:
                 config=config,
                 items=[item for item in items if isinstance(item, dict) and item.get("id")],
                 active_response=_optional_dict(raw.get("active_response")),
+                ask_again=_optional_dict(raw.get("ask_again")),
             )
         except (orjson.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
             if isinstance(exc, SnapshotInvalid):

@@ -37,7 +37,6 @@ from relay.core.ratelimit import TokenBucket
 from relay.core.redaction import redact_text
 from relay.core.replayed import ITEM_EVENTS
 from relay.core.resume import ResumeBufferFull, ResumeCredential, SeenClientEvents, SentLog
-from relay.core.session import interrupted_response_done
 from relay.core.snapshot import Snapshot, capture, keep_partial_output, restore, unfinished_response
 from relay.core.websocket import OP_BINARY, OP_TEXT
 from relay.io import upstream as upstream_mod
@@ -132,6 +131,7 @@ class Conversation:
         self._log_pushed = 0  # frames of the resume log written, while the client is away
         self._log_clear = False
         self._taking_over = False  # restored from the store: replay onto a new upstream first
+        self._ask_again: dict[str, Any] | None = None  # a response the old process cut unheard
         self._moved = False  # parked for, or taken over by, another process
         self._client_close = (1001, b"")
 
@@ -176,6 +176,7 @@ class Conversation:
         conversation.detached_at = time.monotonic()
         conversation.store_fence = fence
         conversation._taking_over = True
+        conversation._ask_again = snapshot.ask_again
         return conversation
 
     # ------------------------------------------------------------------ lifecycle
@@ -232,7 +233,7 @@ class Conversation:
     async def _first_upstream(self) -> None:
         try:
             if self._taking_over:
-                await self.supervisor.take_over()
+                await self.supervisor.take_over(self._ask_again)
             else:
                 self.attach(await self.open_link())
         except UpstreamError as exc:
@@ -448,11 +449,12 @@ class Conversation:
         if link := self.link:
             link.conn.pause_reading("park")
             self.link = None
-        state = self.supervisor.state
-        done = interrupted_response_done(state, "upstream_replaced") if self.call_id is None else None
-        if done is not None:  # the response cannot carry on elsewhere: the client sees it end
-            self.send_client_event(done)
-        pending = Pending(self._snapshot().encode(), self.sent.frames_from(0), clear_log=True)
+        cut = self.supervisor.interrupt_response()
+        if cut.done is not None:  # the response cannot carry on elsewhere: the client sees it end
+            self.send_client_event(cut.done)
+        snapshot = self._snapshot()
+        snapshot.ask_again = cut.again  # unheard or not started: the next process asks again
+        pending = Pending(snapshot.encode(), self.sent.frames_from(0), clear_log=True)
         parked = await store.park(self.id, self.store_fence, pending)
         if link is not None:
             self.link = link  # closed with the conversation

@@ -38,7 +38,7 @@ from relay.core.gate import ReadinessGate
 from relay.core.policy import Policy, merge
 from relay.core.replay import EchoFilter, ReplayPlan, plan_delta, plan_replay, plan_tail, plan_transcriptions
 from relay.core.replayed import LocalAnswer, answer_locally
-from relay.core.session import SessionState, interrupted_response_done
+from relay.core.session import Interruption, SessionState, interrupt_response
 from relay.core.transcripts import FINISHED, TranscriptOrder
 from relay.io.frames import dumps
 from relay.io.link import UpstreamLink
@@ -349,36 +349,41 @@ class Supervisor:
             raise close_error(dead.close_code, dead.last_error_code)
         started = time.monotonic()
         session.hold_client()
-        # A call's session lives on at the API (a dropped control socket does not end the call):
-        # the new socket attaches to it as it stands, its responses still play to the caller and
-        # their events arrive on the new socket. So nothing is ended here or asked again.
-        own_session = session.call_id is None
-        state = self.state
-        not_started = own_session and state.response_requested and state.active_response is None
-        # Cut before the app had anything of it: closed for the app, and asked for again, so the
-        # user is not left waiting in silence for an answer that will never come.
-        unheard = own_session and state.unheard_response()
-        params = state.active_params if unheard else state.requested_params
-        done = interrupted_response_done(state, "upstream_replaced") if own_session else None
-        if done is not None:
-            session.send_client_event(done)
-            if unheard and self.settings.rerequest_pending_response:
-                state.forget({str(item.get("id")) for item in done["response"]["output"]})
+        # A call's session lives on at the API: its new socket attaches to it as it stands, its
+        # responses still play to the caller and their events arrive on the new socket.
+        cut = self.interrupt_response()
+        if cut.done is not None:
+            session.send_client_event(cut.done)
         prepared = await self._prepare(attempts=self.settings.reconnect_max_attempts, recovering=True)
         self._switch(prepared, cause=cause, held_since=started)
-        if (not_started or unheard) and self.settings.rerequest_pending_response:
-            request: dict[str, Any] = {"type": "response.create", "event_id": self._relay_event_id()}
-            if params:
-                request["response"] = params
-            session.forward_upstream(dumps(request), "response.create", request)
+        self.ask_again(cut.again)
 
-    async def take_over(self) -> None:
+    def interrupt_response(self) -> Interruption:
+        """End the response in flight for a replacement (see ``interrupt_response``)."""
+        own_session = self.session.call_id is None
+        ask_again = self.settings.rerequest_pending_response
+        return interrupt_response(
+            self.state, "upstream_replaced", own_session=own_session, ask_again=ask_again
+        )
+
+    def ask_again(self, params: dict[str, Any] | None) -> None:
+        """Ask the current upstream for a response cut before anything of it reached the app."""
+        if params is None:
+            return
+        request: dict[str, Any] = {"type": "response.create", "event_id": self._relay_event_id()}
+        if params:
+            request["response"] = params
+        self.session.forward_upstream(dumps(request), "response.create", request)
+
+    async def take_over(self, ask_again: dict[str, Any] | None = None) -> None:
         """The first upstream of a conversation taken over from another process: prepared like a
-        replacement (connect, replay the stored state), the client's events held meanwhile."""
+        replacement (connect, replay the stored state), the client's events held meanwhile; then
+        the response the old process cut before the app heard any of it is asked for again."""
         started = time.monotonic()
         self.session.hold_client()
         prepared = await self._prepare(attempts=self.settings.reconnect_max_attempts, recovering=True)
         self._switch(prepared, cause="takeover", held_since=started)
+        self.ask_again(ask_again)
 
     # ------------------------------------------------------------------ preparing
     async def _prepare(self, attempts: int, *, recovering: bool) -> Prepared:

@@ -13,7 +13,7 @@ from relay.core.backoff import classify_close, delays
 from relay.core.protocol import Interface
 from relay.core.replay import EchoFilter, plan_delta, plan_replay, plan_tail
 from relay.core.retention import VAD_MARGIN_MS
-from relay.core.session import SessionState, interrupted_response_done
+from relay.core.session import SessionState, interrupt_response, interrupted_response_done
 from relay.core.snapshot import capture
 from relay.core.validation import Validator
 from tests.support.conversation import assert_sdk_parses
@@ -143,6 +143,61 @@ def test_interrupted_response_gets_one_terminal_done() -> None:
     assert state.find("item_a")["content"][0]["transcript"] == "Hello there"  # type: ignore[index]
     assert interrupted_response_done(state, "upstream_replaced") is None  # exactly one
     assert state.is_quiet()
+
+
+def _streaming(params: dict[str, Any] | None = None) -> SessionState:
+    """A response asked for (with ``params``), created, its first item added: nothing heard yet."""
+    state = SessionState()
+    state.on_client_event({"type": "response.create", **({"response": params} if params else {})})
+    response = {
+        "id": "resp_1",
+        "conversation_id": "conv_1",
+        "output_modalities": ["audio"],
+        "status": "in_progress",
+    }
+    state.on_server_event({"type": "response.created", "response": response})
+    item = {"id": "item_a", "type": "message", "role": "assistant", "status": "in_progress", "content": []}
+    state.on_server_event({"type": "response.output_item.added", "response_id": "resp_1", "item": item})
+    state.on_server_event({"type": "conversation.item.added", "item": item})
+    return state
+
+
+def test_a_replacement_asks_again_only_for_what_the_app_never_had() -> None:
+    """Asked and not started, or started with nothing heard: ended for the app and asked again
+    (with the app's own parameters); heard in part: ended, and the conversation keeps what was
+    said; a call's: nothing (its session lives on at the API)."""
+    asked = SessionState()
+    asked.on_client_event({"type": "response.create", "response": {"instructions": "be brief"}})
+    cut = interrupt_response(asked, "upstream_replaced", own_session=True, ask_again=True)
+    assert (cut.done, cut.again) == (None, {"instructions": "be brief"})
+    assert not asked.response_requested
+
+    unheard = _streaming({"instructions": "in French"})
+    cut = interrupt_response(unheard, "upstream_replaced", own_session=True, ask_again=True)
+    assert cut.done is not None
+    assert cut.done["response"]["status"] == "incomplete"
+    assert cut.again == {"instructions": "in French"}
+    assert unheard.find("item_a") is None  # the answer will be given again, not kept half-begun
+
+    heard = _streaming()
+    heard.on_server_event(
+        {"type": "response.output_audio_transcript.delta", "item_id": "item_a", "delta": "Bon"}
+    )
+    cut = interrupt_response(heard, "upstream_replaced", own_session=True, ask_again=True)
+    assert cut.done is not None
+    assert cut.again is None
+    assert heard.find("item_a") is not None
+
+    default = _streaming()
+    assert interrupt_response(default, "upstream_replaced", own_session=True, ask_again=True).again == {}
+    off = _streaming()
+    cut = interrupt_response(off, "upstream_replaced", own_session=True, ask_again=False)
+    assert cut.done is not None
+    assert cut.again is None
+    call = _streaming()
+    cut = interrupt_response(call, "upstream_replaced", own_session=False, ask_again=True)
+    assert (cut.done, cut.again) == (None, None)
+    assert call.active_response is not None
 
 
 def test_unanswered_client_events_are_re_sent_at_their_place_in_the_audio() -> None:

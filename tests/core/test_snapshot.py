@@ -33,6 +33,9 @@ def test_a_restored_state_replays_exactly_what_the_original_would() -> None:
     restored = SessionState()
     restore(restored, decoded)
     assert plan_replay(restored).events == plan_replay(original).events
+    assert decoded.ask_again is None
+    snapshot.ask_again = {"instructions": "in French"}  # a response cut before the app had any
+    assert Snapshot.decode(snapshot.encode()).ask_again == {"instructions": "in French"}
 
 
 @pytest.mark.parametrize(

@@ -67,8 +67,10 @@ def _url(port: int) -> str:
 
 @pytest.fixture
 async def cluster(redis_server: RedisServer, request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
-    runner, sim_port = await start_simulator(REALISTIC)
-    count: int = getattr(request, "param", 2)
+    # The parameter: how many processes, or (how many, the simulator's own timing).
+    param = getattr(request, "param", 2)
+    count, timing = (param, Timing.realistic()) if isinstance(param, int) else param
+    runner, sim_port = await start_simulator(SimulatorConfig(speed=REALISTIC.speed, timing=timing))
     env = {
         "RELAY_UPSTREAM": "simulator",
         "RELAY_UPSTREAM_URL": f"ws://127.0.0.1:{sim_port}/v1/realtime",
@@ -307,6 +309,45 @@ async def test_a_rolling_deploy_moves_fifty_conversations_to_the_other_replica(c
         arrived = await _metric(second.port, "relay_sessions_moved_total", {"reason": "arrived"})
         assert arrived == CONVERSATIONS
         await asyncio.gather(*(c.close() for c in resumed))
+    finally:
+        await balancer.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", [(2, Timing(first_delta_ms=2500))], indirect=True)
+async def test_a_deploy_before_the_answer_is_heard_asks_for_it_again(cluster: Cluster) -> None:
+    """The user asked; the model has not said a word yet (its first token takes 2.5 s here) when
+    the relay is redeployed. The cut response ends for the app (one response.done, incomplete),
+    and the process that takes the conversation over asks for it again: the answer comes without
+    the app asking twice, as after an upstream drop."""
+    first, second = cluster.relays
+    balancer = await CuttableProxy(first.port).start()
+    await cluster.sim.script(replies=[ANSWER, ANSWER])
+    try:
+        client = await cluster.client(RelayProcess(first.proc, balancer.port))
+        await client.send(text_item("what time is it?"))
+        await client.send({"type": "response.create"})
+        await client.wait_for("response.created", timeout=15)
+        balancer.targets = [second.port]
+        first.proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(client._reader, 30)
+        assert client.ws.close_code == 1012
+        cut = [e for e in _shown(client.events) if e["type"] == "response.done"]
+        assert [d["response"]["status"] for d in cut] == ["incomplete"]
+        assert cut[0]["response"]["status_details"]["error"]["code"] == "upstream_replaced"
+        resumed = await cluster.resume(
+            balancer.port, client.resume_token(), _shown(client.events)[-1]["event_id"]
+        )
+        done = await resumed.wait_for("response.done", timeout=30)
+        assert done["response"]["status"] == "completed"
+        assert done["response"]["id"] != cut[0]["response"]["id"]
+        transcript = done["response"]["output"][0]["content"][0]["transcript"]
+        assert transcript == ANSWER
+        assert_one_stream(_shown(client.events) + _shown(resumed.events))
+        session = await cluster.sim.open_session(resumed.relay_session)
+        assert "what time is it?" in str(session)
+        assert str(session).count(ANSWER) == 1  # the cut answer is not in the conversation twice
+        await resumed.close()
     finally:
         await balancer.close()
 
