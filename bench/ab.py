@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 from bench.load import Stamps
@@ -40,6 +41,8 @@ class Row:
     steady: float = 0.0
     lost: int = 0
     rounds: list[float] = field(default_factory=list)  # CPU us per frame, each round
+    c2u: list[float] = field(default_factory=list)  # one-way latency of every frame, ms
+    u2c: list[float] = field(default_factory=list)
 
     def times(self) -> tuple[float, float]:
         if self.proc is None:
@@ -103,6 +106,8 @@ async def run(args: argparse.Namespace) -> list[Row]:
                 row.system += after_system - system
                 row.steady += marks[1] - marks[0]
                 row.lost += clock.lost()
+                row.c2u += clock.latencies("c2u").tolist()
+                row.u2c += clock.latencies("u2c").tolist()
                 row.rounds.append((after_user - user + after_system - system) / frames * 1e6)
     finally:
         if profiler:
@@ -119,22 +124,27 @@ def report(rows: list[Row]) -> str:
     nginx = next((r for r in rows if r.name == "nginx"), None)
     base = nginx.us(nginx.user + nginx.system) if nginx else None
     lines = [
-        "| target | frames | lost | user us/frame | kernel us/frame | CPU us/frame | each round | steady "
-        "| vs nginx |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| target | frames | lost | p99 ms c2u / u2c | user us/frame | kernel us/frame | CPU us/frame "
+        "| each round | steady | vs nginx |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        p99 = f"{_p99(row.c2u):.2f} / {_p99(row.u2c):.2f}"
         if row.proc is None:
-            lines.append(f"| {row.name} | {row.frames} | {row.lost} | | | | | | |")
+            lines.append(f"| {row.name} | {row.frames} | {row.lost} | {p99} | | | | | | |")
             continue
         cpu = row.us(row.user + row.system)
         ratio = f"{cpu / base:.2f}x" if base else ""
         each = " / ".join(f"{r:.1f}" for r in row.rounds)
         lines.append(
-            f"| {row.name} | {row.frames} | {row.lost} | {row.us(row.user):.1f} | {row.us(row.system):.1f} "
-            f"| {cpu:.1f} | {each} | {row.us(row.steady):.1f} | {ratio} |"
+            f"| {row.name} | {row.frames} | {row.lost} | {p99} | {row.us(row.user):.1f} "
+            f"| {row.us(row.system):.1f} | {cpu:.1f} | {each} | {row.us(row.steady):.1f} | {ratio} |"
         )
     return "\n".join(lines)
+
+
+def _p99(values: list[float]) -> float:
+    return float(np.percentile(values, 99)) if values else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:

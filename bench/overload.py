@@ -125,17 +125,19 @@ async def overload(
     arriving = asyncio.create_task(_arrivals(url, driver, refusals, arrival_per_s, end, arrivals))
     try:
         await asyncio.sleep(max(0.0, measured_from - loop.time()))
+        # What the relay itself reports, read as the window opens and as it closes, not during
+        # it: a scrape a second cost the load side (this process) a few milliseconds each, and
+        # the frames it held meanwhile were stamped as the relay's delay.
+        seen = [await relay.metrics()]
         with collector_paused():
             measured = Stamps()
             current["clock"] = measured
             driver.measure_into(measured)
             admitted_at_start, refused_before = len(driver.apps), refusals.clean
             cpu = process.cpu_times()
-            seen = []
-            while not runner.done():  # what the relay itself reports, once a second
-                seen.append(await relay.metrics())
-                await asyncio.wait([runner], timeout=1.0)
+            await asyncio.wait([runner])
             cpu_after = process.cpu_times()
+            seen.append(await relay.metrics())
             share = (cpu_after.user + cpu_after.system - cpu.user - cpu.system) / duration
             await settle(measured)
     finally:
@@ -157,6 +159,7 @@ async def overload(
         "refused_while_measured": refusals.clean - refused_before,
         "relay_cpu_share_seen": [round(metric(text, "relay_cpu_share"), 3) for text in seen],
         "relay_lag_ms_seen": [round(metric(text, "relay_event_loop_lag_seconds") * 1000, 1) for text in seen],
+        "relay_gc_while_measured": _gc_between(seen[0], seen[-1]) if seen else {},
         "refused_other": len(refusals.other),
         "refused_other_examples": refusals.other[:5],
         "relay_core_share": share,
@@ -164,6 +167,21 @@ async def overload(
         "rate": arrival_per_s,
         "stamps": measured,
     }
+
+
+def _gc_between(first: str, last: str) -> dict[str, tuple[int, float]]:
+    """The relay's collections between two scrapes, per generation: how many, seconds in all."""
+    out = {}
+    for generation in "012":
+        labels = f'{{generation="{generation}"}}'
+        count = metric(last, f"relay_gc_pause_seconds_count{labels}") - metric(
+            first, f"relay_gc_pause_seconds_count{labels}"
+        )
+        total = metric(last, f"relay_gc_pause_seconds_sum{labels}") - metric(
+            first, f"relay_gc_pause_seconds_sum{labels}"
+        )
+        out[generation] = (int(count), round(total, 4))
+    return out
 
 
 def _p99_per_second(stamps: Stamps) -> list[str]:
@@ -205,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     results = uvloop.run(overload_row(args.offered, args.rate, args.duration, args.cpu_percent))
     print("\n".join(overload_lines({"overload": results})))
     print("relay p99 c2u / u2c (ms) per second of the window:", _p99_per_second(results["relay_stamps"]))
+    print(
+        "garbage collections while measured (count, seconds) by generation",
+        results["relay_gc_while_measured"],
+    )
     print(
         f"admitted while measured {results['admitted_during_measurement']}; relay lag readings (ms) "
         f"{results['relay_lag_ms_seen']}; CPU readings {results['relay_cpu_share_seen']}"
