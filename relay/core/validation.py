@@ -33,7 +33,7 @@ from relay.core.schema.common import TAG_MARK
 
 _APPEND_TYPES = frozenset({"input_audio_buffer.append", "session.input_audio_buffer.append"})
 _APPEND_KEYS = frozenset({"type", "event_id", "audio"})
-_SESSION_UPDATES = frozenset({"session.update", "transcription_session.update"})
+_MODALITY_HOLDERS = {"session.update": "session", "response.create": "response"}  # where modalities are
 # Allowed modality lists, sorted (reference §2.1; beta: BerriAI/litellm#14887's live message).
 _GA_MODALITIES = (["text"], ["audio"])
 _BETA_MODALITIES = (["text"], ["audio", "text"])
@@ -96,13 +96,7 @@ class Validator:
         """Each element may be 'audio' or 'text' (the schema), but only some lists are allowed:
         GA answers with ['audio'] (audio and its transcript) or ['text'], beta with ['text'] or
         ['audio', 'text']. Apps moving between the two send the other's spelling."""
-        key = (
-            "session"
-            if event_type in _SESSION_UPDATES
-            else "response"
-            if event_type == "response.create"
-            else None
-        )
+        key = _MODALITY_HOLDERS.get(event_type)
         holder = event.get(key) if key else None
         field = "output_modalities" if self.interface is Interface.GA else "modalities"
         value = holder.get(field) if isinstance(holder, dict) else None
