@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 from bench.load import Stamps
 from bench.runner import simulator_config, voice_sessions
-from bench.servers import Proc, start_floor, start_nginx, start_relay
+from bench.servers import Proc, cpu_times, start_floor, start_nginx, start_relay
 from relay.simulator.server import start_simulator
 
 
@@ -45,14 +44,7 @@ class Row:
     u2c: list[float] = field(default_factory=list)
 
     def times(self) -> tuple[float, float]:
-        if self.proc is None:
-            return 0.0, 0.0
-        process = psutil.Process(self.proc.proc.pid)
-        user = system = 0.0
-        for proc in [process, *process.children(recursive=True)]:  # nginx works in its worker
-            t = proc.cpu_times()
-            user, system = user + t.user, system + t.system
-        return user, system
+        return (0.0, 0.0) if self.proc is None else cpu_times(self.proc.proc.pid)
 
     def us(self, seconds: float) -> float:
         return seconds / self.frames * 1e6 if self.frames else float("nan")
@@ -100,15 +92,16 @@ async def run(args: argparse.Namespace) -> list[Row]:
                     steady=lambda r=row, m=marks: m.append(sum(r.times())),  # type: ignore[misc]
                 )
                 after_user, after_system = row.times()
+                used_user, used_system = after_user - user, after_system - system
                 frames = len(clock.c2u_sent) + len(clock.u2c_sent)
                 row.frames += frames
-                row.user += after_user - user
-                row.system += after_system - system
+                row.user += used_user
+                row.system += used_system
                 row.steady += marks[1] - marks[0]
                 row.lost += clock.lost()
                 row.c2u += clock.latencies("c2u").tolist()
                 row.u2c += clock.latencies("u2c").tolist()
-                row.rounds.append((after_user - user + after_system - system) / frames * 1e6)
+                row.rounds.append((used_user + used_system) / frames * 1e6)
     finally:
         if profiler:
             profiler.send_signal(2)

@@ -159,7 +159,7 @@ async def overload(
         "refused_while_measured": refusals.clean - refused_before,
         "relay_cpu_share_seen": [round(metric(text, "relay_cpu_share"), 3) for text in seen],
         "relay_lag_ms_seen": [round(metric(text, "relay_event_loop_lag_seconds") * 1000, 1) for text in seen],
-        "relay_gc_while_measured": _gc_between(seen[0], seen[-1]) if seen else {},
+        "relay_gc_while_measured": _gc_between(seen[0], seen[-1]),
         "refused_other": len(refusals.other),
         "refused_other_examples": refusals.other[:5],
         "relay_core_share": share,
@@ -171,17 +171,17 @@ async def overload(
 
 def _gc_between(first: str, last: str) -> dict[str, tuple[int, float]]:
     """The relay's collections between two scrapes, per generation: how many, seconds in all."""
-    out = {}
-    for generation in "012":
-        labels = f'{{generation="{generation}"}}'
-        count = metric(last, f"relay_gc_pause_seconds_count{labels}") - metric(
-            first, f"relay_gc_pause_seconds_count{labels}"
+
+    def grew(name: str) -> float:
+        return metric(last, name) - metric(first, name)
+
+    return {
+        g: (
+            int(grew(f'relay_gc_pause_seconds_count{{generation="{g}"}}')),
+            round(grew(f'relay_gc_pause_seconds_sum{{generation="{g}"}}'), 4),
         )
-        total = metric(last, f"relay_gc_pause_seconds_sum{labels}") - metric(
-            first, f"relay_gc_pause_seconds_sum{labels}"
-        )
-        out[generation] = (int(count), round(total, 4))
-    return out
+        for g in "012"
+    }
 
 
 def _p99_per_second(stamps: Stamps) -> list[str]:
@@ -208,11 +208,15 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     parser = argparse.ArgumentParser(prog="python -m bench.overload", description=__doc__)
-    parser.add_argument("--offered", type=int, default=600, help="apps offered before measuring")
+    parser.add_argument(
+        "--offered", type=int, default=1500, help="apps offered before measuring (~2x a core here)"
+    )
     parser.add_argument("--rate", type=float, default=10.0, help="apps arriving per second")
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--cpu-percent", type=float, default=40.0)  # the benchmark's (bench/runner.py)
     args = parser.parse_args(argv)
+    if args.offered < 1:
+        parser.error("--offered must be at least 1")
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
         os.sched_setaffinity(0, {1})  # as the benchmark: the load side on core 1, the relay on 0
     import uvloop

@@ -37,7 +37,7 @@ from bench.micro import replay_micro, validation_micro, wakeup_floor
 from bench.overload import overload
 from bench.real_conditions import open_mic_rss, rotation_under_open_mics
 from bench.resume import run_all as resume_run_all
-from bench.servers import TOKEN, Proc, start_floor, start_nginx, start_relay
+from bench.servers import TOKEN, Proc, cpu_times, start_floor, start_nginx, start_relay
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
 from relay.simulator.timing import Timing
@@ -215,16 +215,7 @@ async def hot_path_of_build(*, python: bool) -> dict[str, Any]:
 
 
 def _cpu(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    import psutil
-
-    process = psutil.Process(pid)
-    total = 0.0
-    for proc in [process, *process.children(recursive=True)]:  # nginx works in its worker
-        times = proc.cpu_times()
-        total += times.user + times.system
-    return total
+    return 0.0 if pid is None else sum(cpu_times(pid))
 
 
 async def idle_rss_per_session(sim_port: int, count: int) -> float:

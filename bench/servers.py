@@ -42,6 +42,19 @@ class Proc:
                 self.proc.kill()
 
 
+def cpu_times(pid: int) -> tuple[float, float]:
+    """A server's user and kernel CPU seconds so far, its children's included (nginx works in its
+    worker)."""
+    import psutil
+
+    process = psutil.Process(pid)
+    user = system = 0.0
+    for proc in [process, *process.children(recursive=True)]:
+        times = proc.cpu_times()
+        user, system = user + times.user, system + times.system
+    return user, system
+
+
 def metric(text: str, name: str) -> float:
     """The sum of a metric's samples over all label sets, from an exposition's text."""
     total = 0.0

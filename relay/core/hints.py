@@ -88,7 +88,7 @@ def hint_for(event: dict[str, Any], error: InvalidEvent) -> str | None:
 
 def _modalities(event: Any, error: InvalidEvent, param: str, leaf: str, value: Any) -> str | None:
     """The other interface's combination: beta answered ['audio', 'text'], GA ['audio']."""
-    if not error.message.startswith("Invalid modalities") or not isinstance(value, list):
+    if error.code != "invalid_value" or leaf not in ("output_modalities", "modalities"):
         return None
     if leaf == "output_modalities":
         return "['audio'] answers with audio and its transcript; ['audio', 'text'] was the beta spelling"
@@ -151,7 +151,7 @@ def _ga_field(event: Any, error: InvalidEvent, param: str, leaf: str, value: Any
     header, or the relay's upstream is an Azure preview deployment)."""
     if error.code != "unknown_parameter" or param not in (f"session.{leaf}", f"response.{leaf}"):
         return None
-    if leaf not in GA_FIELD_HINTS or leaf in BETA_FIELD_HINTS:
+    if leaf not in GA_FIELD_HINTS:
         return None
     return (
         f"'{leaf}' is a GA field, and this connection speaks the beta interface "

@@ -375,7 +375,7 @@ class Conversation:
         await self.client.close(*self._client_close)
 
     # ------------------------------------------------------------------ shared state
-    def _snapshot(self) -> Snapshot:
+    def _snapshot(self, ask_again: dict[str, Any] | None = None) -> Snapshot:
         settings = self.settings
         config, items = capture(
             self.supervisor.state,
@@ -395,6 +395,7 @@ class Conversation:
             config=config,
             items=items,
             active_response=self.supervisor.state.active_response,
+            ask_again=ask_again,
         )
 
     def store_pending(self) -> Pending:
@@ -452,8 +453,8 @@ class Conversation:
         cut = self.supervisor.interrupt_response()
         if cut.done is not None:  # the response cannot carry on elsewhere: the client sees it end
             self.send_client_event(cut.done)
-        snapshot = self._snapshot()
-        snapshot.ask_again = cut.again  # unheard or not started: the next process asks again
+        # Unheard or not started: the process that takes it over asks again.
+        snapshot = self._snapshot(ask_again=cut.again)
         pending = Pending(snapshot.encode(), self.sent.frames_from(0), clear_log=True)
         parked = await store.park(self.id, self.store_fence, pending)
         if link is not None:
