@@ -14,7 +14,7 @@ errors included.
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_CheckExact, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memchr, memcmp, memcpy
 
 import os
 
@@ -199,6 +199,11 @@ cdef inline uint32_t _mask_key() noexcept nogil:
 
 def encode_frame(payload, int opcode=OP_TEXT, *, bint mask=False):
     """``relay.core.websocket.py_encode_frame``, compiled: header, key and payload in one buffer."""
+    return c_encode_frame(payload, opcode, mask)
+
+
+cdef bytes c_encode_frame(object payload, int opcode, bint mask):
+    """``encode_frame`` for compiled callers (``relay/io/_frame_path.pyx``): no Python call."""
     cdef const uint8_t* src
     cdef Py_ssize_t size, head
     cdef uint8_t* out
@@ -240,6 +245,10 @@ for _b in range(256):
 
 def looks_like_float32(pcm):
     """``relay.core.audio.py_looks_like_float32``, compiled: one pass over the high bytes."""
+    return c_looks_like_float32(pcm)
+
+
+cdef bint c_looks_like_float32(object pcm) except -1:
     cdef const uint8_t* p
     cdef Py_ssize_t n, i, judged = 0, outside = 0, free = 0, others = 0
     cdef uint8_t b
@@ -277,3 +286,79 @@ def looks_like_float32(pcm):
             free += 1
         i += 4
     return free > others * 0.3
+
+
+# The characters an event id may hold without escapes: printable ASCII but '"' and '\\'.
+cdef uint8_t _ID_CHAR[256]
+for _b in range(256):
+    _ID_CHAR[_b] = 1 if 0x20 <= _b < 0x7F and _b not in (0x22, 0x5C) else 0
+
+cdef bytes _APPEND_HEAD = b'{"type":"input_audio_buffer.append",'
+cdef bytes _AUDIO_KEY = b'"audio":"'
+cdef bytes _ID_KEY = b'"event_id":"'
+cdef object _b64decode = None
+cdef object _b64errors = None
+cdef Py_ssize_t _max_id = 0
+cdef Py_ssize_t _max_audio = 0
+
+
+cdef inline bint _at(const uint8_t* p, Py_ssize_t pos, Py_ssize_t end, bytes word) noexcept:
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(word)
+    return end - pos >= n and memcmp(p + pos, PyBytes_AS_STRING(word), n) == 0
+
+
+def decode_plain_append(data):
+    """``relay.core.audio.py_decode_plain_append``, compiled: the same steps on C pointers."""
+    return c_decode_plain_append(data)
+
+
+cdef object c_decode_plain_append(object data):
+    global _b64decode, _b64errors, _max_id, _max_audio
+    cdef const uint8_t* p
+    cdef const void* quote
+    cdef Py_ssize_t n, pos, start, audio_start = 0, audio_end = -1
+    cdef bint have_id = False
+    cdef int member
+    if not PyBytes_CheckExact(data):
+        return None
+    if _b64decode is None:
+        import binascii
+
+        import pybase64
+
+        from relay.core.protocol import MAX_APPEND_BYTES, MAX_EVENT_ID_LENGTH
+
+        _b64decode, _b64errors = pybase64.b64decode, (binascii.Error, ValueError)
+        _max_id, _max_audio = MAX_EVENT_ID_LENGTH, MAX_APPEND_BYTES
+    p = <const uint8_t*>PyBytes_AS_STRING(data)
+    n = PyBytes_GET_SIZE(data)
+    if not _at(p, 0, n, _APPEND_HEAD):
+        return None
+    pos = PyBytes_GET_SIZE(_APPEND_HEAD)
+    for member in range(1, 3):
+        if audio_end < 0 and _at(p, pos, n, _AUDIO_KEY):
+            audio_start = pos + PyBytes_GET_SIZE(_AUDIO_KEY)
+            quote = memchr(p + audio_start, 0x22, n - audio_start)
+            if quote == NULL:
+                return None
+            pos = audio_end = <const uint8_t*>quote - p
+        elif not have_id and _at(p, pos, n, _ID_KEY):
+            start = pos = pos + PyBytes_GET_SIZE(_ID_KEY)
+            while pos < n and _ID_CHAR[p[pos]]:
+                pos += 1
+            if pos >= n or p[pos] != 0x22 or pos - start > _max_id:
+                return None
+            have_id = True
+        else:
+            return None
+        pos += 1
+        if pos == n - 1 and p[pos] == 0x7D and audio_end >= 0:  # '}' ends the frame
+            break
+        if member == 2 or pos >= n or p[pos] != 0x2C:  # ','
+            return None
+        pos += 1
+    try:
+        audio = _b64decode(data[audio_start:audio_end], None, True)
+    except _b64errors:
+        return None
+    return audio if PyBytes_GET_SIZE(audio) <= _max_audio else None

@@ -9,6 +9,7 @@ legal (the API's buffer is a byte stream) and carried, never refused.
 from __future__ import annotations
 
 import binascii
+import re
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +17,7 @@ import pybase64
 
 from relay.core import speedups
 from relay.core.errors import InvalidEvent
-from relay.core.protocol import MAX_APPEND_BYTES, MIN_COMMIT_MS
+from relay.core.protocol import MAX_APPEND_BYTES, MAX_EVENT_ID_LENGTH, MIN_COMMIT_MS
 
 BYTES_PER_MS = {"pcm16": 48, "pcmu": 8, "pcma": 8}
 SAMPLE_BYTES = {"pcm16": 2, "pcmu": 1, "pcma": 1}
@@ -102,6 +103,58 @@ def decode_append(audio_b64: str, client_event_id: str | None) -> bytes:
     return audio
 
 
+# The plain append as apps write it (JSON.stringify, orjson, Go's encoding/json): compact, the type
+# first, the audio and maybe an event id (printable ASCII, no escapes) in either order. Such a frame
+# is the object the schema accepts and holds no key twice, so its audio is all there is to check.
+_APPEND_HEAD = b'{"type":"input_audio_buffer.append",'
+_AUDIO_KEY = b'"audio":"'
+_ID_KEY = b'"event_id":"'
+_PLAIN_ID = re.compile(rb"[ !#-\[\]-~]{0,%d}" % MAX_EVENT_ID_LENGTH)
+
+
+def py_decode_plain_append(data: bytes) -> bytes | None:
+    """The audio of a plain append (above), decoded as :func:`decode_append` would; None when
+    ``data`` is any other frame or its audio would be refused: the full check then decides, and
+    says why. Not a parser: a shortcut for the commonest frame, whose answer the full check
+    would give too. (The audio's characters are left to the strict decoder, which refuses any
+    outside the base64 alphabet: an escape, a quote.)"""
+    if not data.startswith(_APPEND_HEAD):
+        return None
+    pos, audio_at, have_id = len(_APPEND_HEAD), (0, -1), False
+    for member in (1, 2):
+        if audio_at[1] < 0 and data.startswith(_AUDIO_KEY, pos):
+            start = pos + len(_AUDIO_KEY)
+            pos = data.find(b'"', start)
+            audio_at = (start, pos)
+        elif not have_id and data.startswith(_ID_KEY, pos):
+            start = pos + len(_ID_KEY)
+            pos = data.find(b'"', start)
+            if pos < 0 or _PLAIN_ID.fullmatch(data, start, pos) is None:
+                return None
+            have_id = True
+        else:
+            return None
+        if pos < 0:
+            return None
+        pos += 1
+        if pos == len(data) - 1 and data[pos] == 0x7D and audio_at[1] >= 0:  # '}' ends it
+            break
+        if member == 2 or not data.startswith(b",", pos):
+            return None
+        pos += 1
+    try:
+        audio = pybase64.b64decode(data[audio_at[0] : audio_at[1]], None, True)
+    except (binascii.Error, ValueError):
+        return None
+    return audio if len(audio) <= MAX_APPEND_BYTES else None
+
+
+if TYPE_CHECKING:
+    decode_plain_append = py_decode_plain_append
+else:
+    decode_plain_append = py_decode_plain_append if _compiled is None else _compiled.decode_plain_append
+
+
 def check_append(audio_b64: str, encoding: str, client_event_id: str | None) -> int:
     """One append checked on its own (no buffer before it); returns the decoded byte count."""
     return len(InputAudioCheck(encoding).check(audio_b64, client_event_id))
@@ -136,6 +189,17 @@ class InputAudioCheck:
     def restart(self) -> None:
         """The API's buffer was emptied (commit, clear): alignment starts again."""
         self._carry = b""
+
+    def take_plain(self, data: bytes) -> bytes | None:
+        """The audio of a plain append frame that :meth:`check` would accept as it is (no carry,
+        whole samples, enough to judge, not float32), in one step and without parsing the
+        frame; None for any other (nothing changed: :meth:`check` then decides)."""
+        audio = decode_plain_append(data)
+        if audio is None or self.encoding != "pcm16":
+            return audio  # G.711: a byte is a sample (as in check)
+        if self._carry or len(audio) & 3 or len(audio) < _MIN_JUDGED_BYTES or looks_like_float32(audio):
+            return None
+        return audio
 
     def check(self, audio_b64: str, client_event_id: str | None) -> bytes:
         """Validate one append's payload; returns its bytes. Raises InvalidEvent to refuse it."""

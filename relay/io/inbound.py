@@ -54,6 +54,17 @@ class ClientEventChecker:
         self.audio = b""  # the last append's audio, decoded by the checks (kept for a replay)
         self.turn_detection_on = True  # the API's default session has server VAD
 
+    def take_append(self, data: bytes) -> bytes | None:
+        """The audio of a plain 20 ms append, checked in one step without a parse (~98% of
+        client frames); None for any other frame, which :meth:`check` then takes, unchanged."""
+        if len(data) > self._fast_path_bytes:
+            return None
+        audio = self.input_audio.take_plain(data)
+        if audio is not None:
+            self.audio = audio
+            self.account.bytes += len(audio)
+        return audio
+
     def check(self, data: bytes) -> Checked:
         """The frames to forward for one client frame; raises InvalidEvent to reject it."""
         # Every event type may be 64 KiB (SMALL_EVENT_BYTES): only larger frames need their type

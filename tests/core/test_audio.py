@@ -5,12 +5,23 @@ from __future__ import annotations
 import base64
 
 import numpy as np
+import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.core.audio import AudioAccount, InputAudioCheck, check_append, encoding_of, looks_like_float32
+from relay.core import bounds
+from relay.core.audio import (
+    AudioAccount,
+    InputAudioCheck,
+    check_append,
+    decode_append,
+    decode_plain_append,
+    encoding_of,
+    looks_like_float32,
+)
 from relay.core.errors import InvalidEvent
+from tests.core.plain_appends import append_like
 from tests.support.speech import speech_pcm16
 
 RATE = 24000
@@ -163,3 +174,53 @@ def test_append_audio_must_be_canonical_base64(text: str) -> None:
 @given(st.binary(max_size=3000))
 def test_every_canonical_encoding_is_accepted_as_its_bytes(pcm: bytes) -> None:
     assert check_append(base64.b64encode(pcm).decode(), "pcmu", None) == len(pcm)
+
+
+# ---------------------------------------------------------------------------------- the fast path
+@settings(max_examples=600, deadline=None)
+@given(frame=append_like())
+def test_the_plain_append_shortcut_only_takes_what_the_full_check_accepts_alike(frame: bytes) -> None:
+    """Whatever the shortcut takes, the parse, the schema's shortcut and the strict decoder take
+    too, with the same audio: it may only decline, never differ."""
+    audio = decode_plain_append(frame)
+    if audio is None:
+        return
+    event = orjson.loads(frame)
+    assert event["type"] == "input_audio_buffer.append"
+    assert bounds.plain_append(frame, event)
+    assert decode_append(event["audio"], None) == audio
+
+
+def test_the_plain_append_shortcut_takes_the_frames_apps_send() -> None:
+    audio = base64.b64encode(_pcm16(_signals()["speech"])[:960]).decode()
+    forms = [
+        {"type": "input_audio_buffer.append", "audio": audio},
+        {"type": "input_audio_buffer.append", "audio": audio, "event_id": "evt_1"},
+        {"type": "input_audio_buffer.append", "event_id": "b0x12", "audio": audio},
+    ]
+    for form in forms:
+        assert decode_plain_append(orjson.dumps(form)) == base64.b64decode(audio)
+    declined = [
+        b'{"type": "input_audio_buffer.append", "audio": "' + audio.encode() + b'"}',  # json.dumps' spaces
+        b'{"audio":"' + audio.encode() + b'","type":"input_audio_buffer.append"}',
+        b'{"type":"input_audio_buffer.append","audio":"' + audio.encode() + b'","event_id":null}',
+        b'{"type":"input_audio_buffer.append","audio":"AAAA=="}',
+    ]
+    assert [decode_plain_append(frame) for frame in declined] == [None] * 4
+
+
+def test_the_shortcut_declines_what_check_must_judge_and_changes_nothing_then() -> None:
+    """A stream off its sample grid, too little audio to judge, float32: :meth:`check` decides."""
+    pcm = _pcm16(_signals()["speech"])[:960]
+    check = InputAudioCheck()
+
+    def frame(audio: bytes) -> bytes:
+        return orjson.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(audio).decode()})
+
+    assert check.take_plain(frame(pcm)) == pcm
+    assert check.take_plain(frame(pcm[:100])) is None  # too little to judge alone
+    assert check.take_plain(frame(_float32(_signals()["chord"])[:960])) is None
+    check.check(base64.b64encode(pcm[:3]).decode(), None)  # three bytes carried: off the grid
+    assert check.take_plain(frame(pcm)) is None
+    g711 = InputAudioCheck("pcmu")
+    assert g711.take_plain(frame(b"\x7f" * 3)) == b"\x7f" * 3  # a byte is a sample

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.core import speedups
-from relay.core.audio import py_looks_like_float32
+from relay.core.audio import py_decode_plain_append, py_looks_like_float32
 from relay.core.websocket import (
     FRAGMENT_COST,
     MAX_FRAGMENTS,
@@ -27,6 +27,7 @@ from relay.core.websocket import (
     PyFrameReader,
     py_encode_frame,
 )
+from tests.core.plain_appends import append_like
 
 
 def _compiled() -> ModuleType:
@@ -206,3 +207,10 @@ def test_the_active_build_is_the_one_asked_for() -> None:
         assert speedups.build() == "compiled"
     else:
         assert speedups.build() == ("python" if FrameReader is PyFrameReader else "compiled")
+
+
+@settings(max_examples=800, deadline=None)
+@given(frame=append_like())
+def test_the_compiled_plain_append_shortcut_decides_as_the_python_one(frame: bytes) -> None:
+    compiled = _compiled()
+    assert compiled.decode_plain_append(frame) == py_decode_plain_append(frame)
