@@ -1,4 +1,5 @@
-"""The compiled build of the per-frame functions (relay/core/_speedups.pyx), made by ``pip install``.
+"""The compiled build of the per-frame code (relay/core/_speedups.pyx, relay/io/_frame_path.pyx),
+made by ``pip install``.
 
 Optional, as aiohttp's and yarl's are: without a C compiler (or with ``RELAY_NO_EXTENSIONS`` set)
 the install goes on and the relay runs their pure-Python twins, the same code it was measured
@@ -35,8 +36,11 @@ def extensions() -> list[Extension]:
         return []
     from Cython.Build import cythonize
 
-    speedups = Extension("relay.core._speedups", ["relay/core/_speedups.pyx"], extra_compile_args=["-O2"])
-    return cythonize([speedups], language_level=3, quiet=True)
+    modules = [
+        Extension("relay.core._speedups", ["relay/core/_speedups.pyx"], extra_compile_args=["-O2"]),
+        Extension("relay.io._frame_path", ["relay/io/_frame_path.pyx"], extra_compile_args=["-O2"]),
+    ]
+    return cythonize(modules, language_level=3, quiet=True)
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -36,7 +36,7 @@ from relay.observability.metrics import RelayMetrics
 from relay.settings import load_settings
 
 
-class _Sink:
+class Sink:
     """A transport that keeps count of what it was given and never pushes back."""
 
     def __init__(self) -> None:
@@ -94,7 +94,7 @@ class HotPath:
 
     def __init__(self, session: Conversation, client: WebSocketConnection, upstream: WebSocketConnection):
         self.session, self.client, self.upstream = session, client, upstream
-        self.client_sink, self.upstream_sink = _Sink(), _Sink()
+        self.client_sink, self.upstream_sink = Sink(), Sink()
         client.connection_made(self.client_sink)  # type: ignore[arg-type]
         upstream.connection_made(self.upstream_sink)  # type: ignore[arg-type]
         chunk = base64.b64encode(speech_like(20)).decode()

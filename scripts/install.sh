@@ -7,7 +7,8 @@ VENV="${VENV:-.venv}"
 STAMP="$VENV/.installed"
 # Again when the build changes: the compiled per-frame code is made by this install.
 if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ setup.py -nt "$STAMP" ] \
-  || [ relay/core/_speedups.pyx -nt "$STAMP" ]; then
+  || [ relay/core/_speedups.pyx -nt "$STAMP" ] || [ relay/core/_speedups.pxd -nt "$STAMP" ] \
+  || [ relay/io/_frame_path.pyx -nt "$STAMP" ]; then
   "$PY" -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
   "$VENV/bin/pip" install -q -e '.[test,bench]'

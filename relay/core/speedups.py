@@ -1,7 +1,9 @@
-"""Which build of the per-frame functions runs: compiled (``relay/core/_speedups.pyx``) or Python.
+"""Which build of the per-frame code runs: compiled or Python.
 
-``pip install`` compiles the frame reader, the frame writer and the float32 check with Cython
-when a C compiler is there. Each has a pure-Python twin beside it, the reference, which runs
+``pip install`` compiles with Cython, when a C compiler is there, ``relay/core/_speedups.pyx``
+(the frame reader and writer, the float32 check, the plain append's shortcut) and
+``relay/io/_frame_path.pyx`` (a connection's per-frame path and the lanes for the append and the
+audio delta). Each has a pure-Python twin beside it, the reference, which runs
 when the build is missing or ``RELAY_NO_EXTENSIONS`` is set (as ``AIOHTTP_NO_EXTENSIONS`` does
 for aiohttp). CI runs the whole suite on both; ``RELAY_REQUIRE_EXTENSIONS`` makes a missing
 build an error instead of a quiet fallback (CI sets it, so a broken build cannot pass as Python).
@@ -17,12 +19,12 @@ NO_EXTENSIONS = os.environ.get("RELAY_NO_EXTENSIONS", "") not in ("", "0")
 REQUIRE_EXTENSIONS = os.environ.get("RELAY_REQUIRE_EXTENSIONS", "") not in ("", "0")
 
 
-def compiled() -> ModuleType | None:
-    """The compiled module, or None for the pure-Python twins."""
+def compiled(module: str = "relay.core._speedups") -> ModuleType | None:
+    """The compiled ``module``, or None for the pure-Python twins."""
     if NO_EXTENSIONS:
         return None
     try:
-        return importlib.import_module("relay.core._speedups")
+        return importlib.import_module(module)
     except ImportError:
         if REQUIRE_EXTENSIONS:
             raise

@@ -45,6 +45,7 @@ from relay.io.budgets import SessionUsage
 from relay.io.context import RelayContext
 from relay.io.frames import delta_chars, dumps, event_type_of, peek_type
 from relay.io.inbound import ClientEventChecker
+from relay.io.lanes import AppendLane, DeltaLane
 from relay.io.link import UpstreamLink
 from relay.io.session_store import Pending
 from relay.io.supervisor import Supervisor
@@ -257,6 +258,7 @@ class Conversation:
         # Read the client from the start: events sent while the upstream connects are checked
         # and held (bounded, with backpressure), not left to pile up unread.
         conn.set_handler(self.on_client_message)
+        conn.lane = AppendLane(self)  # the 20 ms append in one step (relay.io.lanes)
         conn.on_failure = self.end
         conn.on_write_paused = self._client_write_paused
         conn.closed.add_done_callback(functools.partial(self._client_closed, conn))
@@ -315,7 +317,7 @@ class Conversation:
     def ended(self) -> bool:
         return self._closing or self._ended.done()
 
-    def _to_client(self, data: bytes) -> None:
+    def to_client(self, data: bytes) -> None:
         """Every server frame for the app: kept for a resume, sent if it is attached."""
         try:
             self.sent.append(data)
@@ -503,6 +505,7 @@ class Conversation:
         if previous is not None and previous is not link:
             previous.detach()
         link.attach(functools.partial(self._on_upstream_message, link), self._upstream_write_paused)
+        link.conn.lane = DeltaLane(self, link)  # audio deltas in one step (relay.io.lanes)
         self.client.resume_reading("upstream")  # the new upstream's send buffer is empty
         if self.client.write_paused_since:
             link.conn.pause_reading("client")
@@ -568,7 +571,7 @@ class Conversation:
                 self._after_server_event(event_type)
                 return
             data = beta
-        self._to_client(data)
+        self.to_client(data)
         self.metrics.frame(U2C, event_type, len(data))
         if received:
             self.metrics.latency(U2C, time.perf_counter() - received)
@@ -727,7 +730,7 @@ class Conversation:
             if translated is None:
                 return
             event = translated
-        self._to_client(dumps(event))
+        self.to_client(dumps(event))
 
     def _split_sample(self) -> None:
         """Legal, but worth knowing: apps that cut samples often have other audio bugs."""

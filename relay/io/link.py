@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from relay.core.websocket import NORMAL_CLOSURE, OP_TEXT
+from relay.io.frame_path import MessageHandler
 from relay.io.upstream import UpstreamTarget
-from relay.io.websocket import MessageHandler, WebSocketConnection
+from relay.io.websocket import WebSocketConnection
 
 
 @dataclass(eq=False)

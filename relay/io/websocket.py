@@ -12,11 +12,8 @@ handler checks the request, then takes the socket over (:func:`accept`).
 A connection is a task root for its callbacks: an exception escaping a handler is passed to
 ``on_failure`` instead of the event loop.
 
-Frames that arrive in one read are handled as one batch: whatever they make the relay send, to
-any connection, is gathered and written once per connection at the batch's end (one ``writev``
-instead of a ``write`` per frame; a loopback write costs ~10 us of kernel time). A transcript
-delta and an audio delta the API sent together leave together. Order per connection is kept:
-anything else written to a connection (a pong, a close) first writes what was gathered.
+The per-frame half (reading, sending, batches of frames that arrive in one read) is
+``relay.io.frame_path``, compiled when built; this module is the rest.
 """
 
 from __future__ import annotations
@@ -36,16 +33,12 @@ from yarl import URL
 
 from relay.core.websocket import (
     ABNORMAL_CLOSURE,
-    LARGE_FRAME,
     NO_STATUS,
     NORMAL_CLOSURE,
     OP_CLOSE,
     OP_PING,
     OP_PONG,
-    OP_TEXT,
-    FrameReader,
     HandshakeError,
-    Message,
     ProtocolError,
     accept_key,
     check_client_request,
@@ -53,87 +46,49 @@ from relay.core.websocket import (
     client_request,
     close_payload,
     encode_frame,
-    encode_frame_parts,
     parse_close,
     parse_response,
     select_subprotocol,
 )
+from relay.io.frame_path import EARLY, FramePath, MessageHandler, begin_batch, end_batch
 
 CLOSE_TIMEOUT_S = 5.0  # how long a close waits for the peer's answer before dropping the socket
-# Messages kept for a handler not set yet (the client side's first frames, a server side before
-# its session starts): past this many, or this many bytes, reading pauses until it takes them.
-MAX_EARLY_MESSAGES = 16
-MAX_EARLY_BYTES = 1024 * 1024
-_EARLY = "early"  # the read-pause reason while the early messages wait
-
-# The batch being handled (see the module's docstring): the connections with frames gathered.
-# The relay is one thread and a batch one synchronous callback, so one module-level batch is it.
-_gathering: list[WebSocketConnection] | None = None
 
 
 @contextmanager
 def batch() -> Iterator[None]:
     """Gather what is sent inside, each connection's frames written at once at the end (nested
-    batches join the outer one). Also for bursts the relay makes itself: a resume's replayed
-    events, the frames released after a hold."""
-    gathered = _begin_batch()
+    batches join the outer one). For bursts the relay makes itself: a resume's replayed events,
+    the frames released after a hold (frames that arrive in one read are a batch already)."""
+    gathered = begin_batch()
     try:
         yield
     finally:
-        _end_batch(gathered)
+        end_batch(gathered)
 
 
-def _begin_batch() -> list[WebSocketConnection] | None:
-    """Start a batch; None when one is already running (this one joins it)."""
-    global _gathering
-    if _gathering is not None:
-        return None
-    _gathering = []
-    return _gathering
-
-
-def _end_batch(gathered: list[WebSocketConnection] | None) -> None:
-    global _gathering
-    if gathered is None:
-        return
-    _gathering = None
-    for conn in gathered:
-        conn.flush()
-
-
-MessageHandler = Callable[[int, bytes], None]
-
-
-class WebSocketConnection(asyncio.Protocol):
+class WebSocketConnection(FramePath, asyncio.Protocol):
     """A WebSocket over a transport. ``client_side``: this end is the client (it masks)."""
 
     def __init__(
         self, *, client_side: bool, max_size: int, handshake: _ClientHandshake | None = None
     ) -> None:
-        self.client_side = client_side
-        self.reader = FrameReader(masked=not client_side, max_size=max_size)
-        self.transport: asyncio.Transport | None = None
-        # The owner's callbacks (None: abort). They hold the owner, which holds this connection:
-        # ``release`` cuts that cycle when the owner is done, so no collection has to.
-        self.on_failure: Callable[[BaseException], None] | None = None
+        super().__init__(client_side, max_size)
+        # The owner's callbacks. They hold the owner, which holds this connection: ``release``
+        # cuts that cycle when the owner is done, so no collection has to.
         self.on_write_paused: Callable[[bool], None] = _ignore
         self.close_code: int | None = None  # the peer's close code; 1006 if lost without one
         self.close_reason = ""
-        self.closing = False  # a close frame was sent or received: no more data goes out
         self.write_paused_since = 0.0  # when the send buffer went over its high-water mark
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.subprotocol: str | None = None
-        self._handler: MessageHandler | None = None
-        self._early: list[Message] = []  # messages that arrived before a handler was set
-        self._early_bytes = 0
         self._failure: ProtocolError | None = None  # a bad frame behind early messages
         self._read_pauses: set[str] = set()
         self._previous: asyncio.BaseProtocol | None = None  # aiohttp's, told when the socket goes
         self._handshake = handshake
-        self._seen = False
+        self.handshaking = handshake is not None
         self._last_seen = time.monotonic()
         self._ping_sent = 0.0
-        self._gathered: list[bytes] = []  # frames sent during a batch, written at its end
 
     # ------------------------------------------------------------------ ownership
     def set_handler(self, handler: MessageHandler) -> None:
@@ -148,11 +103,12 @@ class WebSocketConnection(asyncio.Protocol):
             if self._failure is not None:
                 self._protocol_error(self._failure)
             else:
-                self.resume_reading(_EARLY)
+                self.resume_reading(EARLY)
 
     def release(self) -> None:
         """Forget the owner (its session is over): what still arrives is dropped, a failure aborts."""
         self._handler = _discard
+        self.lane = None
         self.on_failure = None
         self.on_write_paused = _ignore
         self._drop_early()
@@ -164,46 +120,6 @@ class WebSocketConnection(asyncio.Protocol):
         self.connection_made(transport)
 
     # ------------------------------------------------------------------ sending
-    def send(self, data: bytes, opcode: int = OP_TEXT) -> bool:
-        """Queue one message; False if the connection is closing or gone (nothing was sent)."""
-        transport = self.transport
-        if transport is None or self.closing:
-            return False
-        if len(data) < LARGE_FRAME:
-            frame = encode_frame(data, opcode, mask=self.client_side)
-            if _gathering is None:
-                transport.write(frame)
-            else:
-                self._gather(frame)
-        else:  # header and payload apart: joining them would copy the whole payload once more
-            header, body = encode_frame_parts(data, opcode, mask=self.client_side)
-            self._write(header)
-            transport.write(body)
-        return True
-
-    def _gather(self, frame: bytes) -> None:
-        if not self._gathered:
-            assert _gathering is not None
-            _gathering.append(self)
-        self._gathered.append(frame)
-
-    def _write(self, data: bytes) -> None:
-        """Write ``data`` after anything gathered: the order on the wire is the order sent.
-        Every close goes through here, and nothing is gathered once closing: so a connection
-        never closes with frames left behind."""
-        assert self.transport is not None
-        if self._gathered:
-            self.flush()
-        self.transport.write(data)
-
-    def flush(self) -> None:
-        """Write what a batch gathered for this connection, at once."""
-        gathered, self._gathered = self._gathered, []
-        # Aborted during the batch (a stuck peer, a protocol error): what it gathered is dropped
-        # with the socket, as it would have been on its way out.
-        if gathered and self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(gathered)
-
     def ping(self) -> None:
         if self.transport is not None and not self.closing:
             self._write(encode_frame(b"", OP_PING, mask=self.client_side))
@@ -269,8 +185,8 @@ class WebSocketConnection(asyncio.Protocol):
         if self._read_pauses:
             self._last_seen, self._ping_sent = now, 0.0
             return True
-        if self._seen:
-            self._seen, self._last_seen, self._ping_sent = False, now, 0.0
+        if self.seen:
+            self.seen, self._last_seen, self._ping_sent = False, now, 0.0
             return True
         if self._ping_sent:
             return now - self._ping_sent <= interval / 2
@@ -285,59 +201,17 @@ class WebSocketConnection(asyncio.Protocol):
         if self._handshake is not None:
             self.transport.write(self._handshake.request)
 
-    def data_received(self, data: bytes) -> None:
-        self._seen = True
-        failure: ProtocolError | None = None
+    def _through_handshake(self, data: bytes) -> bytes:
+        """A client's bytes before the server's 101 is whole: what came after it (frames)."""
+        assert self._handshake is not None
         try:
-            if self._handshake is not None:
-                data = self._handshake.received(data)
-                if self._handshake.done:
-                    self._handshake = None
-                if not data:
-                    return
-            try:
-                messages = self.reader.feed(data)
-            except ProtocolError as exc:  # what came before the bad frame is still delivered
-                messages, failure = exc.messages, exc
-            # Frames that came together are a batch (not ``with batch()``: the context manager's
-            # generator showed in the profile; try/finally costs nothing until something raises).
-            gathered = _begin_batch() if len(messages) > 1 else None
-            closed = False
-            try:
-                for opcode, payload in messages:
-                    if opcode < OP_CLOSE:  # text or binary
-                        if self.closing:
-                            # Our close is sent: data still arriving is read only to reach the
-                            # peer's close frame, and dropped (RFC 6455 section 1.4), never kept.
-                            continue
-                        if self._handler is None:
-                            self._early.append((opcode, payload))
-                            self._early_bytes += len(payload)
-                            if len(self._early) >= MAX_EARLY_MESSAGES or self._early_bytes >= MAX_EARLY_BYTES:
-                                self.pause_reading(_EARLY)
-                        else:
-                            self._handler(opcode, payload)
-                    elif opcode == OP_CLOSE:
-                        self._close_received(payload)
-                        closed = True
-                        break  # anything after the peer's close is not read (section 5.5.1)
-                    elif opcode == OP_PING:
-                        self._pong(payload)
-                    # OP_PONG: receiving it already counted as a sign of life
-            finally:
-                if gathered is not None:
-                    _end_batch(gathered)
-            if failure is not None and not closed:
-                self._fail(failure)
-        except ProtocolError as exc:  # a bad close frame
-            self._protocol_error(exc)
+            data = self._handshake.received(data)
         except HandshakeError as exc:
             self._handshake_failed(exc)
-        except Exception as exc:  # a handler's bug: its owner decides, the loop never sees it
-            if self.on_failure is None:
-                self.abort()
-            else:
-                self.on_failure(exc)
+            return b""
+        if self._handshake.done:
+            self._handshake, self.handshaking = None, False
+        return data
 
     def eof_received(self) -> bool | None:
         return None  # let the transport close; connection_lost follows
@@ -406,7 +280,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.transport.close()
 
     def _handshake_failed(self, exc: BaseException) -> None:
-        handshake, self._handshake = self._handshake, None
+        handshake, self._handshake, self.handshaking = self._handshake, None, False
         if handshake is not None and not handshake.opened.done():
             handshake.opened.set_exception(exc)
         self.abort()

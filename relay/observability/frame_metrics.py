@@ -28,9 +28,10 @@ class FrameMetrics(Collector):
         # Per direction and label: [frames, bytes]; raw event types map onto their label's cell.
         self._counts: dict[tuple[str, str], list[int]] = {}
         self._cells: dict[str, dict[str, list[int]]] = {d: {} for d in DIRECTIONS}
-        # Per direction: one count per bucket (the last is +Inf), then the observations' sum.
+        # Per direction: one count per bucket (the last is +Inf), and the observations' sum (a
+        # list of one: the lanes keep a reference, relay.io.lanes).
         self._latency = {d: [0] * (len(self._bounds) + 1) for d in DIRECTIONS}
-        self._latency_sum = dict.fromkeys(DIRECTIONS, 0.0)
+        self._latency_sum = {d: [0.0] for d in DIRECTIONS}
 
     def frame(self, direction: str, event_type: str, nbytes: int) -> None:
         """One forwarded frame; types outside the protocol's lists are counted as ``other``."""
@@ -39,6 +40,11 @@ class FrameMetrics(Collector):
             cell = self._cell(direction, event_type)
         cell[0] += 1
         cell[1] += nbytes
+
+    def cell(self, direction: str, event_type: str) -> list[int]:
+        """``[frames, bytes]`` of one event type, for a caller that counts the commonest frames
+        itself (the append, the audio delta): two integer additions instead of a call."""
+        return self._cells[direction].get(event_type) or self._cell(direction, event_type)
 
     def _cell(self, direction: str, event_type: str) -> list[int]:
         label = event_type_label(event_type)
@@ -51,7 +57,11 @@ class FrameMetrics(Collector):
     def latency(self, direction: str, seconds: float) -> None:
         """Time one frame spent inside the relay; buckets are upper bounds, inclusive ("le")."""
         self._latency[direction][bisect_left(self._bounds, seconds)] += 1
-        self._latency_sum[direction] += seconds
+        self._latency_sum[direction][0] += seconds
+
+    def latency_cells(self, direction: str) -> tuple[list[float], list[int], list[float]]:
+        """The buckets' bounds, their counts and the sum, for a lane that counts itself."""
+        return self._bounds, self._latency[direction], self._latency_sum[direction]
 
     def collect(self) -> Iterator[Metric]:
         frames = CounterMetricFamily(
@@ -69,7 +79,7 @@ class FrameMetrics(Collector):
             labels=["direction"],
         )
         for direction in DIRECTIONS:
-            latency.add_metric([direction], self._buckets(direction), self._latency_sum[direction])
+            latency.add_metric([direction], self._buckets(direction), self._latency_sum[direction][0])
         yield from (frames, sizes, latency)
 
     def _buckets(self, direction: str) -> list[tuple[str, float]]:

@@ -24,7 +24,8 @@ from websockets.speedups import apply_mask
 from yarl import URL
 
 from relay.core.websocket import accept_key, close_payload, encode_frame
-from relay.io.websocket import MAX_EARLY_MESSAGES, WebSocketConnection, connect
+from relay.io.frame_path import MAX_EARLY_MESSAGES
+from relay.io.websocket import WebSocketConnection, connect
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
 from tests.conftest import RelayFactory, RelayHandle

@@ -1,0 +1,95 @@
+"""The relay's shortcut for its two commonest frames: the app's 20 ms append and the API's audio
+delta, together ~95% of the frames of a voice session.
+
+A lane is offered each text message of its connection before the conversation's handler
+(``relay.io.frame_path``). It takes the message only when it is that frame and the conversation
+is in its steady state (the upstream ready and nothing held, the client attached, no beta
+translation); it then does exactly what the conversation's own path does for it, in fewer steps.
+Anything else it declines, untouched, and the full path decides: so a lane can make the relay
+faster, never different. ``relay/io/_frame_path.pyx`` holds the compiled twins, which take the
+same steps without a Python call; these are the reference and the fallback.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from relay.io.frames import delta_chars
+
+if TYPE_CHECKING:
+    from relay.io.conversation import Conversation
+    from relay.io.link import UpstreamLink
+
+APPEND = "input_audio_buffer.append"
+AUDIO_DELTA = "response.output_audio.delta"
+AUDIO_DELTA_PREFIX = b'{"type":"response.output_audio.delta"'
+C2U = "client_to_upstream"  # relay.observability.frame_metrics.DIRECTIONS
+U2C = "upstream_to_client"
+
+
+class PyAppendLane:
+    """The app's plain append: checked (``ClientEventChecker.take_append``), sent upstream,
+    kept for a replay, counted."""
+
+    def __init__(self, conversation: Conversation) -> None:
+        self.conversation = conversation
+        self.cell = conversation.metrics.frames.cell(C2U, APPEND)
+
+    def take(self, data: bytes) -> bool:
+        conversation = self.conversation
+        received = time.perf_counter()
+        audio = conversation.checker.take_append(data)
+        if audio is None:
+            return False
+        link = conversation.link
+        if link is None or conversation.gate.must_hold(APPEND) or not link.conn.send(data):
+            conversation.forward_upstream(data, APPEND, None)  # held, or back in line
+        else:
+            conversation.supervisor.state.audio.append(audio)
+        cell = self.cell
+        cell[0] += 1
+        cell[1] += len(data)
+        conversation.metrics.latency(C2U, time.perf_counter() - received)
+        return True
+
+
+class PyDeltaLane:
+    """The API's audio delta on the current upstream, never parsed: its size noted for a
+    truncation, sent to the app and kept for its resume, counted."""
+
+    def __init__(self, conversation: Conversation, link: UpstreamLink) -> None:
+        self.conversation = conversation
+        self.link = link
+        self.cell = conversation.metrics.frames.cell(U2C, AUDIO_DELTA)
+
+    def take(self, data: bytes) -> bool:
+        conversation = self.conversation
+        if (
+            not data.startswith(AUDIO_DELTA_PREFIX)
+            or self.link is not conversation.link
+            or conversation.beta is not None
+        ):
+            return False
+        received = time.perf_counter()
+        state = conversation.supervisor.state
+        if state.partial is not None:
+            state.on_audio_delta(delta_chars(data))
+        conversation.to_client(data)
+        cell = self.cell
+        cell[0] += 1
+        cell[1] += len(data)
+        conversation.metrics.latency(U2C, time.perf_counter() - received)
+        return True
+
+
+if TYPE_CHECKING:
+    AppendLane, DeltaLane = PyAppendLane, PyDeltaLane
+else:
+    from relay.core import speedups
+
+    _compiled = speedups.compiled("relay.io._frame_path")
+    if _compiled is None:
+        AppendLane, DeltaLane = PyAppendLane, PyDeltaLane
+    else:
+        AppendLane, DeltaLane = _compiled.AppendLane, _compiled.DeltaLane

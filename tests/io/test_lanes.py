@@ -1,0 +1,195 @@
+"""The lanes (relay.io.lanes) take the commonest frames in fewer steps, and change nothing.
+
+Two conversations, one with the build's lanes (compiled in the compiled build) and one with the
+pure-Python reference lanes, are fed the same frames through the same states (the upstream not
+ready, ready, a format with a carry, a detached client): what each sends both ways, and what each
+keeps (audio for a replay, the resume log, the audio count, the metrics), must be the same. And a
+lane must decline what is not its frame, so that the full path answers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from bench.hotpath import HotPath, Sink, open_hot_path
+from relay.core import audio, retention
+from relay.core.websocket import PyFrameReader, encode_frame
+from relay.io import lanes
+from relay.io.frame_path import MAX_EARLY_BYTES, MAX_EARLY_MESSAGES
+from relay.io.lanes import AppendLane, DeltaLane, PyAppendLane, PyDeltaLane
+from tests.support.speech import speech_pcm16
+
+PCM = speech_pcm16("Testing the lanes.")[: 960 * 8]
+
+
+class Recorder(Sink):
+    """A transport that keeps what it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def writelines(self, data: list[bytes]) -> None:
+        for chunk in data:
+            self.data += chunk
+
+    def messages(self, masked: bool) -> list[bytes]:
+        reader = PyFrameReader(masked=masked, max_size=1 << 26)
+        return [payload for _, payload in reader.feed(bytes(self.data))]
+
+
+def append(audio: bytes, **extra: Any) -> bytes:
+    encoded = base64.b64encode(audio).decode()
+    return orjson.dumps({"type": "input_audio_buffer.append", "audio": encoded, **extra})
+
+
+def delta(n: int) -> bytes:
+    return (
+        b'{"type":"response.output_audio.delta","event_id":"event_%d","response_id":"resp_1",'
+        b'"item_id":"item_1","output_index":0,"content_index":0,"delta":"%s"}'
+        % (n, base64.b64encode(PCM[:4800]))
+    )
+
+
+def client_frames() -> Iterator[bytes]:
+    """The app's side: plain appends, and every kind a lane must leave to the full path."""
+    yield append(PCM[:960])
+    yield append(PCM[960:1920], event_id="evt_a")
+    yield append(PCM[:100])  # too little to judge alone: carried
+    yield append(PCM[:960])  # behind a carry: the full check's
+    yield b'{"type":"input_audio_buffer.commit"}'
+    yield append(PCM[:960])
+    yield append(b"\x00\x00\x80\x3f" * 240)  # float32 ones: refused with the full path's error
+    yield b'{"type":"input_audio_buffer.append","audio":"AAA="}'  # three bytes, valid
+    yield b'{"type":"input_audio_buffer.append","audio":"!!!!"}'  # refused
+    yield b'{"type": "input_audio_buffer.append", "audio": "' + base64.b64encode(PCM[:960]) + b'"}'
+    yield append(PCM[:960], event_id="x" * 600)  # an id past the limit: refused
+    for n in range(5):
+        yield append(PCM[n * 960 : (n + 1) * 960], event_id=f"b{n}")
+
+
+def server_frames() -> Iterator[bytes]:
+    yield (
+        b'{"type":"response.output_item.added","event_id":"e1","response_id":"resp_1","output_index":0,'
+        b'"item":{"id":"item_1","type":"message","role":"assistant","status":"in_progress","content":[]}}'
+    )
+    for n in range(4):
+        yield delta(n)
+    yield b'{"type":"response.output_audio_transcript.delta","event_id":"e2","item_id":"item_1","delta":"Hi"}'
+    yield delta(9)
+
+
+async def _paths(http: aiohttp.ClientSession) -> tuple[HotPath, HotPath]:
+    built, reference = await open_hot_path(http), await open_hot_path(http)
+    reference.client.lane = PyAppendLane(reference.session)
+    assert reference.session.link is not None
+    reference.upstream.lane = PyDeltaLane(reference.session, reference.session.link)
+    for path in (built, reference):
+        path.recorded = (Recorder(), Recorder())  # type: ignore[attr-defined]
+        path.client.connection_made(path.recorded[0])  # type: ignore[attr-defined]
+        path.upstream.connection_made(path.recorded[1])  # type: ignore[attr-defined]
+    return built, reference
+
+
+def _same_ids(frames: list[bytes]) -> list[bytes]:
+    """The relay's own errors carry ids it draws at random: one placeholder for them all."""
+    return [re.sub(rb'"event_id":"event_[A-Za-z0-9]{21}"', b'"event_id":"event_?"', f) for f in frames]
+
+
+def _kept(path: HotPath) -> dict[str, Any]:
+    session = path.session
+    audio = session.supervisor.state.audio
+    frames = session.ctx.metrics.frames
+    return {
+        "to_upstream": path.recorded[1].messages(masked=True),  # type: ignore[attr-defined]
+        "to_client": _same_ids(path.recorded[0].messages(masked=False)),  # type: ignore[attr-defined]
+        "replay_audio": b"".join(audio._chunks),
+        "stream_end": audio.end,
+        # Where the stream was when its send time was first noted (when: the clock's to say).
+        "first_mark": audio._marks[0][1] if audio._marks else None,
+        "appended": session.checker.account.bytes,
+        "last_audio": session.checker.audio,
+        "resume_log": _same_ids(list(session.sent._frames)),
+        "partial_audio_bytes": session.supervisor.state.partial_audio_bytes,
+        "held": session.gate.held_count,
+        "frames": {key: list(cell) for key, cell in frames._counts.items()},
+        "latencies": {d: sum(counts) for d, counts in frames._latency.items()},
+    }
+
+
+def _feed(path: HotPath, client: list[bytes], server: list[bytes]) -> None:
+    for frame in client:
+        path.client.data_received(encode_frame(frame, mask=True))
+    for frame in server:
+        path.upstream.data_received(encode_frame(frame))
+
+
+@pytest.mark.parametrize("state", ["ready", "not_ready", "pcmu", "detached"])
+async def test_the_lanes_do_what_the_full_path_does(state: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        built, reference = await _paths(http)
+        for path in (built, reference):
+            session = path.session
+            if state == "not_ready":
+                session.gate.session_ready = False  # held: the upstream's session is not ready
+            elif state == "pcmu":
+                session.checker.input_audio.set_encoding("pcmu")
+            elif state == "detached":  # the app's connection dropped: answers go to the resume log
+                path.client.connection_lost(None)
+                await asyncio.sleep(0)
+                assert session.detached
+            _feed(path, list(client_frames()), list(server_frames()))
+        assert _kept(built) == _kept(reference)
+        kept = _kept(built)
+        if state == "ready":  # not a vacuous comparison: audio went up, deltas came down
+            assert len(kept["to_upstream"]) >= 8
+            assert sum(b'"response.output_audio.delta"' in m for m in kept["to_client"]) == 5
+            assert any(b'"invalid_audio_format"' in m for m in kept["to_client"])
+        if state == "not_ready":
+            assert kept["held"] > 0
+
+
+async def test_each_lane_takes_its_frame_and_declines_the_rest() -> None:
+    async with aiohttp.ClientSession() as http:
+        path = await open_hot_path(http)
+        session = path.session
+        assert session.link is not None
+        for append_lane, delta_lane in [
+            (path.client.lane, path.upstream.lane),
+            (PyAppendLane(session), PyDeltaLane(session, session.link)),
+        ]:
+            assert append_lane is not None
+            assert delta_lane is not None
+            assert append_lane.take(append(PCM[:960]))
+            assert not append_lane.take(b'{"type":"input_audio_buffer.commit"}')
+            assert not append_lane.take(append(PCM[:960]) + b" ")
+            assert delta_lane.take(delta(1))
+            assert not delta_lane.take(b'{"type":"response.done","event_id":"e","response":{}}')
+
+
+def test_the_build_runs_its_own_lanes_and_the_compiled_constants_match_the_reference() -> None:
+    from relay.core import speedups
+
+    compiled = speedups.compiled("relay.io._frame_path")
+    if compiled is None:
+        assert (AppendLane, DeltaLane) == (PyAppendLane, PyDeltaLane)
+        pytest.skip("the pure-Python build: no compiled constants to compare")
+    assert (AppendLane, DeltaLane) == (compiled.AppendLane, compiled.DeltaLane)
+    assert compiled.constants() == {
+        "MARK_EVERY_S": retention._MARK_EVERY_S,
+        "MIN_JUDGED_BYTES": audio._MIN_JUDGED_BYTES,
+        "MAX_EARLY_MESSAGES": MAX_EARLY_MESSAGES,
+        "MAX_EARLY_BYTES": MAX_EARLY_BYTES,
+        "AUDIO_DELTA_PREFIX": lanes.AUDIO_DELTA_PREFIX,
+    }
