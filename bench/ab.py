@@ -73,7 +73,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
         spy = str(Path(sys.executable).with_name("py-spy"))
         command = [spy, "record", "--nonblocking", "-f", "raw", "-r", "500", "-o", args.profile, "--pid", pid]
     elif args.perf:  # C symbols only (Python 3.11 has no perf trampoline), at little cost
-        command = ["perf", "record", "-F", "1999", "-g", "-o", args.perf, "-p", pid]
+        command = ["perf", "record", "-F", "999", "--call-graph", "dwarf,16384", "-o", args.perf, "-p", pid]
     if args.profile or args.perf:
         profiler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
