@@ -31,6 +31,10 @@ def compiled(module: str = "relay.core._speedups") -> ModuleType | None:
         return None
 
 
+COMPILED_MODULES = ("relay.core._speedups", "relay.io._frame_path")
+
+
 def build() -> str:
-    """``compiled`` or ``python``: for the startup log and the build-info metric."""
-    return "python" if compiled() is None else "compiled"
+    """``compiled`` (every compiled module there) or ``python``: for the startup log and the
+    build-info metric."""
+    return "compiled" if all(compiled(name) is not None for name in COMPILED_MODULES) else "python"

@@ -198,12 +198,15 @@ def test_the_active_build_is_the_one_asked_for() -> None:
     """CI sets RELAY_REQUIRE_EXTENSIONS for the compiled run and RELAY_NO_EXTENSIONS for the
     other: this says each run tested the build it claims to."""
     from relay.core.websocket import FrameReader
+    from relay.io.frame_path import FramePath, PyFramePath
 
     if speedups.NO_EXTENSIONS:
         assert FrameReader is PyFrameReader
+        assert FramePath is PyFramePath
         assert speedups.build() == "python"
     elif speedups.REQUIRE_EXTENSIONS:
         assert FrameReader is not PyFrameReader
+        assert FramePath is not PyFramePath
         assert speedups.build() == "compiled"
     else:
         assert speedups.build() == ("python" if FrameReader is PyFrameReader else "compiled")
