@@ -16,8 +16,17 @@ UNICODE = 'héllo wörld — 你好 — 🎙️ \u2028 "quoted" \\ back'
 
 
 def _append(i: int) -> bytes:
-    audio = base64.b64encode(os.urandom(960)).decode()  # 20 ms of PCM16 at 24 kHz
-    return orjson.dumps({"type": "input_audio_buffer.append", "event_id": f"evt_{i}", "audio": audio})
+    """20 ms of PCM16 at 24 kHz, in the shapes apps send: the relay's shortcut for the compact
+    ones (relay.io.lanes) and its full path for the rest must both pass them on untouched."""
+    audio = base64.b64encode(os.urandom(960)).decode()
+    shapes = [
+        {"type": "input_audio_buffer.append", "event_id": f"evt_{i}", "audio": audio},
+        {"type": "input_audio_buffer.append", "audio": audio, "event_id": f"evt_{i}"},
+        {"type": "input_audio_buffer.append", "audio": audio},
+    ]
+    if i % 4 == 3:  # Python's json.dumps: spaces after the separators
+        return b'{"type": "input_audio_buffer.append", "audio": "' + audio.encode() + b'"}'
+    return orjson.dumps(shapes[i % 4])
 
 
 def _client_frames() -> list[bytes]:
