@@ -191,14 +191,25 @@ class InputAudioCheck:
         self._carry = b""
 
     def take_plain(self, data: bytes) -> bytes | None:
-        """The audio of a plain append frame that :meth:`check` would accept as it is (no carry,
-        whole samples, enough to judge, not float32), in one step and without parsing the
-        frame; None for any other (nothing changed: :meth:`check` then decides)."""
+        """The audio of a plain append frame that :meth:`check` would accept, with the same
+        effect on the stream, in one step and without parsing the frame; None for any other
+        frame or audio check would refuse (nothing changed: :meth:`check` then decides)."""
         audio = decode_plain_append(data)
         if audio is None or self.encoding != "pcm16":
             return audio  # G.711: a byte is a sample (as in check)
-        if self._carry or len(audio) & 3 or len(audio) < _MIN_JUDGED_BYTES or looks_like_float32(audio):
+        if not self._carry and not len(audio) & 3 and len(audio) >= _MIN_JUDGED_BYTES:
+            return None if looks_like_float32(audio) else audio  # the common 20 ms append
+        return self.take_streamed(audio)
+
+    def take_streamed(self, audio: bytes) -> bytes | None:
+        """A PCM16 append off the common path (a carry, a part sample, too little to judge
+        alone), taken as :meth:`check` would; None, with nothing changed, if check refuses it."""
+        carry, refused = self._stream(audio)
+        if refused:
             return None
+        self._carry = carry
+        if len(audio) & 1:
+            self.on_split_sample()
         return audio
 
     def check(self, audio_b64: str, client_event_id: str | None) -> bytes:
@@ -206,22 +217,25 @@ class InputAudioCheck:
         audio = decode_append(audio_b64, client_event_id)
         if self.encoding != "pcm16":
             return audio  # G.711: a byte is a sample, and float32 cannot pass for it unnoticed
-        carry = self._carry
-        if not carry and not len(audio) & 3 and len(audio) >= _MIN_JUDGED_BYTES:
+        if not self._carry and not len(audio) & 3 and len(audio) >= _MIN_JUDGED_BYTES:
             if looks_like_float32(audio):  # the common 20 ms append: judged as it is, no copy
                 raise InvalidEvent("invalid_audio_format", FLOAT32_MESSAGE, "audio", client_event_id)
             return audio
-        stream = carry + audio
-        whole = len(stream) & ~3
-        judged = whole >= _MIN_JUDGED_BYTES
-        # Too little to judge: keep it all (under 260 bytes) for the next append's verdict. The
-        # phase is the client's stream's, refused appends included: the app sends one stream.
-        self._carry = stream[whole:] if judged else stream
-        if judged and _float32_at_any_phase(stream):
+        # The phase is the client's stream's, refused appends included: the app sends one stream.
+        self._carry, refused = self._stream(audio)
+        if refused:
             raise InvalidEvent("invalid_audio_format", FLOAT32_MESSAGE, "audio", client_event_id)
         if len(audio) & 1:
             self.on_split_sample()
         return audio
+
+    def _stream(self, audio: bytes) -> tuple[bytes, bool]:
+        """The carry after ``audio`` and whether the stream now shows float32 (nothing changed).
+        Too little to judge: all of it is carried (under 260 bytes) for the next append's verdict."""
+        stream = self._carry + audio
+        whole = len(stream) & ~3
+        judged = whole >= _MIN_JUDGED_BYTES
+        return (stream[whole:] if judged else stream), judged and _float32_at_any_phase(stream)
 
 
 def _float32_at_any_phase(stream: bytes) -> bool:

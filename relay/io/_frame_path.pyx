@@ -266,13 +266,15 @@ cdef class AppendLane(Lane):
     """``relay.io.lanes.PyAppendLane``. The conversation's parts it reads are made with it and
     never replaced (only its link changes), so it holds them."""
 
-    cdef object checker, input_audio, account, gate, retention
+    cdef object input_audio, account, gate, retention
+    cdef Py_ssize_t fast_path_bytes  # the checker's, set when it is made
 
     def __init__(self, conversation):
         self.conversation = conversation
-        self.checker = conversation.checker
-        self.input_audio = self.checker.input_audio
-        self.account = self.checker.account
+        checker = conversation.checker
+        self.fast_path_bytes = checker._fast_path_bytes
+        self.input_audio = checker.input_audio
+        self.account = checker.account
         self.gate = conversation.gate
         self.retention = conversation.supervisor.state.audio
         self._count(C2U, APPEND)
@@ -284,17 +286,18 @@ cdef class AppendLane(Lane):
         if not PyBytes_CheckExact(data):
             return False
         # ClientEventChecker.take_append and InputAudioCheck.take_plain
-        if PyBytes_GET_SIZE(data) > self.checker._fast_path_bytes:
+        if PyBytes_GET_SIZE(data) > self.fast_path_bytes:
             return False
         audio = c_decode_plain_append(data)
         if audio is None:
             return False
         size = PyBytes_GET_SIZE(audio)
-        if check.encoding == PCM16 and (
-            check._carry or size & 3 or size < MIN_JUDGED_BYTES or c_looks_like_float32(audio)
-        ):
-            return False
-        self.checker.audio = audio
+        if check.encoding == PCM16:
+            if not check._carry and not size & 3 and size >= MIN_JUDGED_BYTES:
+                if c_looks_like_float32(audio):
+                    return False
+            elif check.take_streamed(audio) is None:
+                return False
         self.account.bytes += size
         # ReadinessGate.must_hold, then the send
         link = self.conversation.link
@@ -327,12 +330,14 @@ cdef class DeltaLane(Lane):
     """``relay.io.lanes.PyDeltaLane``, holding the same parts as ``AppendLane``."""
 
     cdef object link, state, log
+    cdef Py_ssize_t window_bytes, window_frames  # the resume log's, set when it is made
 
     def __init__(self, conversation, link):
         self.conversation = conversation
         self.link = link
         self.state = conversation.supervisor.state
         self.log = conversation.sent
+        self.window_bytes, self.window_frames = self.log.window_bytes, self.log.window_frames
         self._count(U2C, AUDIO_DELTA)
 
     cdef bint c_take(self, object data) except -1:
@@ -360,7 +365,7 @@ cdef class DeltaLane(Lane):
         frames = log._frames
         frames.append(data)
         log.bytes += size
-        while log.bytes > log.window_bytes or len(frames) > log.window_frames:
+        while log.bytes > self.window_bytes or len(frames) > self.window_frames:
             log.bytes -= len(frames.popleft())
         (<FramePath>client).c_send(data, OP_TEXT)
         self._counted(size, _clock() - received)

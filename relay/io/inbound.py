@@ -51,7 +51,7 @@ class ClientEventChecker:
         self.policy = Policy.from_settings(settings)
         self.account = AudioAccount()
         self.input_audio = InputAudioCheck()  # the API's default input format is PCM16
-        self.audio = b""  # the last append's audio, decoded by the checks (kept for a replay)
+        self.audio = b""  # the last checked append's audio, for forward_upstream's replay copy
         self.turn_detection_on = True  # the API's default session has server VAD
 
     def take_append(self, data: bytes) -> bytes | None:
@@ -61,7 +61,6 @@ class ClientEventChecker:
             return None
         audio = self.input_audio.take_plain(data)
         if audio is not None:
-            self.audio = audio
             self.account.bytes += len(audio)
         return audio
 

@@ -28,13 +28,27 @@ C2U = "client_to_upstream"  # relay.observability.frame_metrics.DIRECTIONS
 U2C = "upstream_to_client"
 
 
-class PyAppendLane:
+class PyLane:
+    """What the lanes share: counting their frame in the frame metrics, as the full path does."""
+
+    def __init__(self, conversation: Conversation, direction: str, event_type: str) -> None:
+        self.conversation = conversation
+        self.direction = direction
+        self.cell = conversation.metrics.frames.cell(direction, event_type)
+
+    def counted(self, size: int, received: float) -> None:
+        cell = self.cell
+        cell[0] += 1
+        cell[1] += size
+        self.conversation.metrics.latency(self.direction, time.perf_counter() - received)
+
+
+class PyAppendLane(PyLane):
     """The app's plain append: checked (``ClientEventChecker.take_append``), sent upstream,
     kept for a replay, counted."""
 
     def __init__(self, conversation: Conversation) -> None:
-        self.conversation = conversation
-        self.cell = conversation.metrics.frames.cell(C2U, APPEND)
+        super().__init__(conversation, C2U, APPEND)
 
     def take(self, data: bytes) -> bool:
         conversation = self.conversation
@@ -47,21 +61,17 @@ class PyAppendLane:
             conversation.forward_upstream(data, APPEND, None)  # held, or back in line
         else:
             conversation.supervisor.state.audio.append(audio)
-        cell = self.cell
-        cell[0] += 1
-        cell[1] += len(data)
-        conversation.metrics.latency(C2U, time.perf_counter() - received)
+        self.counted(len(data), received)
         return True
 
 
-class PyDeltaLane:
+class PyDeltaLane(PyLane):
     """The API's audio delta on the current upstream, never parsed: its size noted for a
     truncation, sent to the app and kept for its resume, counted."""
 
     def __init__(self, conversation: Conversation, link: UpstreamLink) -> None:
-        self.conversation = conversation
+        super().__init__(conversation, U2C, AUDIO_DELTA)
         self.link = link
-        self.cell = conversation.metrics.frames.cell(U2C, AUDIO_DELTA)
 
     def take(self, data: bytes) -> bool:
         conversation = self.conversation
@@ -76,10 +86,7 @@ class PyDeltaLane:
         if state.partial is not None:
             state.on_audio_delta(delta_chars(data))
         conversation.to_client(data)
-        cell = self.cell
-        cell[0] += 1
-        cell[1] += len(data)
-        conversation.metrics.latency(U2C, time.perf_counter() - received)
+        self.counted(len(data), received)
         return True
 
 

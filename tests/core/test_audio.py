@@ -209,18 +209,32 @@ def test_the_plain_append_shortcut_takes_the_frames_apps_send() -> None:
     assert [decode_plain_append(frame) for frame in declined] == [None] * 4
 
 
-def test_the_shortcut_declines_what_check_must_judge_and_changes_nothing_then() -> None:
-    """A stream off its sample grid, too little audio to judge, float32: :meth:`check` decides."""
-    pcm = _pcm16(_signals()["speech"])[:960]
-    check = InputAudioCheck()
+def test_the_shortcut_takes_a_stream_off_its_grid_as_check_does_and_declines_a_refusal_unchanged() -> None:
+    """Part samples, too little to judge alone, a carry: the shortcut takes them with check's
+    effect on the stream (the same carry, the same split-sample notice); float32, which check
+    refuses, it declines with nothing changed, so check can refuse it and say why."""
+    speech = _pcm16(_signals()["speech"])
+    pcm = speech[:960]
+    floats = _float32(_signals()["chord"])[:960]
+    taken, checked = InputAudioCheck(), InputAudioCheck()
+    splits: list[str] = []
+    taken.on_split_sample = lambda: splits.append("taken")
+    checked.on_split_sample = lambda: splits.append("checked")
 
     def frame(audio: bytes) -> bytes:
         return orjson.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(audio).decode()})
 
-    assert check.take_plain(frame(pcm)) == pcm
-    assert check.take_plain(frame(pcm[:100])) is None  # too little to judge alone
-    assert check.take_plain(frame(_float32(_signals()["chord"])[:960])) is None
-    check.check(base64.b64encode(pcm[:3]).decode(), None)  # three bytes carried: off the grid
-    assert check.take_plain(frame(pcm)) is None
+    for audio in (pcm, pcm[:102], pcm[:3], pcm, speech[:961]):
+        assert checked.check(base64.b64encode(audio).decode(), None) == audio
+        assert taken.take_plain(frame(audio)) == audio
+        assert taken._carry == checked._carry
+    assert taken._carry  # not a vacuous comparison: the stream is off its grid
+    assert splits == ["checked", "taken"] * 2  # the 3-byte and the 961-byte appends
+    carry = taken._carry
+    assert taken.take_plain(frame(floats)) is None
+    assert taken._carry == carry  # declined unchanged: check refuses it, carrying as it does
+    with pytest.raises(InvalidEvent):
+        checked.check(base64.b64encode(floats).decode(), None)
+    assert InputAudioCheck().take_plain(frame(floats)) is None  # and on the common path
     g711 = InputAudioCheck("pcmu")
     assert g711.take_plain(frame(b"\x7f" * 3)) == b"\x7f" * 3  # a byte is a sample

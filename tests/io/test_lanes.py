@@ -119,7 +119,6 @@ def _kept(path: HotPath) -> dict[str, Any]:
         # Where the stream was when its send time was first noted (when: the clock's to say).
         "first_mark": audio._marks[0][1] if audio._marks else None,
         "appended": session.checker.account.bytes,
-        "last_audio": session.checker.audio,
         "resume_log": _same_ids(list(session.sent._frames)),
         "partial_audio_bytes": session.supervisor.state.partial_audio_bytes,
         "held": session.gate.held_count,
