@@ -15,6 +15,9 @@ from libc.string cimport memchr, memcmp
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from relay.core._speedups cimport c_decode_plain_append, c_encode_frame, c_looks_like_float32
+from relay.core.audio cimport AudioAccount, InputAudioCheck
+from relay.core.gate cimport ReadinessGate
+from relay.core.retention cimport AudioRetention
 
 from relay.core.websocket import FrameReader, ProtocolError, encode_frame_parts
 
@@ -189,13 +192,11 @@ cdef str C2U = "client_to_upstream"
 cdef str U2C = "upstream_to_client"
 cdef enum:
     MIN_JUDGED_BYTES = 256  # relay.core.audio._MIN_JUDGED_BYTES
-cdef double MARK_EVERY_S = 0.05  # relay.core.retention._MARK_EVERY_S (checked by a test)
 
 
 def constants():
     """The reference's constants as this build has them (a test compares them)."""
     return {
-        "MARK_EVERY_S": MARK_EVERY_S,
         "MIN_JUDGED_BYTES": MIN_JUDGED_BYTES,
         "MAX_EARLY_MESSAGES": MAX_EARLY_MESSAGES,
         "MAX_EARLY_BYTES": MAX_EARLY_BYTES,
@@ -266,7 +267,10 @@ cdef class AppendLane(Lane):
     """``relay.io.lanes.PyAppendLane``. The conversation's parts it reads are made with it and
     never replaced (only its link changes), so it holds them."""
 
-    cdef object input_audio, account, gate, retention
+    cdef InputAudioCheck input_audio
+    cdef AudioAccount account
+    cdef ReadinessGate gate
+    cdef AudioRetention retention
     cdef Py_ssize_t fast_path_bytes  # the checker's, set when it is made
 
     def __init__(self, conversation):
@@ -280,9 +284,11 @@ cdef class AppendLane(Lane):
         self._count(C2U, APPEND)
 
     cdef bint c_take(self, object data) except -1:
-        cdef double received = _clock(), now
-        cdef object audio, link, gate, retention, check = self.input_audio
-        cdef Py_ssize_t size, end
+        cdef double received = _clock()
+        cdef object audio, link
+        cdef InputAudioCheck check = self.input_audio
+        cdef ReadinessGate gate = self.gate
+        cdef Py_ssize_t size
         if not PyBytes_CheckExact(data):
             return False
         # ClientEventChecker.take_append and InputAudioCheck.take_plain
@@ -301,7 +307,6 @@ cdef class AppendLane(Lane):
         self.account.bytes += size
         # ReadinessGate.must_hold, then the send
         link = self.conversation.link
-        gate = self.gate
         if (
             link is None
             or gate._held
@@ -310,18 +315,8 @@ cdef class AppendLane(Lane):
             or not (<FramePath?>link.conn).c_send(data, OP_TEXT)
         ):
             self.conversation.forward_upstream(data, APPEND, None)
-        else:  # AudioRetention.append
-            retention = self.retention
-            retention._chunks.append(audio)
-            end = retention.end + size
-            retention.end = end
-            now = _clock()
-            retention._sent_at = now
-            if now >= retention._next_mark:
-                retention._marks.append((now, end - size))
-                retention._next_mark = now + MARK_EVERY_S
-            if end >= retention._trim_at:
-                retention._trim(now)
+        else:  # compiled from relay/core/retention.py: a C call
+            self.retention.append(audio, _clock())
         self._counted(PyBytes_GET_SIZE(data), _clock() - received)
         return True
 

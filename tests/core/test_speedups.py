@@ -7,6 +7,7 @@ side by side on arbitrary input, hostile frames included, so a difference shows 
 from __future__ import annotations
 
 import array
+import importlib
 import math
 import os
 import struct
@@ -200,13 +201,17 @@ def test_the_active_build_is_the_one_asked_for() -> None:
     from relay.core.websocket import FrameReader
     from relay.io.frame_path import FramePath, PyFramePath
 
+    # The modules compiled from their own .py: which file each was imported from.
+    from_sources = {name: speedups.is_extension(importlib.import_module(name)) for name in speedups.PURE_MODE}
     if speedups.NO_EXTENSIONS:
         assert FrameReader is PyFrameReader
         assert FramePath is PyFramePath
+        assert not any(from_sources.values())
         assert speedups.build() == "python"
     elif speedups.REQUIRE_EXTENSIONS:
         assert FrameReader is not PyFrameReader
         assert FramePath is not PyFramePath
+        assert all(from_sources.values())
         assert speedups.build() == "compiled"
     else:
         assert speedups.build() == ("python" if FrameReader is PyFrameReader else "compiled")

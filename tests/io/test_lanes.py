@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from bench.hotpath import HotPath, Sink, open_hot_path
-from relay.core import audio, retention
+from relay.core import audio
 from relay.core.websocket import PyFrameReader, encode_frame
 from relay.io import lanes
 from relay.io.frame_path import MAX_EARLY_BYTES, MAX_EARLY_MESSAGES
@@ -186,7 +186,6 @@ def test_the_build_runs_its_own_lanes_and_the_compiled_constants_match_the_refer
         pytest.skip("the pure-Python build: no compiled constants to compare")
     assert (AppendLane, DeltaLane) == (compiled.AppendLane, compiled.DeltaLane)
     assert compiled.constants() == {
-        "MARK_EVERY_S": retention._MARK_EVERY_S,
         "MIN_JUDGED_BYTES": audio._MIN_JUDGED_BYTES,
         "MAX_EARLY_MESSAGES": MAX_EARLY_MESSAGES,
         "MAX_EARLY_BYTES": MAX_EARLY_BYTES,
