@@ -31,7 +31,8 @@ from types import ModuleType
 
 NO_EXTENSIONS = os.environ.get("RELAY_NO_EXTENSIONS", "") not in ("", "0")
 REQUIRE_EXTENSIONS = os.environ.get("RELAY_REQUIRE_EXTENSIONS", "") not in ("", "0")
-PURE_MODE = ("relay.core.audio", "relay.core.gate", "relay.core.retention")  # compiled from their .py
+# Compiled from their own .py (setup.py reads this list).
+PURE_MODE = ("relay.core.audio", "relay.core.gate", "relay.core.resume", "relay.core.retention")
 
 
 def compiled(module: str = "relay.core._speedups") -> ModuleType | None:

@@ -17,6 +17,7 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from relay.core._speedups cimport c_decode_plain_append, c_encode_frame, c_looks_like_float32
 from relay.core.audio cimport AudioAccount, InputAudioCheck
 from relay.core.gate cimport ReadinessGate
+from relay.core.resume cimport SentLog
 from relay.core.retention cimport AudioRetention
 
 from relay.core.websocket import FrameReader, ProtocolError, encode_frame_parts
@@ -324,19 +325,19 @@ cdef class AppendLane(Lane):
 cdef class DeltaLane(Lane):
     """``relay.io.lanes.PyDeltaLane``, holding the same parts as ``AppendLane``."""
 
-    cdef object link, state, log
-    cdef Py_ssize_t window_bytes, window_frames  # the resume log's, set when it is made
+    cdef object link, state
+    cdef SentLog log
 
     def __init__(self, conversation, link):
         self.conversation = conversation
         self.link = link
         self.state = conversation.supervisor.state
         self.log = conversation.sent
-        self.window_bytes, self.window_frames = self.log.window_bytes, self.log.window_frames
         self._count(U2C, AUDIO_DELTA)
 
     cdef bint c_take(self, object data) except -1:
-        cdef object conversation = self.conversation, client, log = self.log, frames
+        cdef object conversation = self.conversation, client
+        cdef SentLog log = self.log
         cdef double received
         cdef Py_ssize_t size
         if not PyBytes_CheckExact(data):
@@ -356,12 +357,7 @@ cdef class DeltaLane(Lane):
         state = self.state
         if state.partial is not None:  # SessionState.on_audio_delta
             state.partial_audio_bytes += _delta_chars(data) * 3 // 4
-        # Conversation.to_client: SentLog.append while attached, then the send
-        frames = log._frames
-        frames.append(data)
-        log.bytes += size
-        while log.bytes > self.window_bytes or len(frames) > self.window_frames:
-            log.bytes -= len(frames.popleft())
+        log.append(data)  # Conversation.to_client: compiled from relay/core/resume.py, a C call
         (<FramePath>client).c_send(data, OP_TEXT)
         self._counted(size, _clock() - received)
         return True
