@@ -6,13 +6,16 @@ budget, not at all. Apps keep acting on the items they were shown, and apps play
 than the API sends them, so after a rotation or a drop:
 - a truncation of a replayed answer (the user interrupted it) would be refused (the API
   truncates only audio);
-- a retrieval, deletion or truncation of an item left out would be refused as unknown.
+- a retrieval, deletion or truncation of an item left out would be refused as unknown, and so
+  would a new item placed after one (``previous_item_id``).
 
 The relay answers these itself, as the API would have, from its mirror of the conversation;
 for a truncated replayed answer it also gives the upstream the answer again as far as it was
 heard (deleted and re-created in place under its id, as the rotation delta does), so the model
 does not believe it said what the user never heard. A retrieved replayed item is shown from the
-mirror on its way back (``SessionState.shown_item``). Pure: the supervisor does the sending.
+mirror on its way back (``SessionState.shown_item``). A new item placed after one left out goes
+after the item the upstream holds in that place, and its echo shows the app the place it asked
+for. Pure: the supervisor does the sending.
 """
 
 from __future__ import annotations
@@ -102,8 +105,32 @@ def _truncation(
 def _previous(state: SessionState, item: dict[str, Any]) -> str:
     """Where the item sits on the upstream: after the item before it, or first of the replay
     (what comes before it in the mirror is then what the replay's budget left out)."""
-    items = state.items
     position = state.index_of(str(item["id"])) or 0
-    if position and items[position - 1].get("id") not in state.left_out_ids:
-        return str(items[position - 1].get("id"))
+    return held_at_or_before(state, str(state.items[position - 1].get("id"))) if position else "root"
+
+
+def held_at_or_before(state: SessionState, item_id: str) -> str:
+    """The item the upstream holds that stands in for ``item_id`` as a place in the
+    conversation: itself, or the nearest one before it in the mirror, or ``root`` (the replay's
+    budget leaves out the oldest items, so one left out has none held before it)."""
+    if item_id not in state.left_out_ids:
+        return item_id
+    position = state.index_of(item_id)
+    for item in reversed(state.items[: position or 0]):
+        earlier = item.get("id")
+        if isinstance(earlier, str) and earlier not in state.left_out_ids:
+            return earlier
     return "root"
+
+
+def placed_create(state: SessionState, event: Event) -> Event | None:
+    """A ``conversation.item.create`` to go after an item the replay left out, in the form the
+    current upstream takes (it would refuse that item as unknown): after the item it holds in
+    that place. None: the event goes as it is. An item without an id is given one, so that its
+    echo can be told (the API would have drawn one)."""
+    previous, item = event.get("previous_item_id"), event.get("item")
+    if not isinstance(previous, str) or previous not in state.left_out_ids or not isinstance(item, dict):
+        return None
+    if not isinstance(item.get("id"), str):
+        item["id"] = new_id("item_")
+    return {**event, "previous_item_id": held_at_or_before(state, previous)}

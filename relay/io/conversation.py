@@ -674,7 +674,11 @@ class Conversation:
         """
         if event_type in ITEM_EVENTS and self.supervisor.answers_itself(link, event or _loads(data), data):
             return True  # about an item the upstream holds otherwise than the app saw it
-        if not link.send(data):
+        upstream = data
+        if event_type == "conversation.item.create" and self.supervisor.state.left_out_ids:
+            event = event or _loads(data)
+            upstream = self.supervisor.placed(event, data)  # after an item the upstream lacks
+        if not link.send(upstream):
             self.gate.upstream_lost()
             self.gate.requeue(data, event_type, time.monotonic() if held_at is None else held_at)
             return False

@@ -37,7 +37,7 @@ from relay.core.errors import UpstreamError, new_id
 from relay.core.gate import ReadinessGate
 from relay.core.policy import Policy, merge
 from relay.core.replay import EchoFilter, ReplayPlan, plan_delta, plan_replay, plan_tail, plan_transcriptions
-from relay.core.replayed import LocalAnswer, answer_locally
+from relay.core.replayed import LocalAnswer, answer_locally, placed_create
 from relay.core.session import Interruption, SessionState, interrupt_response
 from relay.core.transcripts import FINISHED, TranscriptOrder
 from relay.io.frames import dumps
@@ -57,6 +57,9 @@ _JITTER_SHARE = 0.1  # rotation jitter is at most this share of the interval
 # replacement that follows is the supervisor's business (reference §1.3).
 END_OF_LIFE_CODES = frozenset({"session_expired"})
 _COMMIT_ORDERED = FINISHED | {"input_audio_buffer.committed"}
+# The echoes of a new item (GA: added, then done; beta: created), which name the item before it.
+_ITEM_ECHOES = frozenset({"conversation.item.added", "conversation.item.done", "conversation.item.created"})
+_MAX_PLACED = 64  # new items placed otherwise than asked whose echoes are still due
 
 
 class Conversation(Protocol):
@@ -119,6 +122,8 @@ class Supervisor:
         self.transcripts = TranscriptOrder()
         # A re-transcribed utterance's id on the new upstream -> the id the app was given.
         self._alias: dict[str, str] = {}
+        # A new item placed after one the upstream does not hold -> the item the app named.
+        self._placed: dict[str, str] = {}
 
     # ------------------------------------------------------------------ feeding the state
     def on_client_event(self, event: dict[str, Any] | None, data: bytes) -> None:
@@ -153,6 +158,8 @@ class Supervisor:
             data = dumps(event)
         if event_type == "conversation.item.retrieved":
             data = self._as_shown(event, data)
+        if self._placed and event_type in _ITEM_ECHOES:
+            data = self._as_placed(event_type, event, data)
         self.state.on_server_event(event)
         if event_type in _COMMIT_ORDERED and self.state.transcription:
             return self._in_commit_order(event_type, event, data)
@@ -177,6 +184,27 @@ class Supervisor:
         if shown is None:
             return data
         event["item"] = shown
+        return dumps(event)
+
+    def placed(self, event: dict[str, Any], data: bytes) -> bytes:
+        """A new item the app places after one the replay left out: the frame the upstream takes
+        (``relay.core.replayed.placed_create``), its echo to be shown as the app asked."""
+        upstream = placed_create(self.state, event)
+        if upstream is None:
+            return data
+        self._placed[upstream["item"]["id"]] = event["previous_item_id"]
+        while len(self._placed) > _MAX_PLACED:  # an echo that never came (a refusal): let it go
+            del self._placed[next(iter(self._placed))]
+        return dumps(upstream)
+
+    def _as_placed(self, event_type: str, event: dict[str, Any], data: bytes) -> bytes:
+        item = event.get("item")
+        item_id = item.get("id") if isinstance(item, dict) else None
+        if not isinstance(item_id, str) or (asked := self._placed.get(item_id)) is None:
+            return data
+        if event_type != "conversation.item.added":  # its last echo
+            del self._placed[item_id]
+        event["previous_item_id"] = asked
         return dumps(event)
 
     def answers_itself(self, link: UpstreamLink, event: dict[str, Any], data: bytes) -> bool:
@@ -545,7 +573,8 @@ class Supervisor:
             if answer_locally(state, event, self.settings.replay_user_audio) is not None:
                 local.append(event)
                 continue
-            new.send(dumps(self._own(event) if event["type"] == "input_audio_buffer.append" else event))
+            data = dumps(self._own(event) if event["type"] == "input_audio_buffer.append" else event)
+            new.send(self.placed(event, data) if event["type"] == "conversation.item.create" else data)
         if self._echo is not None and self._echo.done:
             self._echo = None
         state.audio.restart(tail.audio, speaking=state.speech_in_progress)

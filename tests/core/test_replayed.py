@@ -6,7 +6,7 @@ from typing import Any
 
 from relay.core.protocol import Interface
 from relay.core.replay import plan_replay
-from relay.core.replayed import answer_locally
+from relay.core.replayed import answer_locally, held_at_or_before, placed_create
 from relay.core.session import SessionState
 from relay.core.validation import Validator
 
@@ -138,3 +138,32 @@ def test_a_retrieved_replay_never_overwrites_the_mirror() -> None:
     }
     state.on_server_event({"type": "conversation.item.truncated", "item_id": "item_3", "audio_end_ms": 0})
     assert state.shown_item("item_3")["content"][0]["transcript"] == ""  # type: ignore[index]
+
+
+def test_a_new_item_after_one_left_out_goes_after_what_the_upstream_holds_in_its_place() -> None:
+    state = SessionState()
+    for i in range(5):
+        item = {"id": f"item_{i}", "type": "message", "role": "user", "content": []}
+        state.on_server_event({"type": "conversation.item.added", "item": item})
+    state.mark_replayed({"item_1", "item_3", "item_4"})  # a budget that also skipped item_2
+    assert state.left_out_ids == {"item_0", "item_2"}
+    assert [held_at_or_before(state, i) for i in ("item_0", "item_1", "item_2", "item_4")] == [
+        "root",
+        "item_1",
+        "item_1",
+        "item_4",
+    ]
+    note = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "n"}]}
+    create = {"type": "conversation.item.create", "previous_item_id": "item_2", "item": dict(note)}
+    upstream = placed_create(state, create)
+    assert upstream is not None
+    assert upstream["previous_item_id"] == "item_1"
+    assert create["previous_item_id"] == "item_2"  # the app's own event keeps the place it named
+    assert upstream["item"]["id"] == create["item"]["id"]  # given one, to know its echo by
+    assert str(create["item"]["id"]).startswith("item_")
+    for untouched in (
+        {**create, "previous_item_id": "item_3"},  # held: the upstream takes it as it is
+        {**create, "previous_item_id": "root"},
+        {"type": "conversation.item.create", "item": dict(note)},  # at the end
+    ):
+        assert placed_create(state, untouched) is None

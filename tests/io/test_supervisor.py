@@ -462,6 +462,56 @@ async def test_items_the_replay_left_out_are_still_the_apps_to_retrieve_truncate
     await client.close()
 
 
+@pytest.mark.parametrize("rig", [{"replay_max_items": 3}], indirect=True)
+async def test_a_new_item_placed_after_one_the_replay_left_out_goes_in_where_the_app_put_it(rig: Rig) -> None:
+    """Apps insert context mid-conversation (``previous_item_id``). After a replacement whose
+    replay left the named item out, the new upstream would refuse the create as unknown: the
+    relay places the item after the one the upstream holds there (first, here, as the oldest
+    items are what a replay leaves out) and the echoes name the item the app named."""
+    client = await rig.client()
+    first = await _turn(client, "the oldest question")
+    await _turn(client, "a second question")
+    await _turn(client, "a third question")
+    question = next(e["item"] for e in client.events if e["type"] == "conversation.item.added")
+    old_answer = first["response"]["output"][0]["id"]
+    before = await rig.sim.open_session(client.relay_session)
+    await rig.sim.fault(before["id"], kind="drop")
+    last = client.events[-1]
+    after = await rig.sim.replacement(
+        client.relay_session, before["id"], str(last["response"]["output"][0]["id"])
+    )
+    held = [i["id"] for i in after["conversation"]]
+    assert old_answer not in held
+    assert question["id"] not in held
+    start = len(client.events)
+    note = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "a correction"}]}
+    create = {"type": "conversation.item.create", "previous_item_id": old_answer}
+    await client.send({**create, "item": {**note, "id": "item_note"}, "event_id": "with_id"})
+    await client.send({**create, "previous_item_id": question["id"], "item": note, "event_id": "no_id"})
+    named = await client.wait_for(
+        "conversation.item.added", lambda e: e["item"]["id"] == "item_note", after=start
+    )
+    assert named["previous_item_id"] == old_answer
+    unnamed = await client.wait_for(
+        "conversation.item.added", lambda e: e["item"]["id"] != "item_note", after=start
+    )
+    assert unnamed["previous_item_id"] == question["id"]
+    dones = [
+        await client.wait_for("conversation.item.done", lambda e, i=i: e["item"]["id"] == i, after=start)
+        for i in ("item_note", unnamed["item"]["id"])
+    ]
+    assert [d["previous_item_id"] for d in dones] == [old_answer, question["id"]]
+    assert "error" not in client.types()[start:]
+    # On the upstream both went first, newest first, ahead of everything the replay gave it.
+    now = _conversation_shape(await rig.sim.session(after["id"]))
+    assert [i[0] for i in now[:2]] == [unnamed["item"]["id"], "item_note"]
+    assert now[2:] == _conversation_shape(after)
+    done = await _turn(client, "go on")
+    assert done["response"]["status"] == "completed"
+    client.assert_invariants()
+    await client.close()
+
+
 @pytest.mark.parametrize(
     ("cut_after", "tools"),
     [
