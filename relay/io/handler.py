@@ -344,7 +344,7 @@ async def _take_over(
     credential = ResumeCredential(session_id, snapshot.identity_key, snapshot.digest)
     _check_credential(ctx, credential, secret, admission.identity.key)
     try:
-        await ctx.registry.admit(admission.identity)
+        await ctx.registry.admit(admission.identity, replacing=True)
     except CapacityExceeded as exc:
         raise Rejection(429, exc.reason, exc.message) from None
     try:

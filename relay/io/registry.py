@@ -28,7 +28,7 @@ class CapacityExceeded(Exception):
 class SharedSlots(Protocol):
     """The session caps across worker processes (``relay.io.workers``)."""
 
-    async def reserve(self, kind: str, key: str) -> CapacityExceeded | None: ...
+    async def reserve(self, kind: str, key: str, spare: int = 0) -> CapacityExceeded | None: ...
     def release(self, key: str) -> None: ...
 
 
@@ -64,16 +64,23 @@ class SessionRegistry:
 
     shared: SharedSlots | None = None  # several workers: the caps hold across them
 
-    def reserve(self, identity: Identity) -> None:
-        self.reserve_slot(identity.kind, identity.key)
+    def reserve(self, identity: Identity, spare: int = 0) -> None:
+        self.reserve_slot(identity.kind, identity.key, spare)
 
-    async def admit(self, identity: Identity) -> None:
-        """Reserve a slot here and, with several workers, across them; raises CapacityExceeded."""
-        self.reserve(identity)
+    async def admit(self, identity: Identity, *, replacing: bool = False) -> None:
+        """Reserve a slot here and, with several workers, across them; raises CapacityExceeded.
+
+        ``replacing``: a conversation taken over from another process, whose slot there (with
+        several workers, under the same caps) is freed only once its owner lets it go, after
+        this. Counting both would refuse a client at its cap the return to its own conversation
+        (its grace would then run out): the caps allow one more for it, for that moment.
+        """
+        spare = 1 if replacing else 0
+        self.reserve(identity, spare)
         if self.shared is None:
             return
         try:
-            refusal = await self.shared.reserve(identity.kind, identity.key)
+            refusal = await self.shared.reserve(identity.kind, identity.key, spare)
         except BaseException:
             self._release_local(identity.key)
             raise
@@ -81,15 +88,15 @@ class SessionRegistry:
             self._release_local(identity.key)
             raise refusal
 
-    def reserve_slot(self, kind: str, key: str) -> None:
-        if self.reserved >= self.max_sessions:
+    def reserve_slot(self, kind: str, key: str, spare: int = 0) -> None:
+        if self.reserved >= self.max_sessions + spare:
             raise CapacityExceeded(
                 "global_session_cap",
                 f"the relay is at its session capacity ({self.max_sessions} sessions; "
                 "RELAY_MAX_SESSIONS raises it)",
             )
         limit, setting = self._limit_for(kind)
-        if limit is not None and self.per_identity[key] >= limit:
+        if limit is not None and self.per_identity[key] >= limit + spare:
             raise CapacityExceeded(
                 "identity_session_cap",
                 f"too many concurrent sessions for this client identity ({limit} per "

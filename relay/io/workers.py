@@ -114,7 +114,7 @@ class SlotServer:
                         self.registry.release(key)
                     continue
                 try:
-                    self.registry.reserve_slot(str(request["kind"]), key)
+                    self.registry.reserve_slot(str(request["kind"]), key, int(request.get("spare", 0)))
                 except CapacityExceeded as exc:
                     writer.write(orjson.dumps({"reason": exc.reason, "message": exc.message}) + b"\n")
                     continue
@@ -144,12 +144,12 @@ class SlotClient:
         reader, writer = await asyncio.open_unix_connection(str(Path(directory) / SLOTS_SOCKET))
         return cls(reader, writer)
 
-    async def reserve(self, kind: str, key: str) -> CapacityExceeded | None:
+    async def reserve(self, kind: str, key: str, spare: int = 0) -> CapacityExceeded | None:
         if self._broken:  # the parent is gone: this worker's own caps still hold
             return None
         future: asyncio.Future[CapacityExceeded | None] = asyncio.get_running_loop().create_future()
         self._waiting.append(future)
-        self._writer.write(orjson.dumps({"op": "reserve", "kind": kind, "key": key}) + b"\n")
+        self._writer.write(orjson.dumps({"op": "reserve", "kind": kind, "key": key, "spare": spare}) + b"\n")
         return await future
 
     def release(self, key: str) -> None:

@@ -14,6 +14,7 @@ import websockets
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from relay.io.registry import CapacityExceeded, SessionRegistry
 from tests.conftest import TOKEN, RelayFactory
 from tests.support.scripted_upstream import ScriptedUpstream
 
@@ -306,3 +307,17 @@ async def test_jwt_lifetime_and_claim_types_are_enforced(
         assert status == expected, (headers, body)
         if reason is not None:
             assert body["error"]["code"] == reason  # type: ignore[index]
+
+
+def test_a_takeover_may_pass_the_cap_by_one_for_the_conversation_it_replaces() -> None:
+    """With several workers the conversation a client comes back to holds its slot on the other
+    worker until it is let go, after the takeover's reservation: one over, for that moment."""
+    registry = SessionRegistry(max_sessions=10, max_per_identity=1)
+    registry.reserve_slot("user", "alice")  # her conversation, on the other worker
+    with pytest.raises(CapacityExceeded):
+        registry.reserve_slot("user", "alice")  # a new one: over her cap
+    registry.reserve_slot("user", "alice", spare=1)  # taking that one over
+    with pytest.raises(CapacityExceeded):
+        registry.reserve_slot("user", "alice", spare=1)  # never two over
+    registry.release("alice")  # the other worker let it go
+    assert registry.per_identity["alice"] == 1

@@ -150,8 +150,12 @@ def redis_server() -> Iterator[RedisServer]:
 
 @pytest.mark.timeout(120)
 async def test_with_redis_a_client_resumes_on_whichever_worker_it_reaches(redis_server: RedisServer) -> None:
+    """At its cap, too: a client with as many conversations as its cap allows comes back to each
+    on whichever worker it reaches; one taken over from the other worker is counted there until
+    its owner lets it go, and that must not refuse the client its own conversation."""
     async with relay_process(
         RELAY_WORKERS=str(WORKERS),
+        RELAY_MAX_SESSIONS_PER_TOKEN="6",
         RELAY_REDIS_URL=redis_server.url,
         RELAY_OVERLOAD_LAG_MS="0",
         RELAY_LOG_LEVEL="WARNING",
