@@ -77,7 +77,7 @@ cdef class FrameReader:
 
     cdef int _mask_bit
     cdef readonly Py_ssize_t max_size
-    cdef bytearray _pending
+    cdef bytearray _pending  # None when nothing waits: the common read touches no buffer
     cdef Py_ssize_t _need
     cdef bint _fragmenting  # a fragmented message is open in ``_rare``
     cdef object _rare
@@ -88,7 +88,7 @@ cdef class FrameReader:
 
         self._mask_bit = 0x80 if masked else 0
         self.max_size = max_size
-        self._pending = bytearray()
+        self._pending = None
         self._need = 0
         self._fragmenting = False
         self._rare = PyFrameReader(masked=masked, max_size=max_size, **limits)
@@ -112,11 +112,11 @@ cdef class FrameReader:
         cdef list messages = []
         cdef bytes payload
         cdef object message
-        if PyByteArray_GET_SIZE(self._pending):
+        if self._pending is not None:
             self._pending += data
             if PyByteArray_GET_SIZE(self._pending) < self._need:
                 return messages
-            buf, self._pending, joined = self._pending, bytearray(), True
+            buf, self._pending, joined = self._pending, None, True
             p = <const uint8_t*>PyByteArray_AS_STRING(buf)
             end = PyByteArray_GET_SIZE(buf)
         else:

@@ -272,6 +272,7 @@ cdef class AppendLane(Lane):
     cdef AudioAccount account
     cdef ReadinessGate gate
     cdef AudioRetention retention
+    cdef FramePath _upstream  # the current link's connection, as ``relink`` was last told
     cdef Py_ssize_t fast_path_bytes  # the checker's, set when it is made
 
     def __init__(self, conversation):
@@ -282,11 +283,23 @@ cdef class AppendLane(Lane):
         self.account = checker.account
         self.gate = conversation.gate
         self.retention = conversation.supervisor.state.audio
+        self.relink(conversation.link)
         self._count(C2U, APPEND)
+
+    @property
+    def upstream(self):
+        """The connection appends go to when nothing holds them (None: no upstream)."""
+        return self._upstream
+
+    def relink(self, link):
+        """The conversation's link changed (``Conversation.link``, a property, says so): the
+        lane then never reads the conversation, a Python object cold in the cache, per frame."""
+        self._upstream = None if link is None else <FramePath?>link.conn
 
     cdef bint c_take(self, object data) except -1:
         cdef double received = _clock()
-        cdef object audio, link
+        cdef object audio
+        cdef FramePath upstream
         cdef InputAudioCheck check = self.input_audio
         cdef ReadinessGate gate = self.gate
         cdef Py_ssize_t size
@@ -307,13 +320,13 @@ cdef class AppendLane(Lane):
                 return False
         self.account.bytes += size
         # ReadinessGate.must_hold, then the send
-        link = self.conversation.link
+        upstream = self._upstream
         if (
-            link is None
+            upstream is None
             or gate._held
             or not gate.session_ready
             or gate.pending_updates > 0
-            or not (<FramePath?>link.conn).c_send(data, OP_TEXT)
+            or not upstream.c_send(data, OP_TEXT)
         ):
             self.conversation.forward_upstream(data, APPEND, None)
         else:  # compiled from relay/core/retention.py: a C call

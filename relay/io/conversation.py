@@ -105,7 +105,7 @@ class Conversation:
         self._split_samples = 0
         self._error_budget = TokenBucket(ERRORS_PER_SECOND, ERROR_BURST)
         self._suppressed_logged_at = 0.0
-        self.link: UpstreamLink | None = None
+        self._link: UpstreamLink | None = None
         self.outcome = "client_closed"
         self.started = time.monotonic()
         self._ended: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
@@ -308,6 +308,18 @@ class Conversation:
 
     def _count_detached(self) -> None:
         self.metrics.detached_sessions.set(self.ctx.registry.note_detached(self))
+
+    @property
+    def link(self) -> UpstreamLink | None:
+        """The current upstream; None while there is none (a recovery between two)."""
+        return self._link
+
+    @link.setter
+    def link(self, link: UpstreamLink | None) -> None:
+        self._link = link
+        lane = self.client.lane if isinstance(self.client, WebSocketConnection) else None
+        if isinstance(lane, AppendLane):
+            lane.relink(link)  # it sends to the link's connection itself
 
     @property
     def detached(self) -> bool:

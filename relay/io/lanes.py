@@ -20,6 +20,7 @@ from relay.io.frames import delta_chars
 if TYPE_CHECKING:
     from relay.io.conversation import Conversation
     from relay.io.link import UpstreamLink
+    from relay.io.websocket import WebSocketConnection
 
 APPEND = "input_audio_buffer.append"
 AUDIO_DELTA = "response.output_audio.delta"
@@ -49,6 +50,16 @@ class PyAppendLane(PyLane):
 
     def __init__(self, conversation: Conversation) -> None:
         super().__init__(conversation, C2U, APPEND)
+
+    @property
+    def upstream(self) -> WebSocketConnection | None:
+        """The connection appends go to when nothing holds them (None: no upstream)."""
+        link = self.conversation.link
+        return None if link is None else link.conn
+
+    def relink(self, link: UpstreamLink | None) -> None:
+        """The conversation's link changed: the compiled lane holds its connection from here;
+        this one reads the conversation's, so that a missed call shows as a difference."""
 
     def take(self, data: bytes) -> bool:
         conversation = self.conversation

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +26,8 @@ from relay.core.websocket import PyFrameReader, encode_frame
 from relay.io import lanes
 from relay.io.frame_path import MAX_EARLY_BYTES, MAX_EARLY_MESSAGES
 from relay.io.lanes import AppendLane, DeltaLane, PyAppendLane, PyDeltaLane
+from relay.io.link import UpstreamLink
+from relay.io.websocket import WebSocketConnection
 from tests.support.speech import speech_pcm16
 
 PCM = speech_pcm16("Testing the lanes.")[: 960 * 8]
@@ -175,6 +178,33 @@ async def test_each_lane_takes_its_frame_and_declines_the_rest() -> None:
             assert not append_lane.take(append(PCM[:960]) + b" ")
             assert delta_lane.take(delta(1))
             assert not delta_lane.take(b'{"type":"response.done","event_id":"e","response":{}}')
+
+
+async def test_the_append_lane_sends_to_whichever_upstream_is_current() -> None:
+    """The compiled lane holds the current upstream's connection (told by ``Conversation.link``)
+    rather than reading the conversation per frame: after a replacement, and with none, its
+    appends go where the full path's would, never to the upstream that was replaced."""
+    async with aiohttp.ClientSession() as http:
+        path = await open_hot_path(http)
+        session, old = path.session, path.session.link
+        assert old is not None
+        old_wire, new_wire = Recorder(), Recorder()
+        old.conn.connection_made(old_wire)  # type: ignore[arg-type]
+        new = UpstreamLink(
+            WebSocketConnection(client_side=True, max_size=1 << 24), old.target, time.monotonic()
+        )
+        new.conn.connection_made(new_wire)  # type: ignore[arg-type]
+        assert path.client.lane.upstream is old.conn  # type: ignore[union-attr]
+        session.attach(new)  # as a rotation's switch does
+        assert path.client.lane.upstream is new.conn  # type: ignore[union-attr]
+        path.client.data_received(encode_frame(append(PCM[:960], event_id="after"), mask=True))
+        assert [orjson.loads(m).get("event_id") for m in new_wire.messages(masked=True)] == ["after"]
+        assert old_wire.messages(masked=True) == []
+        session.link = None  # between two upstreams: held, then sent to the next one
+        assert path.client.lane.upstream is None  # type: ignore[union-attr]
+        path.client.data_received(encode_frame(append(PCM[:960], event_id="held"), mask=True))
+        assert session.gate.held_count == 1
+        assert len(new_wire.messages(masked=True)) == 1
 
 
 def test_the_build_runs_its_own_lanes_and_the_compiled_constants_match_the_reference() -> None:
