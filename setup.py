@@ -1,5 +1,6 @@
 """The compiled build of the per-frame code (relay/core/_speedups.pyx, relay/io/_frame_path.pyx,
-and relay/core/retention.py compiled as it is, typed by its .pxd), made by ``pip install``.
+and the modules of ``relay.core.speedups.PURE_MODE``, each compiled from its own .py and typed by
+the .pxd beside it), made by ``pip install``.
 
 Optional, as aiohttp's and yarl's are: without a C compiler (or with ``RELAY_NO_EXTENSIONS`` set)
 the install goes on and the relay runs their pure-Python twins, the same code it was measured

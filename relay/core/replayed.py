@@ -126,10 +126,15 @@ def held_at_or_before(state: SessionState, item_id: str) -> str:
 def placed_create(state: SessionState, event: Event) -> Event | None:
     """A ``conversation.item.create`` to go after an item the replay left out, in the form the
     current upstream takes (it would refuse that item as unknown): after the item it holds in
-    that place. None: the event goes as it is. An item without an id is given one, so that its
+    that place. None: the event (of any type) goes as it is. An item without an id is given one, so that its
     echo can be told (the API would have drawn one)."""
     previous, item = event.get("previous_item_id"), event.get("item")
-    if not isinstance(previous, str) or previous not in state.left_out_ids or not isinstance(item, dict):
+    if (
+        event.get("type") != "conversation.item.create"
+        or not isinstance(previous, str)
+        or previous not in state.left_out_ids
+        or not isinstance(item, dict)
+    ):
         return None
     if not isinstance(item.get("id"), str):
         item["id"] = new_id("item_")

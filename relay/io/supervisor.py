@@ -187,8 +187,9 @@ class Supervisor:
         return dumps(event)
 
     def placed(self, event: dict[str, Any], data: bytes) -> bytes:
-        """A new item the app places after one the replay left out: the frame the upstream takes
-        (``relay.core.replayed.placed_create``), its echo to be shown as the app asked."""
+        """The frame the upstream takes for a client event: ``data`` itself, unless it places a
+        new item after one the replay left out (``relay.core.replayed.placed_create``), whose
+        echo is then shown as the app asked."""
         upstream = placed_create(self.state, event)
         if upstream is None:
             return data
@@ -574,7 +575,7 @@ class Supervisor:
                 local.append(event)
                 continue
             data = dumps(self._own(event) if event["type"] == "input_audio_buffer.append" else event)
-            new.send(self.placed(event, data) if event["type"] == "conversation.item.create" else data)
+            new.send(self.placed(event, data))
         if self._echo is not None and self._echo.done:
             self._echo = None
         state.audio.restart(tail.audio, speaking=state.speech_in_progress)

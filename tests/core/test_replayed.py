@@ -165,5 +165,6 @@ def test_a_new_item_after_one_left_out_goes_after_what_the_upstream_holds_in_its
         {**create, "previous_item_id": "item_3"},  # held: the upstream takes it as it is
         {**create, "previous_item_id": "root"},
         {"type": "conversation.item.create", "item": dict(note)},  # at the end
+        {**create, "type": "conversation.item.retrieve"},  # not a create
     ):
         assert placed_create(state, untouched) is None
