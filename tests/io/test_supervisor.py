@@ -431,12 +431,11 @@ async def test_items_the_replay_left_out_are_still_the_apps_to_retrieve_truncate
     client = await rig.client()
     first = await _turn(client, "the oldest question")
     await _turn(client, "a second question")
-    await _turn(client, "a third question")
+    last = await _turn(client, "a third question")
     old_answer = first["response"]["output"][0]["id"]
     question = next(e["item"] for e in client.events if e["type"] == "conversation.item.added")
     before = await rig.sim.open_session(client.relay_session)
     await rig.sim.fault(before["id"], kind="drop")
-    last = client.events[-1]
     after = await rig.sim.replacement(
         client.relay_session, before["id"], str(last["response"]["output"][0]["id"])
     )
@@ -471,12 +470,11 @@ async def test_a_new_item_placed_after_one_the_replay_left_out_goes_in_where_the
     client = await rig.client()
     first = await _turn(client, "the oldest question")
     await _turn(client, "a second question")
-    await _turn(client, "a third question")
+    last = await _turn(client, "a third question")
     question = next(e["item"] for e in client.events if e["type"] == "conversation.item.added")
     old_answer = first["response"]["output"][0]["id"]
     before = await rig.sim.open_session(client.relay_session)
     await rig.sim.fault(before["id"], kind="drop")
-    last = client.events[-1]
     after = await rig.sim.replacement(
         client.relay_session, before["id"], str(last["response"]["output"][0]["id"])
     )
