@@ -103,7 +103,8 @@ async def start_relay(
         RELAY_OVERLOAD_LAG_MS="0",
     )
     env.update(extra or {})
-    return await _launch([*pin(0), sys.executable, "-m", "relay", "serve"], port, env, cwd)
+    prof = ["-m", "cProfile", "-o", os.environ["BENCH_CPROFILE"]] if os.environ.get("BENCH_CPROFILE") else []
+    return await _launch([*pin(0), sys.executable, *prof, "-m", "relay", "serve"], port, env, cwd)
 
 
 async def start_floor(sim_port: int) -> Proc:

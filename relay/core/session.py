@@ -80,8 +80,6 @@ class SessionState:
         self.out_of_band_requested = 0  # the app's own response.create with conversation "none"
         self.speech_in_progress = False
         self._vad_turn_ended = False
-        # Server events that changed the state: a replay planned before any of them is stale.
-        self.server_changes = 0
 
     # ------------------------------------------------------------------ queries
     @property
@@ -194,7 +192,6 @@ class SessionState:
     def on_server_event(self, event: Event) -> None:
         handler = _SERVER_HANDLERS.get(str(event.get("type")))
         if handler is not None:
-            self.server_changes += 1
             handler(self, event)
 
     def _answered(self, event: Event) -> Pending | None:

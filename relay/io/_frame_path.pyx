@@ -22,6 +22,8 @@ from relay.core.retention cimport AudioRetention
 
 from relay.core.websocket import FrameReader, ProtocolError, encode_frame_parts
 
+from orjson import loads as _json_loads
+
 cdef enum:
     OP_TEXT = 0x1
     OP_CLOSE = 0x8
@@ -188,6 +190,13 @@ cdef str APPEND = "input_audio_buffer.append"
 cdef str AUDIO_DELTA = "response.output_audio.delta"
 cdef bytes AUDIO_DELTA_PREFIX = b'{"type":"response.output_audio.delta"'
 cdef bytes DELTA_KEY = b'"delta":"'
+cdef tuple TEXT_DELTAS = (
+    "response.output_audio_transcript.delta",
+    "response.output_text.delta",
+    "conversation.item.input_audio_transcription.delta",
+    "response.function_call_arguments.delta",
+)
+cdef tuple TEXT_DELTA_PREFIXES = tuple([b'{"type":"%s"' % t.encode() for t in TEXT_DELTAS])
 cdef str PCM16 = "pcm16"
 cdef str C2U = "client_to_upstream"
 cdef str U2C = "upstream_to_client"
@@ -202,6 +211,8 @@ def constants():
         "MAX_EARLY_MESSAGES": MAX_EARLY_MESSAGES,
         "MAX_EARLY_BYTES": MAX_EARLY_BYTES,
         "AUDIO_DELTA_PREFIX": AUDIO_DELTA_PREFIX,
+        "TEXT_DELTAS": TEXT_DELTAS,
+        "TEXT_DELTA_PREFIXES": TEXT_DELTA_PREFIXES,
     }
 
 
@@ -241,9 +252,11 @@ cdef class Lane:
             self.bounds[i] = bounds[i]
 
     cdef inline void _counted(self, Py_ssize_t size, double seconds) except *:
+        self._counted_in(self.cell, size, seconds)
+
+    cdef inline void _counted_in(self, list cell, Py_ssize_t size, double seconds) except *:
         """``FrameMetrics.frame`` and ``FrameMetrics.latency`` (bisect_left over the bounds)."""
         cdef Py_ssize_t low = 0, high = self.nbounds, middle
-        cell = self.cell
         cell[0] += 1
         cell[1] += size
         while low < high:
@@ -338,28 +351,36 @@ cdef class AppendLane(Lane):
 cdef class DeltaLane(Lane):
     """``relay.io.lanes.PyDeltaLane``, holding the same parts as ``AppendLane``."""
 
-    cdef object link, state
+    cdef object link, state, supervisor
     cdef SentLog log
+    cdef list text_cells
 
     def __init__(self, conversation, link):
         self.conversation = conversation
         self.link = link
-        self.state = conversation.supervisor.state
+        self.supervisor = conversation.supervisor
+        self.state = self.supervisor.state
         self.log = conversation.sent
         self._count(U2C, AUDIO_DELTA)
+        frames = conversation.metrics.frames
+        self.text_cells = [frames.cell(U2C, t) for t in TEXT_DELTAS]
 
     cdef bint c_take(self, object data) except -1:
         cdef object conversation = self.conversation, client
         cdef SentLog log = self.log
         cdef double received
-        cdef Py_ssize_t size
+        cdef Py_ssize_t size, kind
         if not PyBytes_CheckExact(data):
             return False
         size = PyBytes_GET_SIZE(data)
         if size < PyBytes_GET_SIZE(AUDIO_DELTA_PREFIX) or memcmp(
             PyBytes_AS_STRING(data), PyBytes_AS_STRING(AUDIO_DELTA_PREFIX), PyBytes_GET_SIZE(AUDIO_DELTA_PREFIX)
         ) != 0:
-            return False
+            kind = _text_delta_kind(data)
+            if kind < 0:
+                return False
+        else:
+            kind = -1
         client = conversation.client
         # Not the current upstream, a beta client, no client attached: the full path's cases.
         if self.link is not conversation.link or conversation.beta is not None or log.detached:
@@ -367,6 +388,8 @@ cdef class DeltaLane(Lane):
         if not isinstance(client, FramePath):
             return False
         received = _clock()
+        if kind >= 0:
+            return self._take_text(<bytes>data, <FramePath>client, kind, received)
         state = self.state
         if state.partial is not None:  # SessionState.on_audio_delta
             state.partial_audio_bytes += _delta_chars(data) * 3 // 4
@@ -374,6 +397,35 @@ cdef class DeltaLane(Lane):
         (<FramePath>client).c_send(data, OP_TEXT)
         self._counted(size, _clock() - received)
         return True
+
+    cdef bint _take_text(self, bytes data, FramePath client, Py_ssize_t kind, double received) except -1:
+        supervisor = self.supervisor
+        if supervisor._echo is not None or supervisor._alias:  # Supervisor.passes_deltas
+            return False
+        try:
+            event = _json_loads(data)
+        except ValueError:  # orjson.JSONDecodeError: the full path's to answer
+            return False
+        if not isinstance(event, dict):
+            return False
+        self.state.on_server_event(event)
+        self.log.append(data)
+        client.c_send(data, OP_TEXT)
+        self._counted_in(<list>self.text_cells[kind], PyBytes_GET_SIZE(data), _clock() - received)
+        return True
+
+
+cdef Py_ssize_t _text_delta_kind(bytes data):
+    """Which of ``TEXT_DELTAS`` the frame is, from its first bytes (-1: none)."""
+    cdef Py_ssize_t kind = 0, n = PyBytes_GET_SIZE(data)
+    cdef bytes prefix
+    for prefix in TEXT_DELTA_PREFIXES:
+        if n >= PyBytes_GET_SIZE(prefix) and memcmp(
+            PyBytes_AS_STRING(data), PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix)
+        ) == 0:
+            return kind
+        kind += 1
+    return -1
 
 
 cdef Py_ssize_t _delta_chars(bytes data):

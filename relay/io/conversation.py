@@ -517,7 +517,7 @@ class Conversation:
         if previous is not None and previous is not link:
             previous.detach()
         link.attach(functools.partial(self._on_upstream_message, link), self._upstream_write_paused)
-        link.conn.lane = DeltaLane(self, link)  # audio deltas in one step (relay.io.lanes)
+        link.conn.lane = DeltaLane(self, link)  # audio and text deltas in one step (relay.io.lanes)
         self.client.resume_reading("upstream")  # the new upstream's send buffer is empty
         if self.client.write_paused_since:
             link.conn.pause_reading("client")

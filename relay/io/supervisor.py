@@ -137,6 +137,13 @@ class Supervisor:
         """The commonest client event, tracked in short: only its audio is kept (for a replay)."""
         self.state.audio.append(audio)
 
+    @property
+    def passes_deltas(self) -> bool:
+        """Whether a text delta needs nothing of ``on_server_event`` but the state's mirror: no
+        switch's answers are due (which it might be) and no item id is translated (which it
+        might name). Read by the delta lane (relay.io.lanes)."""
+        return self._echo is None and not self._alias
+
     def on_server_event(self, event_type: str, event: dict[str, Any], data: bytes) -> bytes | None:
         """Track a server event; returns the frame for the client (None: not shown)."""
         echo = self._echo

@@ -83,26 +83,59 @@ def client_frames() -> Iterator[bytes]:
 
 
 def server_frames() -> Iterator[bytes]:
+    yield (  # an answer starts: the state's mirror follows its item (audio length, text)
+        b'{"type":"response.created","event_id":"e0","response":{"id":"resp_1","object":"realtime.response",'
+        b'"status":"in_progress","output":[],"conversation_id":"conv_1"}}'
+    )
     yield (
         b'{"type":"response.output_item.added","event_id":"e1","response_id":"resp_1","output_index":0,'
         b'"item":{"id":"item_1","type":"message","role":"assistant","status":"in_progress","content":[]}}'
     )
     for n in range(4):
         yield delta(n)
-    yield b'{"type":"response.output_audio_transcript.delta","event_id":"e2","item_id":"item_1","delta":"Hi"}'
+        yield transcript(n, "Hi, " if n % 2 else 'a \\"quoted\\" caf\\u00e9 ')
+    yield b'{"type":"response.output_text.delta","event_id":"e3","item_id":"item_1","delta":" text"}'
+    yield b'{"type":"response.output_audio_transcript.delta","item_id":"item_0","delta":"other item"}'
+    yield (
+        b'{"type":"conversation.item.input_audio_transcription.delta","event_id":"e5",'
+        b'"item_id":"item_u","content_index":0,"delta":"What"}'
+    )
+    yield b'{"type": "response.output_audio_transcript.delta", "item_id": "item_1", "delta": "!"}'
     yield delta(9)
 
 
-async def _paths(http: aiohttp.ClientSession) -> tuple[HotPath, HotPath]:
-    built, reference = await open_hot_path(http), await open_hot_path(http)
+def tool_call_frames() -> Iterator[bytes]:
+    yield (  # a tool call: the mirror gathers its arguments
+        b'{"type":"response.output_item.added","event_id":"e6","response_id":"resp_1","output_index":1,'
+        b'"item":{"id":"item_2","type":"function_call","status":"in_progress","call_id":"call_1",'
+        b'"name":"lookup","arguments":""}}'
+    )
+    for piece in (b'{\\"city', b'\\":\\"Paris\\"}'):
+        yield (
+            b'{"type":"response.function_call_arguments.delta","event_id":"e7","response_id":"resp_1",'
+            b'"item_id":"item_2","output_index":1,"call_id":"call_1","delta":"%s"}' % piece
+        )
+
+
+def transcript(n: int, text: str) -> bytes:
+    return (
+        b'{"type":"response.output_audio_transcript.delta","event_id":"t_%d","response_id":"resp_1",'
+        b'"item_id":"item_1","output_index":0,"content_index":0,"delta":"%s"}' % (n, text.encode())
+    )
+
+
+async def _paths(http: aiohttp.ClientSession) -> tuple[HotPath, HotPath, HotPath]:
+    """The build's lanes, the Python reference lanes, and none (every frame on the full path)."""
+    built, reference, full = await open_hot_path(http), await open_hot_path(http), await open_hot_path(http)
     reference.client.lane = PyAppendLane(reference.session)
     assert reference.session.link is not None
     reference.upstream.lane = PyDeltaLane(reference.session, reference.session.link)
-    for path in (built, reference):
+    full.client.lane = full.upstream.lane = None
+    for path in (built, reference, full):
         path.recorded = (Recorder(), Recorder())  # type: ignore[attr-defined]
         path.client.connection_made(path.recorded[0])  # type: ignore[attr-defined]
         path.upstream.connection_made(path.recorded[1])  # type: ignore[attr-defined]
-    return built, reference
+    return built, reference, full
 
 
 def _same_ids(frames: list[bytes]) -> list[bytes]:
@@ -124,6 +157,8 @@ def _kept(path: HotPath) -> dict[str, Any]:
         "appended": session.checker.account.bytes,
         "resume_log": _same_ids(list(session.sent._frames)),
         "partial_audio_bytes": session.supervisor.state.partial_audio_bytes,
+        "partial_text": session.supervisor.state.partial_text,
+        "partial": session.supervisor.state.partial,
         "held": session.gate.held_count,
         "frames": {key: list(cell) for key, cell in frames._counts.items()},
         "latencies": {d: sum(counts) for d, counts in frames._latency.items()},
@@ -140,8 +175,8 @@ def _feed(path: HotPath, client: list[bytes], server: list[bytes]) -> None:
 @pytest.mark.parametrize("state", ["ready", "not_ready", "pcmu", "detached"])
 async def test_the_lanes_do_what_the_full_path_does(state: str) -> None:
     async with aiohttp.ClientSession() as http:
-        built, reference = await _paths(http)
-        for path in (built, reference):
+        built, reference, full = await _paths(http)
+        for path in (built, reference, full):
             session = path.session
             if state == "not_ready":
                 session.gate.session_ready = False  # held: the upstream's session is not ready
@@ -153,13 +188,22 @@ async def test_the_lanes_do_what_the_full_path_does(state: str) -> None:
                 assert session.detached
             _feed(path, list(client_frames()), list(server_frames()))
         assert _kept(built) == _kept(reference)
+        assert _kept(built) == _kept(full)
         kept = _kept(built)
         if state == "ready":  # not a vacuous comparison: audio went up, deltas came down
             assert len(kept["to_upstream"]) >= 8
             assert sum(b'"response.output_audio.delta"' in m for m in kept["to_client"]) == 5
+            assert sum(b'_transcript.delta"' in m for m in kept["to_client"]) == 6
+            assert kept["partial_audio_bytes"] == 5 * 4800
+            assert kept["partial_text"] == 'a "quoted" caf\u00e9 Hi, a "quoted" caf\u00e9 Hi,  text!'
             assert any(b'"invalid_audio_format"' in m for m in kept["to_client"])
         if state == "not_ready":
             assert kept["held"] > 0
+        for path in (built, reference, full):
+            _feed(path, [], list(tool_call_frames()))
+        assert _kept(built) == _kept(reference) == _kept(full)
+        if state == "ready":
+            assert _kept(built)["partial"]["arguments"] == '{"city":"Paris"}'
 
 
 async def test_each_lane_takes_its_frame_and_declines_the_rest() -> None:
@@ -178,6 +222,14 @@ async def test_each_lane_takes_its_frame_and_declines_the_rest() -> None:
             assert not append_lane.take(append(PCM[:960]) + b" ")
             assert delta_lane.take(delta(1))
             assert not delta_lane.take(b'{"type":"response.done","event_id":"e","response":{}}')
+            assert delta_lane.take(transcript(1, "Hi"))
+            assert not delta_lane.take(transcript(1, "Hi")[:-2])  # not JSON: the full path's
+            assert not delta_lane.take(b'{"type":"response.output_text.delta_more","delta":"x"}')
+            supervisor = session.supervisor
+            supervisor._alias["item_1"] = "item_app"  # the app knows this item by another id
+            assert not delta_lane.take(transcript(1, "Hi"))
+            assert delta_lane.take(delta(1))
+            supervisor._alias.clear()
 
 
 async def test_the_append_lane_sends_to_whichever_upstream_is_current() -> None:
@@ -220,4 +272,6 @@ def test_the_build_runs_its_own_lanes_and_the_compiled_constants_match_the_refer
         "MAX_EARLY_MESSAGES": MAX_EARLY_MESSAGES,
         "MAX_EARLY_BYTES": MAX_EARLY_BYTES,
         "AUDIO_DELTA_PREFIX": lanes.AUDIO_DELTA_PREFIX,
+        "TEXT_DELTAS": lanes.TEXT_DELTAS,
+        "TEXT_DELTA_PREFIXES": lanes.TEXT_DELTA_PREFIXES,
     }
