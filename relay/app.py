@@ -14,6 +14,7 @@ import aiohttp
 from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry
 
+from relay.core.client_address import TrustedProxies
 from relay.core.credentials import Authenticator, FailureLimiter
 from relay.core.overload import SAMPLE_INTERVAL_S, LagMeter
 from relay.io.admin import add_usage_routes
@@ -26,6 +27,7 @@ from relay.io.handler import (
     AUTH_FAILURES,
     REJECTION_LOG,
     RELAY_CONTEXT,
+    TRUSTED_PROXIES,
     cross_site_refusal,
     log_rejection,
     realtime_endpoint,
@@ -53,6 +55,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app[METRICS] = RelayMetrics(registry if registry is not None else CollectorRegistry())
     app[AUTH_FAILURES] = FailureLimiter(settings.auth_failures_per_s, settings.auth_failure_burst)
     app[REJECTION_LOG] = LogThrottle()
+    app[TRUSTED_PROXIES] = TrustedProxies(settings.trusted_proxies)
     app.on_response_prepare.append(_edge_headers)
     _register_secrets(settings)
     app.cleanup_ctx.append(_embedded_simulator)

@@ -21,6 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from relay.core.client_address import TrustedProxies
 from relay.core.usage import Budget, PriceOverride
 
 UpstreamKind = Literal["openai", "azure", "simulator"]
@@ -179,6 +180,9 @@ class Settings(BaseSettings):
     max_unfinished_heads: int = Field(512, ge=1)
     max_unfinished_heads_per_peer: int = Field(32, ge=1)  # per IPv4 address or IPv6 /64
     # Failed authentications per peer (token bucket); beyond it 429 before credentials are read.
+    # Reverse proxies in front of the relay (CIDRs): a request from one is from the address it
+    # appended to X-Forwarded-For (relay.core.client_address). Empty: the header is never read.
+    trusted_proxies: _CSV = Field(default_factory=list)
     auth_failures_per_s: float = Field(20.0, ge=0)  # 0: no limit
     auth_failure_burst: int = Field(50, ge=1)
     jwt_max_lifetime_s: float = Field(86400.0, gt=0)  # exp at most this far from iat (or now)
@@ -238,12 +242,19 @@ class Settings(BaseSettings):
         "allowed_origins",
         "policy_allowed_tool_types",
         "policy_forbidden_session_fields",
+        "trusted_proxies",
         mode="before",
     )
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        TrustedProxies(value)  # each a network or an address: the error names the one that is not
         return value
 
     @field_validator("log_level", mode="before")

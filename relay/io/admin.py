@@ -18,8 +18,7 @@ from aiohttp import hdrs, web
 
 from relay.core.usage import PERIODS, iso, window
 from relay.io.budgets import BUDGETS
-from relay.io.guard import peer_key
-from relay.io.handler import AUTH_FAILURES, Rejection, log_rejection
+from relay.io.handler import AUTH_FAILURES, Rejection, client_peer, log_rejection
 from relay.io.redis_client import StoreUnavailable
 from relay.observability.logging import register_secret
 from relay.settings import Settings
@@ -48,7 +47,7 @@ def admin_refusal(request: web.Request) -> Rejection | None:
             403, "admin_disabled", "the admin endpoints are off: set RELAY_ADMIN_TOKEN to use them"
         )
     failures = request.app[AUTH_FAILURES]
-    peer = peer_key(request.remote)
+    peer = client_peer(request)
     if failures.blocked(peer):
         return Rejection(
             429, "auth_rate_limited", "too many failed authentications from this address", retry_after_s=1

@@ -19,6 +19,7 @@ from aiohttp import hdrs, web
 
 from relay.core.beta_translator import BetaTranslator
 from relay.core.calls import CallFormats, is_call_id
+from relay.core.client_address import TrustedProxies
 from relay.core.credentials import AuthError, FailureLimiter, Identity, token_from_request
 from relay.core.errors import error_event, new_id
 from relay.core.models import ModelNotAllowed, resolve_model
@@ -45,6 +46,7 @@ from relay.observability.logging import get_logger
 RELAY_CONTEXT: web.AppKey[RelayContext] = web.AppKey("relay_context", RelayContext)
 AUTH_FAILURES: web.AppKey[FailureLimiter] = web.AppKey("auth_failures", FailureLimiter)
 REJECTION_LOG: web.AppKey[LogThrottle] = web.AppKey("rejection_log", LogThrottle)
+TRUSTED_PROXIES: web.AppKey[TrustedProxies] = web.AppKey("trusted_proxies", TrustedProxies)
 SESSION_HEADER = "X-Relay-Session-Id"
 RESUME_TOKEN_HEADER = "X-Relay-Resume-Token"
 RESUME_SUBPROTOCOL_PREFIX = "relay-resume."
@@ -94,9 +96,18 @@ class Rejection(Exception):
         return response
 
 
+def client_peer(request: web.Request) -> str:
+    """The unit a client is limited and logged by: its address (``relay.core.client_address``,
+    behind the operator's trusted proxies), as ``peer_key`` groups addresses."""
+    proxies = request.app.get(TRUSTED_PROXIES)
+    if not proxies:
+        return peer_key(request.remote)
+    return peer_key(proxies.client_address(request.remote, request.headers.getall(hdrs.X_FORWARDED_FOR, ())))
+
+
 def log_rejection(request: web.Request, rejection: Rejection) -> None:
     """One line per peer and reason every few seconds, with how many were not logged."""
-    peer = peer_key(request.remote)
+    peer = client_peer(request)
     suppressed = request.app[REJECTION_LOG].allow(f"{rejection.reason} {peer}")
     if suppressed is not None:
         _log.info(
@@ -128,7 +139,7 @@ def authenticate(ctx: RelayContext, request: web.Request) -> Identity:
     if settings.allowed_origins and origin is not None and origin not in settings.allowed_origins:
         raise Rejection(403, "origin_not_allowed", f"origin {origin!r} is not allowed")
     failures = request.app[AUTH_FAILURES]
-    peer = peer_key(request.remote)
+    peer = client_peer(request)
     if failures.blocked(peer):  # before the credentials are read: guessing is slowed too
         raise Rejection(
             429,
