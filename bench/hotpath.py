@@ -78,6 +78,17 @@ _TURN_CLIENT = [
     for frame in (b'{"type":"input_audio_buffer.commit"}', b'{"type":"response.create"}')
 ]
 
+_ANSWER_START = [
+    encode_frame(frame)
+    for frame in (
+        b'{"type":"response.created","event_id":"event_r","response":{"id":"resp_1",'
+        b'"object":"realtime.response","status":"in_progress","output":[]}}',
+        b'{"type":"response.output_item.added","event_id":"event_i","response_id":"resp_1",'
+        b'"output_index":0,"item":{"id":"item_1","type":"message","role":"assistant",'
+        b'"status":"in_progress","content":[]}}',
+    )
+]
+
 
 def turn_frames(turn: int) -> list[bytes]:
     """Turn ``turn``'s server frames: the same events with ids of their own."""
@@ -115,8 +126,19 @@ class HotPath:
             )
             for i in range(500)
         ]
+        self.texts = [
+            encode_frame(
+                (
+                    f'{{"type":"response.output_audio_transcript.delta","event_id":"event_t{i}",'
+                    f'"response_id":"resp_1","item_id":"item_1","output_index":0,"content_index":0,'
+                    f'"delta":" word{i % 10}"}}'
+                ).encode()
+            )
+            for i in range(500)
+        ]
         self.sent = 0  # frames fed in each direction
         self.received = 0
+        self.texts_received = 0
 
     def c2u(self) -> None:
         self.client.data_received(self.appends[self.sent % 500])
@@ -127,6 +149,15 @@ class HotPath:
     def u2c(self) -> None:
         self.upstream.data_received(self.deltas[self.received % 500])
         self.received += 1
+
+    def u2c_text(self) -> None:
+        """A transcript delta of an answer being streamed (the mirror follows its text); a new
+        answer every 500, as a real one would end, so the text the mirror holds stays short."""
+        if self.texts_received % 500 == 0:
+            for frame in _ANSWER_START:
+                self.upstream.data_received(frame)
+        self.upstream.data_received(self.texts[self.texts_received % 500])
+        self.texts_received += 1
 
     def turn(self, server_frames: list[bytes]) -> None:
         """One turn without its audio deltas: 200 ms of appends, the commit and response.create,
@@ -179,6 +210,10 @@ async def measure(frames: int = 5000, interleaved: int = 100) -> dict[str, Any]:
         c2u, u2c = per_frame_us(path.c2u, frames), per_frame_us(path.u2c, frames)
         forwarded = (path.upstream_sink.writes, path.client_sink.writes)
         result = {"c2u_us": c2u, "u2c_us": u2c, "forwarded": forwarded, "fed": (path.sent, path.received)}
+        texts = await open_hot_path(http)
+        result["u2c_text_us"] = per_frame_us(texts.u2c_text, frames)
+        starts = len(_ANSWER_START) * -(-texts.texts_received // 500)
+        result["text_forwarded"] = (texts.client_sink.writes - starts, texts.texts_received)
         if interleaved > 1:
             paths = [await open_hot_path(http) for _ in range(interleaved)]
             turn = _round_robin(paths)
@@ -215,7 +250,8 @@ def main() -> None:
         return
     print(
         f"relay's own work per frame (no sockets): client->upstream append {result['c2u_us']:.1f} us, "
-        f"upstream->client audio delta {result['u2c_us']:.1f} us; {result['interleaved']} sessions "
+        f"upstream->client audio delta {result['u2c_us']:.1f} us, transcript delta "
+        f"{result['u2c_text_us']:.1f} us; {result['interleaved']} sessions "
         f"in turn: {result['c2u_interleaved_us']:.1f} us, {result['u2c_interleaved_us']:.1f} us; "
         f"a turn's other events and 10 appends, per 100 turns from a fresh conversation: "
         + ", ".join(f"{us:.0f}" for us in result["turn_us"])

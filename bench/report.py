@@ -131,6 +131,7 @@ def write_report(results: dict[str, Any], out: Path) -> str:
         lines.append(
             f"Relay's own work per frame without sockets (bench/hotpath.py): 20 ms append "
             f"{hot['c2u_us']:.1f} us, audio delta {hot['u2c_us']:.1f} us"
+            + (f", transcript delta {hot['u2c_text_us']:.1f} us" if "u2c_text_us" in hot else "")
             + (
                 f" ({hot['interleaved']} sessions fed in turn: {hot['c2u_interleaved_us']:.1f} us, "
                 f"{hot['u2c_interleaved_us']:.1f} us)"
@@ -143,7 +144,9 @@ def write_report(results: dict[str, Any], out: Path) -> str:
     if hot and python:
         lines.append(
             f"The same, pure-Python build (RELAY_NO_EXTENSIONS=1): append {python['c2u_us']:.1f} us, "
-            f"audio delta {python['u2c_us']:.1f} us (compiled: {hot['c2u_us']:.1f} / {hot['u2c_us']:.1f})"
+            f"audio delta {python['u2c_us']:.1f} us"
+            + (f", transcript delta {python['u2c_text_us']:.1f} us" if "u2c_text_us" in python else "")
+            + f" (compiled: {hot['c2u_us']:.1f} / {hot['u2c_us']:.1f})"
         )
     if not results.get("nginx"):
         lines.append("nginx was not found: the nginx rows are missing (install Debian's nginx).")

@@ -13,6 +13,8 @@ async def test_every_fed_frame_is_forwarded_once() -> None:
     assert result["fed"] == (700, 700)  # 7 batches of 100, each direction
     assert result["c2u_us"] > 0
     assert result["u2c_us"] > 0
+    assert result["u2c_text_us"] > 0
+    assert result["text_forwarded"] == (700, 700)  # every transcript delta reached the client
     assert result["interleaved"] == 3
     assert result["c2u_interleaved_us"] > 0
     assert result["u2c_interleaved_us"] > 0
