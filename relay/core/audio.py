@@ -103,23 +103,55 @@ def decode_append(audio_b64: str, client_event_id: str | None) -> bytes:
     return audio
 
 
-# The plain append as apps write it (JSON.stringify, orjson, Go's encoding/json): compact, the type
-# first, the audio and maybe an event id (printable ASCII, no escapes) in either order. Such a frame
-# is the object the schema accepts and holds no key twice, so its audio is all there is to check.
+# The plain append as apps write it: the object of a type, the audio and maybe an event id
+# (printable ASCII, no escapes), its members in any order, with JSON's whitespace or none between
+# tokens. JSON.stringify and orjson write it compact with the type first; Python's json.dumps (the
+# openai SDK) with a space after each ',' and ':'; pydantic (the Agents SDK) compact with the audio
+# first. Such a frame is the object the schema accepts and holds no key twice, so its audio is all
+# there is to check.
+_SPACE = rb"[ \t\n\r]*"  # JSON's whitespace, and only JSON's
+_MEMBER = _SPACE + rb'"(type|audio|event_id)"' + _SPACE + rb":" + _SPACE + rb'"([^"]*)"' + _SPACE
+_PLAIN_APPEND = re.compile(
+    _SPACE + rb"\{" + _MEMBER + rb"(?:," + _MEMBER + rb")?(?:," + _MEMBER + rb")?\}" + _SPACE
+)
+_PLAIN_ID = re.compile(rb"[ !#-\[\]-~]{0,%d}" % MAX_EVENT_ID_LENGTH)
+# The compact form with the type first, read without the regex (which would scan the audio one
+# character at a time: 1.5 us of a 20 ms append's).
 _APPEND_HEAD = b'{"type":"input_audio_buffer.append",'
 _AUDIO_KEY = b'"audio":"'
 _ID_KEY = b'"event_id":"'
-_PLAIN_ID = re.compile(rb"[ !#-\[\]-~]{0,%d}" % MAX_EVENT_ID_LENGTH)
 
 
 def py_decode_plain_append(data: bytes) -> bytes | None:
     """The audio of a plain append (above), decoded as :func:`decode_append` would; None when
     ``data`` is any other frame or its audio would be refused: the full check then decides, and
     says why. Not a parser: a shortcut for the commonest frame, whose answer the full check
-    would give too. (The audio's characters are left to the strict decoder, which refuses any
-    outside the base64 alphabet: an escape, a quote.)"""
-    if not data.startswith(_APPEND_HEAD):
+    would give too. (A string's characters are left to what reads it: the strict decoder refuses
+    any outside the base64 alphabet, an escape among them; the type and the id must be exact.)
+    The reference of the compiled build's shortcut, which takes every form in one pass."""
+    audio_b64 = _compact_audio(data) if data.startswith(_APPEND_HEAD) else None
+    return _decoded(audio_b64 if audio_b64 is not None else _any_form_audio(data))
+
+
+def py_decode_compact_append(data: bytes) -> bytes | None:
+    """The pure-Python build's shortcut: :func:`py_decode_plain_append` for the compact form with
+    the type first only. Its regex for the other forms costs more in the interpreter than the
+    full check it would spare (7.6 against 6.5 us per append), so they take the full check."""
+    return _decoded(_compact_audio(data)) if data.startswith(_APPEND_HEAD) else None
+
+
+def _decoded(audio_b64: bytes | None) -> bytes | None:
+    if audio_b64 is None:
         return None
+    try:
+        audio = pybase64.b64decode(audio_b64, None, True)
+    except (binascii.Error, ValueError):
+        return None
+    return audio if len(audio) <= MAX_APPEND_BYTES else None
+
+
+def _compact_audio(data: bytes) -> bytes | None:
+    """The audio's text of a compact append with the type first (None: another form)."""
     pos, audio_at, have_id = len(_APPEND_HEAD), (0, -1), False
     for member in (1, 2):
         if audio_at[1] < 0 and data.startswith(_AUDIO_KEY, pos):
@@ -138,21 +170,35 @@ def py_decode_plain_append(data: bytes) -> bytes | None:
             return None
         pos += 1
         if pos == len(data) - 1 and data[pos] == 0x7D and audio_at[1] >= 0:  # '}' ends it
-            break
+            return data[audio_at[0] : audio_at[1]]
         if member == 2 or not data.startswith(b",", pos):
             return None
         pos += 1
-    try:
-        audio = pybase64.b64decode(data[audio_at[0] : audio_at[1]], None, True)
-    except (binascii.Error, ValueError):
+    return None
+
+
+def _any_form_audio(data: bytes) -> bytes | None:
+    """The audio's text of a plain append in any of its forms (None: not one)."""
+    match = _PLAIN_APPEND.fullmatch(data)
+    if match is None:
         return None
-    return audio if len(audio) <= MAX_APPEND_BYTES else None
+    members = match.groups()
+    keys = [key for key in members[0::2] if key is not None]
+    if len(set(keys)) != len(keys):
+        return None  # a key twice
+    values = dict(zip(members[0::2], members[1::2], strict=True))
+    if values.get(b"type") != b"input_audio_buffer.append":
+        return None
+    event_id = values.get(b"event_id")
+    if event_id is not None and _PLAIN_ID.fullmatch(event_id) is None:
+        return None
+    return values.get(b"audio")
 
 
 if TYPE_CHECKING:
     decode_plain_append = py_decode_plain_append
 else:
-    decode_plain_append = py_decode_plain_append if _compiled is None else _compiled.decode_plain_append
+    decode_plain_append = py_decode_compact_append if _compiled is None else _compiled.decode_plain_append
 
 
 def check_append(audio_b64: str, encoding: str, client_event_id: str | None) -> int:

@@ -3,28 +3,35 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import numpy as np
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from openai.types.realtime import InputAudioBufferAppendEvent
 
-from relay.core import bounds
+from relay.core import speedups
 from relay.core.audio import (
     AudioAccount,
     InputAudioCheck,
     check_append,
-    decode_append,
     decode_plain_append,
     encoding_of,
     looks_like_float32,
+    py_decode_compact_append,
+    py_decode_plain_append,
 )
 from relay.core.errors import InvalidEvent
+from relay.core.protocol import Interface
+from relay.io.inbound import ClientEventChecker
+from relay.settings import load_settings
 from tests.core.plain_appends import append_like
 from tests.support.speech import speech_pcm16
 
 RATE = 24000
+_SETTINGS = load_settings(client_tokens=["test-token"])
 
 
 def _signals() -> dict[str, np.ndarray]:
@@ -182,13 +189,14 @@ def test_every_canonical_encoding_is_accepted_as_its_bytes(pcm: bytes) -> None:
 def test_the_plain_append_shortcut_only_takes_what_the_full_check_accepts_alike(frame: bytes) -> None:
     """Whatever the shortcut takes, the parse, the schema's shortcut and the strict decoder take
     too, with the same audio: it may only decline, never differ."""
-    audio = decode_plain_append(frame)
-    if audio is None:
-        return
-    event = orjson.loads(frame)
-    assert event["type"] == "input_audio_buffer.append"
-    assert bounds.plain_append(frame, event)
-    assert decode_append(event["audio"], None) == audio
+    for shortcut in (decode_plain_append, py_decode_plain_append, py_decode_compact_append):
+        audio = shortcut(frame)
+        if audio is None:
+            continue
+        full = ClientEventChecker(_SETTINGS, Interface.GA)  # the whole check, schema included
+        checked = [(forwarded, kind) for forwarded, kind, _ in full.check(frame)]
+        assert checked == [(frame, "input_audio_buffer.append")]
+        assert full.audio == audio
 
 
 def test_the_plain_append_shortcut_takes_the_frames_apps_send() -> None:
@@ -198,15 +206,30 @@ def test_the_plain_append_shortcut_takes_the_frames_apps_send() -> None:
         {"type": "input_audio_buffer.append", "audio": audio, "event_id": "evt_1"},
         {"type": "input_audio_buffer.append", "event_id": "b0x12", "audio": audio},
     ]
-    for form in forms:
-        assert decode_plain_append(orjson.dumps(form)) == base64.b64decode(audio)
+    sent = [orjson.dumps(form) for form in forms]  # JSON.stringify and orjson: compact
+    sent += [json.dumps(form).encode() for form in forms]  # the openai SDK: json.dumps' spaces
+    sent.append(  # the Agents SDK: pydantic's field order, the audio first
+        InputAudioBufferAppendEvent(type="input_audio_buffer.append", audio=audio)
+        .model_dump_json(exclude_unset=True)
+        .encode()
+    )
+    assert sent[-1].startswith(b'{"audio":')
+    assert [py_decode_plain_append(frame) for frame in sent] == [base64.b64decode(audio)] * len(sent)
+    # The build's: compiled, every form (as test_speedups holds it to the reference); pure
+    # Python, the compact ones, the others left to the full check (cheaper there).
+    taken = [decode_plain_append(frame) is not None for frame in sent]
+    expected = [True] * len(sent) if speedups.build() == "compiled" else [True] * 3 + [False] * 4
+    assert taken == expected
     declined = [
-        b'{"type": "input_audio_buffer.append", "audio": "' + audio.encode() + b'"}',  # json.dumps' spaces
-        b'{"audio":"' + audio.encode() + b'","type":"input_audio_buffer.append"}',
         b'{"type":"input_audio_buffer.append","audio":"' + audio.encode() + b'","event_id":null}',
         b'{"type":"input_audio_buffer.append","audio":"AAAA=="}',
+        b'{"type":"input_audio_buffer.append","type":"input_audio_buffer.append","audio":"AAAA"}',
+        b'{"type":"input_audio_buffer.append",\x0b"audio":"AAAA"}',  # not JSON's whitespace
+        b'{"type":"input_audio_buffer.append","audio":"AAAA"} x',
+        b'{"type":"input_audio_buffer.append","audio":"AAAA","x":1}',
     ]
-    assert [decode_plain_append(frame) for frame in declined] == [None] * 4
+    assert [py_decode_plain_append(frame) for frame in declined] == [None] * len(declined)
+    assert [decode_plain_append(frame) for frame in declined] == [None] * len(declined)
 
 
 def test_the_shortcut_takes_a_stream_off_its_grid_as_check_does_and_declines_a_refusal_unchanged() -> None:

@@ -219,7 +219,7 @@ async def test_each_lane_takes_its_frame_and_declines_the_rest() -> None:
             assert delta_lane is not None
             assert append_lane.take(append(PCM[:960]))
             assert not append_lane.take(b'{"type":"input_audio_buffer.commit"}')
-            assert not append_lane.take(append(PCM[:960]) + b" ")
+            assert not append_lane.take(append(PCM[:960])[:-1] + b',"x":1}')
             assert delta_lane.take(delta(1))
             assert not delta_lane.take(b'{"type":"response.done","event_id":"e","response":{}}')
             assert delta_lane.take(transcript(1, "Hi"))
