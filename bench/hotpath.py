@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import re
 import statistics
 import sys
@@ -140,6 +141,22 @@ class HotPath:
         self.received = 0
         self.texts_received = 0
 
+    def write_appends_as(self, form: str) -> None:
+        """The appends as another client writes them: ``"json.dumps"`` (the openai SDK: a space
+        after each ',' and ':') or ``"pydantic"`` (the Agents SDK: the audio first)."""
+        chunk = base64.b64encode(speech_like(20)).decode()
+        for i in range(500):
+            event = {"type": "input_audio_buffer.append", "event_id": f"b{i}", "audio": chunk}
+            text = (
+                json.dumps(event)
+                if form == "json.dumps"
+                else json.dumps(
+                    {"audio": chunk, "type": event["type"], "event_id": event["event_id"]},
+                    separators=(",", ":"),
+                )
+            )
+            self.appends[i] = encode_frame(text.encode(), mask=True)
+
     def c2u(self) -> None:
         self.client.data_received(self.appends[self.sent % 500])
         self.sent += 1
@@ -210,6 +227,13 @@ async def measure(frames: int = 5000, interleaved: int = 100) -> dict[str, Any]:
         c2u, u2c = per_frame_us(path.c2u, frames), per_frame_us(path.u2c, frames)
         forwarded = (path.upstream_sink.writes, path.client_sink.writes)
         result = {"c2u_us": c2u, "u2c_us": u2c, "forwarded": forwarded, "fed": (path.sent, path.received)}
+        full = await open_hot_path(http)
+        full.client.lane = None  # every append on the full path: what the lane spares
+        result["c2u_full_path_us"] = per_frame_us(full.c2u, frames)
+        for form in ("json.dumps", "pydantic"):
+            sdk = await open_hot_path(http)
+            sdk.write_appends_as(form)
+            result[f"c2u_{form.replace('.', '_')}_us"] = per_frame_us(sdk.c2u, frames)
         texts = await open_hot_path(http)
         result["u2c_text_us"] = per_frame_us(texts.u2c_text, frames)
         starts = len(_ANSWER_START) * -(-texts.texts_received // 500)
@@ -251,7 +275,9 @@ def main() -> None:
     print(
         f"relay's own work per frame (no sockets): client->upstream append {result['c2u_us']:.1f} us, "
         f"upstream->client audio delta {result['u2c_us']:.1f} us, transcript delta "
-        f"{result['u2c_text_us']:.1f} us; {result['interleaved']} sessions "
+        f"{result['u2c_text_us']:.1f} us; the append as the openai SDK writes it "
+        f"{result['c2u_json_dumps_us']:.1f} us, as the Agents SDK does {result['c2u_pydantic_us']:.1f} us, "
+        f"on the full path (no lane) {result['c2u_full_path_us']:.1f} us; {result['interleaved']} sessions "
         f"in turn: {result['c2u_interleaved_us']:.1f} us, {result['u2c_interleaved_us']:.1f} us; "
         f"a turn's other events and 10 appends, per 100 turns from a fresh conversation: "
         + ", ".join(f"{us:.0f}" for us in result["turn_us"])

@@ -14,6 +14,9 @@ async def test_every_fed_frame_is_forwarded_once() -> None:
     assert result["c2u_us"] > 0
     assert result["u2c_us"] > 0
     assert result["u2c_text_us"] > 0
+    assert result["c2u_full_path_us"] > 0
+    assert result["c2u_json_dumps_us"] > 0
+    assert result["c2u_pydantic_us"] > 0
     assert result["text_forwarded"] == (700, 700)  # every transcript delta reached the client
     assert result["interleaved"] == 3
     assert result["c2u_interleaved_us"] > 0
@@ -34,3 +37,17 @@ async def test_a_turn_is_forwarded_whole_and_kept_in_the_mirror() -> None:
     items = path.session.supervisor.state.items
     assert [item["role"] for item in items] == ["user", "assistant"] * 3
     assert len({item["id"] for item in items}) == 6
+
+
+async def test_the_sdk_forms_are_appends_the_relay_forwards_and_keeps() -> None:
+    """The appends timed as the SDKs write them are well-formed appends: each goes upstream
+    as sent, and its audio is kept for a replay, as a compact one's is."""
+    async with aiohttp.ClientSession() as http:
+        for form in ("json.dumps", "pydantic"):
+            path = await open_hot_path(http)
+            path.write_appends_as(form)
+            assert path.appends[0] != (await open_hot_path(http)).appends[0]
+            for _ in range(5):
+                path.c2u()
+            assert path.upstream_sink.writes == 5
+            assert path.session.checker.account.bytes == 5 * 960
