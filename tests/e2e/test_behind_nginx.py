@@ -1,7 +1,8 @@
 """The relay behind a real nginx, configured by the shipped deploy/nginx/relay.conf.
 
 Production puts a reverse proxy in front (TLS, an ingress); every connection then comes from the
-proxy. A voice session must go through it untouched, and the relay's per-address limit on failed
+proxy. A voice session must go through it untouched, an app whose connection drops must come back
+to its conversation through it, and the relay's per-address limit on failed
 authentications must count the clients behind it (``RELAY_TRUSTED_PROXIES``), not nginx, or one
 client guessing tokens gets every user refused. Clients here connect from distinct loopback
 addresses (127.0.0.2, 127.0.0.3), which nginx appends to ``X-Forwarded-For``.
@@ -20,6 +21,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+import websockets
 
 from relay.simulator.config import SimulatorConfig
 from relay.simulator.server import start_simulator
@@ -147,3 +149,35 @@ async def test_one_client_guessing_tokens_does_not_lock_out_the_others(
         assert await upgrade_status(url, USER, relay.token) == 101
     else:  # without the setting every client is nginx's address: why the setting exists
         assert await upgrade_status(url, USER, relay.token) == 429
+
+
+async def test_an_app_whose_connection_drops_resumes_through_nginx(behind_nginx: Proxied) -> None:
+    """The resume token in the 101's headers, and the resume's own headers, pass through the
+    proxy; a drop between the app and nginx reaches the relay as a lost client, not an ending."""
+    relay, url = await behind_nginx(trusted_proxies=["127.0.0.1"])
+    app = await websockets.connect(url, additional_headers=relay.auth, max_size=None)
+    assert app.response is not None
+    token = app.response.headers["X-Relay-Resume-Token"]
+    assert orjson.loads(await app.recv())["type"] == "session.created"
+    await app.send(
+        '{"type":"conversation.item.create","item":{"type":"message","role":"user",'
+        '"content":[{"type":"input_text","text":"Say something."}]}}'
+    )
+    await app.send('{"type":"response.create"}')
+    heard = [orjson.loads(await app.recv())]
+    while heard[-1]["type"] != "response.created":
+        heard.append(orjson.loads(await app.recv()))
+    app.transport.abort()  # the network goes: no close frame, to nginx or beyond
+    headers = {**relay.auth, "X-Relay-Resume-Token": token, "X-Relay-Last-Event-Id": heard[-1]["event_id"]}
+    async with asyncio.timeout(20):
+        back = await websockets.connect(url, additional_headers=headers, max_size=None)
+        rest = [orjson.loads(await back.recv())]
+        while rest[-1]["type"] != "response.done":
+            rest.append(orjson.loads(await back.recv()))
+    await back.close()
+    types = [event["type"] for event in rest]
+    assert "session.created" not in types  # the same conversation, not a new one
+    assert "response.created" not in types  # nothing it had processed came again
+    assert "response.output_audio.delta" in types
+    assert rest[-1]["response"]["status"] == "completed"
+    assert relay.metric("relay_resumes_total", {"result": "ok"}) == 1
