@@ -103,7 +103,10 @@ async def start_relay(
         RELAY_OVERLOAD_LAG_MS="0",
     )
     env.update(extra or {})
-    prof = ["-m", "cProfile", "-o", os.environ["BENCH_CPROFILE"]] if os.environ.get("BENCH_CPROFILE") else []
+    # BENCH_CPROFILE=file: the relay runs under cProfile (written when it exits), for exact call
+    # counts per frame where py-spy and perf only sample; its overhead makes the CPU figures moot.
+    profile = os.environ.get("BENCH_CPROFILE")
+    prof = ["-m", "cProfile", "-o", profile] if profile else []
     return await _launch([*pin(0), sys.executable, *prof, "-m", "relay", "serve"], port, env, cwd)
 
 
