@@ -31,7 +31,7 @@ import orjson
 
 from relay.core.beta_translator import BetaTranslator
 from relay.core.calls import CallFormats
-from relay.core.errors import HoldOverflow, InvalidEvent, RelayError, UpstreamError, new_id
+from relay.core.errors import HoldOverflow, InvalidEvent, RelayError, UpstreamError, error_event, new_id
 from relay.core.gate import ReadinessGate
 from relay.core.ratelimit import TokenBucket
 from relay.core.redaction import redact_text
@@ -132,6 +132,7 @@ class Conversation:
         self._log_pushed = 0  # frames of the resume log written, while the client is away
         self._log_clear = False
         self._taking_over = False  # restored from the store: replay onto a new upstream first
+        self._told_unreadable = False  # an upstream frame that was not JSON was logged
         self._ask_again: dict[str, Any] | None = None  # a response the old process cut unheard
         self._moved = False  # parked for, or taken over by, another process
         self._client_close = (1001, b"")
@@ -562,7 +563,11 @@ class Conversation:
         else:
             event_type, event = event_type_of(data)
         if event_type not in _UNTRACKED_SERVER_TYPES:
-            event = event if event is not None else _loads(data)
+            try:
+                event = event if event is not None else _loads(data)
+            except orjson.JSONDecodeError:
+                self._unreadable_server_frame(data)
+                return
             shown = self.on_server_event(link, event_type, event, data)
             if shown is None:
                 return
@@ -572,6 +577,22 @@ class Conversation:
         else:
             self.supervisor.state.on_audio_delta(delta_chars(data))
         self.deliver(data, event_type, event, received)
+
+    def _unreadable_server_frame(self, data: bytes) -> None:
+        """A server text frame that is not JSON (the API sends none; a broken proxy on the way
+        might): the app's SDK could not parse it either, and one frame is no reason to end the
+        conversation. The app is told in the API's shape; the frame itself goes no further."""
+        self.metrics.frame(U2C, "invalid", len(data))
+        if not self._told_unreadable:  # one log line per conversation, whatever the upstream does
+            self._told_unreadable = True
+            self.log.warning("upstream_frame_not_json", bytes=len(data))
+        self.send_client_event(
+            error_event(
+                "upstream_invalid_frame",
+                f"The upstream sent a {len(data)}-byte message that is not JSON; the relay dropped it.",
+                error_type="server_error",
+            )
+        )
 
     def deliver(
         self, data: bytes, event_type: str, event: dict[str, Any] | None = None, received: float = 0.0

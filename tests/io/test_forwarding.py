@@ -141,3 +141,38 @@ async def test_events_before_session_created_are_held_then_flushed_in_order(
             await asyncio.sleep(0.05)
     assert conn.received == frames
     await upstream.close()
+
+
+async def test_an_upstream_frame_that_is_not_json_is_reported_not_fatal(start_relay: RelayFactory) -> None:
+    """The API sends only JSON; a broken proxy on the way might not. Such a frame would end the
+    conversation (and the app's SDK could not parse it): the app gets an error in the API's shape
+    instead, and everything before and after it as sent."""
+    broken = [b"<html>Bad Gateway</html>", b'{"type":"response.output_text.delta","delta":"cut']
+    after = b'{"type":"response.output_text.delta","event_id":"event_after","delta":"fine"}'
+
+    async def respond(conn: ScriptedConnection, data: bytes) -> None:
+        if data.startswith(b'{"type":"response.create"'):
+            for frame in broken:
+                await conn.send(frame)
+            await conn.send(after)
+
+    upstream = await ScriptedUpstream(respond).start()
+    relay = await start_relay(upstream="simulator", upstream_url=upstream.url)
+    async with websockets.connect(relay.ws_url, additional_headers=relay.auth) as ws:
+        await ws.recv()
+        await ws.send('{"type":"response.create"}')
+        got = [orjson.loads(await asyncio.wait_for(ws.recv(), 10)) for _ in range(3)]
+        await ws.send('{"type":"input_audio_buffer.clear"}')  # the conversation goes on
+        for _ in range(100):
+            if b'{"type":"input_audio_buffer.clear"}' in upstream.connections[0].received:
+                break
+            await asyncio.sleep(0.05)
+    assert [(e["type"], e.get("error", {}).get("code")) for e in got[:2]] == [
+        ("error", "upstream_invalid_frame")
+    ] * 2
+    assert got[0]["error"]["type"] == "server_error"
+    assert "24-byte message that is not JSON" in got[0]["error"]["message"]
+    assert got[2]["event_id"] == "event_after"
+    assert upstream.connections[0].received[-1] == b'{"type":"input_audio_buffer.clear"}'
+    assert len(upstream.connections) == 1  # the same upstream: nothing was replaced or ended
+    await upstream.close()
