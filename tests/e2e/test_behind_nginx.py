@@ -181,3 +181,15 @@ async def test_an_app_whose_connection_drops_resumes_through_nginx(behind_nginx:
     assert "response.output_audio.delta" in types
     assert rest[-1]["response"]["status"] == "completed"
     assert relay.metric("relay_resumes_total", {"result": "ok"}) == 1
+
+
+async def test_the_site_serves_health_but_not_metrics(behind_nginx: Proxied) -> None:
+    relay, url = await behind_nginx(trusted_proxies=["127.0.0.1"])
+    base = url.replace("ws://", "http://").split("/v1/")[0]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/healthz") as health:
+            assert health.status == 200
+        async with http.get(f"{base}/metrics") as metrics:
+            assert metrics.status == 404
+        async with http.get(f"{relay.http_url}/metrics") as direct:  # where Prometheus scrapes
+            assert direct.status == 200
