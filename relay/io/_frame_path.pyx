@@ -190,13 +190,20 @@ cdef str APPEND = "input_audio_buffer.append"
 cdef str AUDIO_DELTA = "response.output_audio.delta"
 cdef bytes AUDIO_DELTA_PREFIX = b'{"type":"response.output_audio.delta"'
 cdef bytes DELTA_KEY = b'"delta":"'
-cdef tuple TEXT_DELTAS = (
+cdef tuple STREAM_EVENTS = (  # relay.io.lanes.STREAM_EVENTS
     "response.output_audio_transcript.delta",
     "response.output_text.delta",
     "conversation.item.input_audio_transcription.delta",
     "response.function_call_arguments.delta",
+    "response.content_part.added",
+    "response.content_part.done",
+    "response.output_audio.done",
+    "response.output_audio_transcript.done",
+    "response.output_text.done",
+    "response.function_call_arguments.done",
+    "rate_limits.updated",
 )
-cdef tuple TEXT_DELTA_PREFIXES = tuple([b'{"type":"%s"' % t.encode() for t in TEXT_DELTAS])
+cdef tuple STREAM_EVENT_PREFIXES = tuple([b'{"type":"%s"' % t.encode() for t in STREAM_EVENTS])
 cdef str PCM16 = "pcm16"
 cdef str C2U = "client_to_upstream"
 cdef str U2C = "upstream_to_client"
@@ -211,8 +218,8 @@ def constants():
         "MAX_EARLY_MESSAGES": MAX_EARLY_MESSAGES,
         "MAX_EARLY_BYTES": MAX_EARLY_BYTES,
         "AUDIO_DELTA_PREFIX": AUDIO_DELTA_PREFIX,
-        "TEXT_DELTAS": TEXT_DELTAS,
-        "TEXT_DELTA_PREFIXES": TEXT_DELTA_PREFIXES,
+        "STREAM_EVENTS": STREAM_EVENTS,
+        "STREAM_EVENT_PREFIXES": STREAM_EVENT_PREFIXES,
     }
 
 
@@ -353,7 +360,7 @@ cdef class DeltaLane(Lane):
 
     cdef object link, state, supervisor
     cdef SentLog log
-    cdef list text_cells
+    cdef list stream_cells
 
     def __init__(self, conversation, link):
         self.conversation = conversation
@@ -363,7 +370,7 @@ cdef class DeltaLane(Lane):
         self.log = conversation.sent
         self._count(U2C, AUDIO_DELTA)
         frames = conversation.metrics.frames
-        self.text_cells = [frames.cell(U2C, t) for t in TEXT_DELTAS]
+        self.stream_cells = [frames.cell(U2C, t) for t in STREAM_EVENTS]
 
     cdef bint c_take(self, object data) except -1:
         cdef object conversation = self.conversation, client
@@ -376,7 +383,7 @@ cdef class DeltaLane(Lane):
         if size < PyBytes_GET_SIZE(AUDIO_DELTA_PREFIX) or memcmp(
             PyBytes_AS_STRING(data), PyBytes_AS_STRING(AUDIO_DELTA_PREFIX), PyBytes_GET_SIZE(AUDIO_DELTA_PREFIX)
         ) != 0:
-            kind = _text_delta_kind(data)
+            kind = _stream_event_kind(data)
             if kind < 0:
                 return False
         else:
@@ -389,7 +396,7 @@ cdef class DeltaLane(Lane):
             return False
         received = _clock()
         if kind >= 0:
-            return self._take_text(<bytes>data, <FramePath>client, kind, received)
+            return self._take_stream_event(<bytes>data, <FramePath>client, kind, received)
         state = self.state
         if state.partial is not None:  # SessionState.on_audio_delta
             state.partial_audio_bytes += _delta_chars(data) * 3 // 4
@@ -398,9 +405,9 @@ cdef class DeltaLane(Lane):
         self._counted(size, _clock() - received)
         return True
 
-    cdef bint _take_text(self, bytes data, FramePath client, Py_ssize_t kind, double received) except -1:
+    cdef bint _take_stream_event(self, bytes data, FramePath client, Py_ssize_t kind, double received) except -1:
         supervisor = self.supervisor
-        if supervisor._echo is not None or supervisor._alias:  # Supervisor.passes_deltas
+        if supervisor._echo is not None or supervisor._alias:  # Supervisor.passes_stream_events
             return False
         try:
             event = _json_loads(data)
@@ -411,15 +418,15 @@ cdef class DeltaLane(Lane):
         self.state.on_server_event(event)
         self.log.append(data)
         client.c_send(data, OP_TEXT)
-        self._counted_in(<list>self.text_cells[kind], PyBytes_GET_SIZE(data), _clock() - received)
+        self._counted_in(<list>self.stream_cells[kind], PyBytes_GET_SIZE(data), _clock() - received)
         return True
 
 
-cdef Py_ssize_t _text_delta_kind(bytes data):
-    """Which of ``TEXT_DELTAS`` the frame is, from its first bytes (-1: none)."""
+cdef Py_ssize_t _stream_event_kind(bytes data):
+    """Which of ``STREAM_EVENTS`` the frame is, from its first bytes (-1: none)."""
     cdef Py_ssize_t kind = 0, n = PyBytes_GET_SIZE(data)
     cdef bytes prefix
-    for prefix in TEXT_DELTA_PREFIXES:
+    for prefix in STREAM_EVENT_PREFIXES:
         if n >= PyBytes_GET_SIZE(prefix) and memcmp(
             PyBytes_AS_STRING(data), PyBytes_AS_STRING(prefix), PyBytes_GET_SIZE(prefix)
         ) == 0:

@@ -29,15 +29,23 @@ if TYPE_CHECKING:
 APPEND = "input_audio_buffer.append"
 AUDIO_DELTA = "response.output_audio.delta"
 AUDIO_DELTA_PREFIX = b'{"type":"response.output_audio.delta"'
-# Text deltas: parsed (the mirror follows a streaming item's text or a tool call's arguments), but
-# tracked by nothing else.
-TEXT_DELTAS = (
+# The other events of a streaming answer: parsed (the state's mirror follows an item's text and a
+# tool call's arguments from the deltas), tracked by nothing else (tests/io/test_lanes.py checks
+# that none of them is a type the full path does more for).
+STREAM_EVENTS = (
     "response.output_audio_transcript.delta",
     "response.output_text.delta",
     "conversation.item.input_audio_transcription.delta",
     "response.function_call_arguments.delta",
+    "response.content_part.added",
+    "response.content_part.done",
+    "response.output_audio.done",
+    "response.output_audio_transcript.done",
+    "response.output_text.done",
+    "response.function_call_arguments.done",
+    "rate_limits.updated",
 )
-TEXT_DELTA_PREFIXES = tuple(b'{"type":"%s"' % t.encode() for t in TEXT_DELTAS)
+STREAM_EVENT_PREFIXES = tuple(b'{"type":"%s"' % t.encode() for t in STREAM_EVENTS)
 C2U = "client_to_upstream"  # relay.observability.frame_metrics.DIRECTIONS
 U2C = "upstream_to_client"
 
@@ -90,23 +98,24 @@ class PyAppendLane(PyLane):
 
 
 class PyDeltaLane(PyLane):
-    """The API's deltas on the current upstream. Audio, never parsed: its size noted for a
-    truncation, sent to the app and kept for its resume, counted. Text: parsed for the state's
-    mirror (``SessionState.on_server_event``), then the same; what else the full path does for a
-    server event (usage, the snapshot's version, the gate, the checker) takes no text delta, and
-    the supervisor's part none either while it ``passes_deltas``."""
+    """The API's streaming answer on the current upstream. An audio delta, never parsed: its size
+    noted for a truncation, sent to the app and kept for its resume, counted. The other events of
+    the stream (``STREAM_EVENTS``: text deltas, the ends of parts): parsed for the state's mirror
+    (``SessionState.on_server_event``), then the same; what else the full path does for a server
+    event (usage, the snapshot's version, the gate, the checker) takes none of them, and the
+    supervisor's part none either while it ``passes_stream_events``."""
 
     def __init__(self, conversation: Conversation, link: UpstreamLink) -> None:
         super().__init__(conversation, U2C, AUDIO_DELTA)
         self.link = link
-        self.text_cells = [conversation.metrics.frames.cell(U2C, t) for t in TEXT_DELTAS]
+        self.stream_cells = [conversation.metrics.frames.cell(U2C, t) for t in STREAM_EVENTS]
 
     def take(self, data: bytes) -> bool:
         conversation = self.conversation
         if self.link is not conversation.link or conversation.beta is not None:
             return False
         if not data.startswith(AUDIO_DELTA_PREFIX):
-            return self._take_text(data)
+            return self._take_stream_event(data)
         received = time.perf_counter()
         state = conversation.supervisor.state
         if state.partial is not None:
@@ -115,10 +124,10 @@ class PyDeltaLane(PyLane):
         self.counted(len(data), received)
         return True
 
-    def _take_text(self, data: bytes) -> bool:
-        kind = next((k for k, prefix in enumerate(TEXT_DELTA_PREFIXES) if data.startswith(prefix)), -1)
+    def _take_stream_event(self, data: bytes) -> bool:
+        kind = next((k for k, prefix in enumerate(STREAM_EVENT_PREFIXES) if data.startswith(prefix)), -1)
         conversation = self.conversation
-        if kind < 0 or not conversation.supervisor.passes_deltas:
+        if kind < 0 or not conversation.supervisor.passes_stream_events:
             return False
         received = time.perf_counter()
         try:
@@ -129,7 +138,7 @@ class PyDeltaLane(PyLane):
             return False
         conversation.supervisor.state.on_server_event(event)
         conversation.to_client(data)
-        self.counted(len(data), received, self.text_cells[kind])
+        self.counted(len(data), received, self.stream_cells[kind])
         return True
 
 

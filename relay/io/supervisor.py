@@ -138,10 +138,11 @@ class Supervisor:
         self.state.audio.append(audio)
 
     @property
-    def passes_deltas(self) -> bool:
-        """Whether a text delta needs nothing of ``on_server_event`` but the state's mirror: no
+    def passes_stream_events(self) -> bool:
+        """Whether a streaming answer's event (a text delta, the end of a part: relay.io.lanes'
+        ``STREAM_EVENTS``) needs nothing of ``on_server_event`` but the state's mirror: no
         switch's answers are due (which it might be) and no item id is translated (which it
-        might name). Read by the delta lane (relay.io.lanes)."""
+        might name). Read by the delta lane."""
         return self._echo is None and not self._alias
 
     def on_server_event(self, event_type: str, event: dict[str, Any], data: bytes) -> bytes | None:

@@ -102,6 +102,14 @@ def server_frames() -> Iterator[bytes]:
     )
     yield b'{"type": "response.output_audio_transcript.delta", "item_id": "item_1", "delta": "!"}'
     yield delta(9)
+    part = b'"response_id":"resp_1","item_id":"item_1","output_index":0,"content_index":0'
+    yield b'{"type":"response.output_audio.done","event_id":"e8",%s}' % part
+    yield b'{"type":"response.output_audio_transcript.done","event_id":"e9",%s,"transcript":"Hi"}' % part
+    yield b'{"type":"response.content_part.done","event_id":"e10",%s,"part":{"type":"audio"}}' % part
+    yield (
+        b'{"type":"rate_limits.updated","event_id":"e11","rate_limits":[{"name":"tokens","limit":1000,'
+        b'"remaining":900,"reset_seconds":1.5}]}'
+    )
 
 
 def tool_call_frames() -> Iterator[bytes]:
@@ -225,6 +233,9 @@ async def test_each_lane_takes_its_frame_and_declines_the_rest() -> None:
             assert delta_lane.take(transcript(1, "Hi"))
             assert not delta_lane.take(transcript(1, "Hi")[:-2])  # not JSON: the full path's
             assert not delta_lane.take(b'{"type":"response.output_text.delta_more","delta":"x"}')
+            assert delta_lane.take(b'{"type":"response.content_part.done","item_id":"item_1","part":{}}')
+            assert delta_lane.take(b'{"type":"rate_limits.updated","rate_limits":[]}')
+            assert not delta_lane.take(b'{"type":"response.output_item.done","item":{"id":"item_1"}}')
             supervisor = session.supervisor
             supervisor._alias["item_1"] = "item_app"  # the app knows this item by another id
             assert not delta_lane.take(transcript(1, "Hi"))
@@ -259,6 +270,25 @@ async def test_the_append_lane_sends_to_whichever_upstream_is_current() -> None:
         assert len(new_wire.messages(masked=True)) == 1
 
 
+def test_the_stream_events_are_ones_the_full_path_tracks_only_in_the_mirror() -> None:
+    """The delta lane does for a stream event only what the state's mirror does: each must be a
+    type no other step of the full path treats apart (usage, the snapshot's version, releasing
+    holds, transcripts' order, item echoes, errors, sessions)."""
+    from relay.io import budgets, conversation, supervisor
+
+    special = (
+        conversation._UNTRACKED_SERVER_TYPES
+        | conversation._RELEASING_SERVER_TYPES
+        | conversation._SNAPSHOT_TYPES
+        | budgets.USAGE_EVENTS
+        | supervisor._COMMIT_ORDERED
+        | supervisor._ITEM_ECHOES
+        | {"error", "session.created", "session.updated", "conversation.item.retrieved"}
+    )
+    assert not special & set(lanes.STREAM_EVENTS)
+    assert len(set(lanes.STREAM_EVENTS)) == len(lanes.STREAM_EVENTS)
+
+
 def test_the_build_runs_its_own_lanes_and_the_compiled_constants_match_the_reference() -> None:
     from relay.core import speedups
 
@@ -272,6 +302,6 @@ def test_the_build_runs_its_own_lanes_and_the_compiled_constants_match_the_refer
         "MAX_EARLY_MESSAGES": MAX_EARLY_MESSAGES,
         "MAX_EARLY_BYTES": MAX_EARLY_BYTES,
         "AUDIO_DELTA_PREFIX": lanes.AUDIO_DELTA_PREFIX,
-        "TEXT_DELTAS": lanes.TEXT_DELTAS,
-        "TEXT_DELTA_PREFIXES": lanes.TEXT_DELTA_PREFIXES,
+        "STREAM_EVENTS": lanes.STREAM_EVENTS,
+        "STREAM_EVENT_PREFIXES": lanes.STREAM_EVENT_PREFIXES,
     }
