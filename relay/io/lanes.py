@@ -1,7 +1,7 @@
-"""The relay's shortcut for its commonest frames: the app's 20 ms append and the API's deltas
-(audio, and the text deltas that stream beside it), together ~90% of the frames of a voice
-session (the benchmark's: 89%; a recorded live session's server side is 40% audio deltas and
-35% text deltas).
+"""The relay's shortcut for its commonest frames: the app's 20 ms append and the API's streaming
+answer (its audio deltas, and the text deltas and ends of parts beside them), together ~90% of
+the frames of a voice session (the benchmark's: 89%; a recorded live session's server side is 40%
+audio deltas and 35% text deltas).
 
 A lane is offered each text message of its connection before the conversation's handler
 (``relay.io.frame_path``). It takes the message only when it is that frame and the conversation
