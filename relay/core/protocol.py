@@ -149,6 +149,23 @@ BETA_SERVER_EVENT_TYPES: Final[tuple[str, ...]] = (
 )
 
 # Every event type a metric label may carry; anything else is reported as "other".
+# The events that stream an answer beside its audio deltas: text deltas and the ends of its parts.
+# The relay's delta lane takes them (relay.io.lanes; tests/io/test_lanes.py holds them to types
+# only the state's mirror reads).
+STREAM_EVENT_TYPES: Final[tuple[str, ...]] = (
+    "response.output_audio_transcript.delta",
+    "response.output_text.delta",
+    "conversation.item.input_audio_transcription.delta",
+    "response.function_call_arguments.delta",
+    "response.content_part.added",
+    "response.content_part.done",
+    "response.output_audio.done",
+    "response.output_audio_transcript.done",
+    "response.output_text.done",
+    "response.function_call_arguments.done",
+    "rate_limits.updated",
+)
+
 KNOWN_EVENT_TYPES: Final[frozenset[str]] = frozenset(
     GA_CLIENT_EVENT_TYPES + BETA_CLIENT_EVENT_TYPES + GA_SERVER_EVENT_TYPES + BETA_SERVER_EVENT_TYPES
 )

@@ -20,6 +20,7 @@ from relay.core.gate cimport ReadinessGate
 from relay.core.resume cimport SentLog
 from relay.core.retention cimport AudioRetention
 
+from relay.core.protocol import STREAM_EVENT_TYPES
 from relay.core.websocket import FrameReader, ProtocolError, encode_frame_parts
 
 from orjson import loads as _json_loads
@@ -190,20 +191,7 @@ cdef str APPEND = "input_audio_buffer.append"
 cdef str AUDIO_DELTA = "response.output_audio.delta"
 cdef bytes AUDIO_DELTA_PREFIX = b'{"type":"response.output_audio.delta"'
 cdef bytes DELTA_KEY = b'"delta":"'
-cdef tuple STREAM_EVENTS = (  # relay.io.lanes.STREAM_EVENTS
-    "response.output_audio_transcript.delta",
-    "response.output_text.delta",
-    "conversation.item.input_audio_transcription.delta",
-    "response.function_call_arguments.delta",
-    "response.content_part.added",
-    "response.content_part.done",
-    "response.output_audio.done",
-    "response.output_audio_transcript.done",
-    "response.output_text.done",
-    "response.function_call_arguments.done",
-    "rate_limits.updated",
-)
-cdef tuple STREAM_EVENT_PREFIXES = tuple([b'{"type":"%s"' % t.encode() for t in STREAM_EVENTS])
+cdef tuple STREAM_EVENT_PREFIXES = tuple([b'{"type":"%s"' % t.encode() for t in STREAM_EVENT_TYPES])
 cdef str PCM16 = "pcm16"
 cdef str C2U = "client_to_upstream"
 cdef str U2C = "upstream_to_client"
@@ -218,7 +206,6 @@ def constants():
         "MAX_EARLY_MESSAGES": MAX_EARLY_MESSAGES,
         "MAX_EARLY_BYTES": MAX_EARLY_BYTES,
         "AUDIO_DELTA_PREFIX": AUDIO_DELTA_PREFIX,
-        "STREAM_EVENTS": STREAM_EVENTS,
         "STREAM_EVENT_PREFIXES": STREAM_EVENT_PREFIXES,
     }
 
@@ -370,7 +357,7 @@ cdef class DeltaLane(Lane):
         self.log = conversation.sent
         self._count(U2C, AUDIO_DELTA)
         frames = conversation.metrics.frames
-        self.stream_cells = [frames.cell(U2C, t) for t in STREAM_EVENTS]
+        self.stream_cells = [frames.cell(U2C, t) for t in STREAM_EVENT_TYPES]
 
     cdef bint c_take(self, object data) except -1:
         cdef object conversation = self.conversation, client
@@ -406,8 +393,7 @@ cdef class DeltaLane(Lane):
         return True
 
     cdef bint _take_stream_event(self, bytes data, FramePath client, Py_ssize_t kind, double received) except -1:
-        supervisor = self.supervisor
-        if supervisor._echo is not None or supervisor._alias:  # Supervisor.passes_stream_events
+        if not self.supervisor.passes_stream_events:
             return False
         try:
             event = _json_loads(data)
@@ -423,7 +409,7 @@ cdef class DeltaLane(Lane):
 
 
 cdef Py_ssize_t _stream_event_kind(bytes data):
-    """Which of ``STREAM_EVENTS`` the frame is, from its first bytes (-1: none)."""
+    """Which of ``STREAM_EVENT_TYPES`` the frame is, from its first bytes (-1: none)."""
     cdef Py_ssize_t kind = 0, n = PyBytes_GET_SIZE(data)
     cdef bytes prefix
     for prefix in STREAM_EVENT_PREFIXES:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from relay.core.protocol import STREAM_EVENT_TYPES
 from relay.io.frames import delta_chars
 
 if TYPE_CHECKING:
@@ -30,22 +31,8 @@ APPEND = "input_audio_buffer.append"
 AUDIO_DELTA = "response.output_audio.delta"
 AUDIO_DELTA_PREFIX = b'{"type":"response.output_audio.delta"'
 # The other events of a streaming answer: parsed (the state's mirror follows an item's text and a
-# tool call's arguments from the deltas), tracked by nothing else (tests/io/test_lanes.py checks
-# that none of them is a type the full path does more for).
-STREAM_EVENTS = (
-    "response.output_audio_transcript.delta",
-    "response.output_text.delta",
-    "conversation.item.input_audio_transcription.delta",
-    "response.function_call_arguments.delta",
-    "response.content_part.added",
-    "response.content_part.done",
-    "response.output_audio.done",
-    "response.output_audio_transcript.done",
-    "response.output_text.done",
-    "response.function_call_arguments.done",
-    "rate_limits.updated",
-)
-STREAM_EVENT_PREFIXES = tuple(b'{"type":"%s"' % t.encode() for t in STREAM_EVENTS)
+# tool call's arguments from the deltas), tracked by nothing else.
+STREAM_EVENT_PREFIXES = tuple(b'{"type":"%s"' % t.encode() for t in STREAM_EVENT_TYPES)
 C2U = "client_to_upstream"  # relay.observability.frame_metrics.DIRECTIONS
 U2C = "upstream_to_client"
 
@@ -100,7 +87,7 @@ class PyAppendLane(PyLane):
 class PyDeltaLane(PyLane):
     """The API's streaming answer on the current upstream. An audio delta, never parsed: its size
     noted for a truncation, sent to the app and kept for its resume, counted. The other events of
-    the stream (``STREAM_EVENTS``: text deltas, the ends of parts): parsed for the state's mirror
+    the stream (``STREAM_EVENT_TYPES``: text deltas, the ends of parts): parsed for the state's mirror
     (``SessionState.on_server_event``), then the same; what else the full path does for a server
     event (usage, the snapshot's version, the gate, the checker) takes none of them, and the
     supervisor's part none either while it ``passes_stream_events``."""
@@ -108,7 +95,7 @@ class PyDeltaLane(PyLane):
     def __init__(self, conversation: Conversation, link: UpstreamLink) -> None:
         super().__init__(conversation, U2C, AUDIO_DELTA)
         self.link = link
-        self.stream_cells = [conversation.metrics.frames.cell(U2C, t) for t in STREAM_EVENTS]
+        self.stream_cells = [conversation.metrics.frames.cell(U2C, t) for t in STREAM_EVENT_TYPES]
 
     def take(self, data: bytes) -> bool:
         conversation = self.conversation

@@ -139,8 +139,8 @@ class Supervisor:
 
     @property
     def passes_stream_events(self) -> bool:
-        """Whether a streaming answer's event (a text delta, the end of a part: relay.io.lanes'
-        ``STREAM_EVENTS``) needs nothing of ``on_server_event`` but the state's mirror: no
+        """Whether a streaming answer's event (a text delta, the end of a part: relay.core.protocol's
+        ``STREAM_EVENT_TYPES``) needs nothing of ``on_server_event`` but the state's mirror: no
         switch's answers are due (which it might be) and no item id is translated (which it
         might name). Read by the delta lane."""
         return self._echo is None and not self._alias
