@@ -57,8 +57,11 @@ def nginx_conf(relay_port: int, port: int, workdir: Path) -> str:
 @pytest.fixture
 async def behind_nginx(start_relay: RelayFactory, tmp_path: Path) -> AsyncIterator[Proxied]:
     binary = require_binary("nginx", package="nginx")
+    # The live API's timing (sessions announced ~0.3 s after the upgrade, answers streamed at
+    # its pace, here 20x): a resume lands while the answer still streams.
+    reply = " ".join(f"word{i}" for i in range(60))
     runner, sim_port = await start_simulator(
-        SimulatorConfig(timing=Timing.fast(), speed=50.0, reply_text="Through the proxy.")
+        SimulatorConfig(timing=Timing.realistic(), speed=20.0, reply_text=reply)
     )
     procs: list[subprocess.Popen[bytes]] = []
 
