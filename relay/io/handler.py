@@ -99,7 +99,7 @@ class Rejection(Exception):
 def client_peer(request: web.Request) -> str:
     """The unit a client is limited and logged by: its address (``relay.core.client_address``,
     behind the operator's trusted proxies), as ``peer_key`` groups addresses."""
-    proxies = request.app.get(TRUSTED_PROXIES) or TrustedProxies()
+    proxies = request.app[TRUSTED_PROXIES]
     return peer_key(proxies.client_address(request.remote, request.headers.getall(hdrs.X_FORWARDED_FOR, ())))
 
 
