@@ -154,7 +154,20 @@ class AudioRetention:
         start, stop = max(start, self._start), min(stop, self.end)
         if stop <= start:
             return b""
-        return b"".join(self._chunks)[start - self._start : stop - self._start]
+        # Only the chunks in range, the two ends as views: one copy. A turn's audio is hundreds
+        # of KiB, and joining it all then slicing made two such buffers (each a fresh mapping,
+        # faulted in page by page) at every commit.
+        parts: list[bytes | memoryview] = []
+        position = self._start
+        for chunk in self._chunks:
+            size = len(chunk)
+            if position >= stop:
+                break
+            if position + size > start:
+                low, high = max(start - position, 0), min(stop - position, size)
+                parts.append(chunk if low == 0 and high == size else memoryview(chunk)[low:high])
+            position += size
+        return b"".join(parts)
 
     def restart(self, replayed: bytes, *, speaking: bool) -> None:
         """A replacement upstream was sent ``replayed``: its stream (and clock) starts with it."""
