@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Coroutine, Iterable
 from typing import Any, Protocol
 
 from aiohttp import web
+from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -80,6 +81,13 @@ class MemoryStore:
         self._next_prune = 0.0
 
     async def add(self, keys: Iterable[CounterKey], amount: Spend, now: float) -> dict[CounterKey, Spend]:
+        return self.add_now(keys, amount, now)
+
+    async def read(self, keys: Iterable[CounterKey], now: float) -> dict[CounterKey, Spend]:
+        return self.read_now(keys, now)
+
+    def add_now(self, keys: Iterable[CounterKey], amount: Spend, now: float) -> dict[CounterKey, Spend]:
+        """:meth:`add` without the wait it never needs (the session calls this one: no task)."""
         self._prune(now)
         totals: dict[CounterKey, Spend] = {}
         for key in keys:
@@ -90,7 +98,7 @@ class MemoryStore:
             )
         return totals
 
-    async def read(self, keys: Iterable[CounterKey], now: float) -> dict[CounterKey, Spend]:
+    def read_now(self, keys: Iterable[CounterKey], now: float) -> dict[CounterKey, Spend]:
         counts = self._counts
         return {key: counts.get((key, window(key.period, now)[0]), Spend()) for key in keys}
 
@@ -202,6 +210,7 @@ class Budgets:
         self._down_until = 0.0
         self._last_failure_log = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._children: dict[tuple[Counter, tuple[str, ...]], Counter] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: RelayMetrics) -> Budgets:
@@ -225,6 +234,11 @@ class Budgets:
 
     def keys_for(self, identity: Identity) -> BudgetKeys:
         return budget_keys(self.rules, identity)
+
+    @property
+    def local(self) -> MemoryStore | None:
+        """The store, when it is this process's memory: spends and checks need no wait."""
+        return self.store if isinstance(self.store, MemoryStore) else None
 
     async def over(self, keys: BudgetKeys, now: float) -> Exceeded | None:
         """The limit this client is over, if any; raises :class:`BudgetsUnavailable` when the
@@ -272,19 +286,28 @@ class Budgets:
     # -------------------------------------------------------------- metrics and tasks
     def record(self, usage: Usage, identity: Identity) -> None:
         """The usage metrics of one response or transcription (bounded labels only)."""
-        m = self.metrics
+        m, child = self.metrics, self._child
         for kind, count in usage.tokens.items():
-            m.tokens_total.labels(kind, usage.model).inc(count)
-        m.cost_usd_total.labels(usage.model).inc(usage.cost_usd)
+            child(m.tokens_total, kind, usage.model).inc(count)
+        child(m.cost_usd_total, usage.model).inc(usage.cost_usd)
         if usage.seconds:
-            m.transcription_seconds_total.labels(usage.model).inc(usage.seconds)
+            child(m.transcription_seconds_total, usage.model).inc(usage.seconds)
         who = identity.key if identity.key in self._metric_identities else "other"
-        m.identity_tokens_total.labels(who).inc(usage.total_tokens)
-        m.identity_cost_usd_total.labels(who).inc(usage.cost_usd)
+        child(m.identity_tokens_total, who).inc(usage.total_tokens)
+        child(m.identity_cost_usd_total, who).inc(usage.cost_usd)
         if identity.tenant is not None:
             group = identity.tenant if identity.tenant in self._metric_groups else "other"
-            m.group_tokens_total.labels(group).inc(usage.total_tokens)
-            m.group_cost_usd_total.labels(group).inc(usage.cost_usd)
+            child(m.group_tokens_total, group).inc(usage.total_tokens)
+            child(m.group_cost_usd_total, group).inc(usage.cost_usd)
+
+    def _child(self, metric: Counter, *labels: str) -> Counter:
+        """``metric.labels(*labels)``, remembered: each lookup takes the metric's lock and builds
+        its key, for the same few children every response (the labels are bounded)."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def refused(self, exceeded: Exceeded | None, where: str) -> None:
         if exceeded is None:
@@ -348,8 +371,14 @@ class SessionUsage:
         usage = self.ledger.record(event_type, event, model)
         if usage is not None:
             self.budgets.record(usage, self.identity)
-            self._checking = True
-            self.budgets.spawn(self._spend(Spend.of(usage)))
+            if (local := self.budgets.local) is not None:  # no wait: no task either
+                now = time.time()
+                totals = local.add_now(self._keys.counters, Spend.of(usage), now)
+                self._exceeded = first_exceeded(self._keys.limits, totals, now)
+                self._checked_at = time.monotonic()
+            else:
+                self._checking = True
+                self.budgets.spawn(self._spend(Spend.of(usage)))
         return usage
 
     def refusal(self, event: dict[str, Any]) -> InvalidEvent | None:
@@ -357,8 +386,15 @@ class SessionUsage:
         if not budgets.enabled:
             return None
         if not self._checking and time.monotonic() - self._checked_at >= budgets.recheck_s:
-            self._checking = True
-            budgets.spawn(self._check())
+            if (local := budgets.local) is not None:
+                now = time.time()
+                self._exceeded = first_exceeded(
+                    self._keys.limits, local.read_now(self._keys.checked, now), now
+                )
+                self._checked_at = time.monotonic()
+            else:
+                self._checking = True
+                budgets.spawn(self._check())
         event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
         if self._unavailable:
             budgets.refused(None, "response")
