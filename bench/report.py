@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import orjson
 
 from bench.floor import NAME as FLOOR
+from bench.profile import table
 
 SATURATED_MS = 2.0  # a direct-path median above this: the load side, not the proxy, is measured
 BOUND_MS = 5.0  # the capacity sweep's bound on the relay's added p99
@@ -116,6 +118,7 @@ def write_report(results: dict[str, Any], out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# relay benchmark", "", *latency_table(results), *_floor(results), *sweep_table(results)]
     lines += capacity_lines(results)
+    lines += profile_lines(results.get("profile"))
     lines += overload_lines(results)
     lines += _beta_and_rotation(results)
     lines += resume_lines(results.get("resume"))
@@ -200,6 +203,21 @@ def capacity_lines(results: dict[str, Any]) -> list[str]:
                 f"~{path.sessions / path.cores:.0f} voice sessions{long_sessions}"
             )
     return ["", *lines] if lines else []
+
+
+def profile_lines(profile: dict[str, Any] | None) -> list[str]:
+    """The perf split of CPU per frame (bench/profile.py): where the gap to nginx comes from."""
+    if profile is None:
+        return []
+    if "skipped" in profile:
+        return ["", f"No profile of CPU per frame: {profile['skipped']}."]
+    return [
+        "",
+        "Where CPU per frame goes (perf, one more round per proxy at the main run's load; "
+        "'interpreter' includes the C API the compiled modules call):",
+        "",
+        *table(profile["splits"]),
+    ]
 
 
 def _steady_state(paths: list[Any], nginx: Any) -> list[str]:
@@ -355,7 +373,14 @@ def _serialisable(results: dict[str, Any]) -> dict[str, Any]:
             k: v for k, v in results.get("hot_path_python", {}).items() if k.endswith("_us")
         },
         "overload": _overload_serialisable(results.get("overload"), path),
+        "profile": _profile_serialisable(results.get("profile")),
     }
+
+
+def _profile_serialisable(profile: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not profile or "splits" not in profile:
+        return profile
+    return {"splits": [dataclasses.asdict(split) for split in profile["splits"]]}
 
 
 def _overload_serialisable(over: dict[str, Any] | None, path: Any) -> dict[str, Any] | None:

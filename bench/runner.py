@@ -281,6 +281,8 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             both.append(Target(FLOOR, url.format(floor.port), floor.proc.pid))
         main = await compare(targets + both, args.sessions, args.duration, args.trials, current)
         results["paths"] = list(main.values())
+        if args.profile:  # where each proxy's CPU per frame goes, one more round each under perf
+            results["profile"] = await _profile(targets + both, args, current)
         deadline = time.monotonic() + args.budget
         for count in args.sweep:
             # One step costs about (duration + ramp + settle) per path and trial.
@@ -336,6 +338,21 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             nginx.stop()
         await runner.cleanup()
     return results
+
+
+async def _profile(
+    targets: list[Target], args: argparse.Namespace, current: dict[str, Clock]
+) -> dict[str, Any]:
+    from bench.profile import perf_unusable, profile_round
+
+    if reason := await asyncio.to_thread(perf_unusable):
+        return {"skipped": reason}
+    chosen = [t for t in targets if t.pid is not None and t.name in ("nginx", "relay", FLOOR)]
+    splits = [
+        await profile_round(t.name, t.pid, t.url, args.sessions, args.duration, current)  # type: ignore[arg-type]
+        for t in chosen
+    ]
+    return {"splits": splits}
 
 
 async def _overload(
@@ -443,6 +460,12 @@ def run(argv: list[str]) -> int:
         dest="floor",
         action="store_false",
         help="leave out the forward-only relay's row (bench/floor.py: the architecture's floor)",
+    )
+    parser.add_argument(
+        "--no-profile",
+        dest="profile",
+        action="store_false",
+        help="leave out the perf split of each proxy's CPU per frame (bench/profile.py)",
     )
     parser.add_argument("--quick", action="store_true", help="10 sessions, 5 s, no sweep")
     parser.add_argument("--out", default="bench/results")

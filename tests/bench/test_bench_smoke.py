@@ -36,6 +36,7 @@ def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> N
         overload_cpu_percent=100.0,  # the plumbing only: refusals are tests/io/test_overload.py's
         python_build=True,
         floor=True,
+        profile=True,  # run under perf where it can sample; else the report says why not
     )
     results = asyncio.run(benchmark(args))
     paths = {p.path: p for p in results["paths"]}
@@ -87,3 +88,11 @@ def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> N
     assert over["direct"].sessions == over["admitted"]
     assert re.search(r"Overload: [0-9]+ apps offered .* admitted, 0 refused with 503", table)
     assert saved["overload"]["relay"]["path"] == "relay"
+    if "skipped" in results["profile"]:
+        assert f"No profile of CPU per frame: {results['profile']['skipped']}." in table
+    else:
+        names = [*(["nginx"] if results["nginx"] else []), "relay", FLOOR]
+        assert [split.name for split in results["profile"]["splits"]] == names
+        assert f"| us per frame | {' | '.join(names)} | relay - floor |" in table
+        assert [split["name"] for split in saved["profile"]["splits"]] == names
+        assert all(split.us_per_frame > 0 for split in results["profile"]["splits"])
