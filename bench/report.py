@@ -185,6 +185,13 @@ def capacity_lines(results: dict[str, Any]) -> list[str]:
             if p.path.startswith(("relay", "floor")) and p.cpu_s and p.frames
         ]
         lines.append("CPU per frame against nginx's: " + ", ".join(ratios) + " (target <= 1.5x)")
+        if (relay := by_name.get("relay")) and relay.cpu_s and relay.frames:
+            ratio = relay.cpu_s / relay.frames / per_frame
+            verdict = "met" if ratio <= 1.5 else f"not met, by {ratio / 1.5:.2f}x"
+            lines.append(
+                f"Target CPU per frame <= 1.5x nginx's: {verdict} (relay {ratio:.2f}x)"
+                + ("" if ratio <= 1.5 else "; the profile below says where it goes")
+            )
         lines.extend(_steady_state(results["paths"], nginx))
         if FLOOR in by_name:
             lines.append(

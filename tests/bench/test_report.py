@@ -57,6 +57,10 @@ def test_steady_state_is_reported_apart_from_opening_and_closing_sessions() -> N
     relay = _cpu_path("relay", 1000, 2.5, 1.8)
     lines = capacity_lines({"paths": [nginx, relay]})
     assert "CPU per frame against nginx's: relay 2.50x (target <= 1.5x)" in lines
+    assert any(
+        line.startswith("Target CPU per frame <= 1.5x nginx's: not met, by 1.67x (relay 2.50x)")
+        for line in lines
+    )
     assert "In steady state (every session open): CPU per frame against nginx's: relay 2.00x" in lines
     # (2.5 - 1.8) s over 100 sessions, and (1.0 - 0.9) s over 100.
     assert "CPU per session opened and closed: nginx 1.00 ms, relay 7.00 ms" in lines
@@ -71,3 +75,11 @@ def test_without_a_steady_window_only_the_whole_round_is_reported() -> None:
     lines = capacity_lines({"paths": [nginx, relay]})
     assert "CPU per frame against nginx's: relay 2.50x (target <= 1.5x)" in lines
     assert not any("steady state" in line or "when sessions are long" in line for line in lines)
+
+
+def test_a_met_cpu_target_is_said_so() -> None:
+    nginx = _cpu_path("nginx", 1000, 1.0, 0.9)
+    relay = _cpu_path("relay", 1000, 1.4, 1.3)
+    assert "Target CPU per frame <= 1.5x nginx's: met (relay 1.40x)" in capacity_lines(
+        {"paths": [nginx, relay]}
+    )
