@@ -148,7 +148,6 @@ BETA_SERVER_EVENT_TYPES: Final[tuple[str, ...]] = (
     "rate_limits.updated",
 )
 
-# Every event type a metric label may carry; anything else is reported as "other".
 # The events that stream an answer beside its audio deltas: text deltas and the ends of its parts.
 # The relay's delta lane takes them (relay.io.lanes; tests/io/test_lanes.py holds them to types
 # only the state's mirror reads).
@@ -166,6 +165,7 @@ STREAM_EVENT_TYPES: Final[tuple[str, ...]] = (
     "rate_limits.updated",
 )
 
+# Every event type a metric label may carry; anything else is reported as "other".
 KNOWN_EVENT_TYPES: Final[frozenset[str]] = frozenset(
     GA_CLIENT_EVENT_TYPES + BETA_CLIENT_EVENT_TYPES + GA_SERVER_EVENT_TYPES + BETA_SERVER_EVENT_TYPES
 )

@@ -81,13 +81,6 @@ class MemoryStore:
         self._next_prune = 0.0
 
     async def add(self, keys: Iterable[CounterKey], amount: Spend, now: float) -> dict[CounterKey, Spend]:
-        return self.add_now(keys, amount, now)
-
-    async def read(self, keys: Iterable[CounterKey], now: float) -> dict[CounterKey, Spend]:
-        return self.read_now(keys, now)
-
-    def add_now(self, keys: Iterable[CounterKey], amount: Spend, now: float) -> dict[CounterKey, Spend]:
-        """:meth:`add` without the wait it never needs (the session calls this one: no task)."""
         self._prune(now)
         totals: dict[CounterKey, Spend] = {}
         for key in keys:
@@ -98,7 +91,7 @@ class MemoryStore:
             )
         return totals
 
-    def read_now(self, keys: Iterable[CounterKey], now: float) -> dict[CounterKey, Spend]:
+    async def read(self, keys: Iterable[CounterKey], now: float) -> dict[CounterKey, Spend]:
         counts = self._counts
         return {key: counts.get((key, window(key.period, now)[0]), Spend()) for key in keys}
 
@@ -235,11 +228,6 @@ class Budgets:
     def keys_for(self, identity: Identity) -> BudgetKeys:
         return budget_keys(self.rules, identity)
 
-    @property
-    def local(self) -> MemoryStore | None:
-        """The store, when it is this process's memory: spends and checks need no wait."""
-        return self.store if isinstance(self.store, MemoryStore) else None
-
     async def over(self, keys: BudgetKeys, now: float) -> Exceeded | None:
         """The limit this client is over, if any; raises :class:`BudgetsUnavailable` when the
         counters cannot be read and the policy is to fail closed."""
@@ -318,7 +306,17 @@ class Budgets:
             ).inc()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Spends outlive their session: they are awaited when the relay shuts down."""
+        """Run a spend or a check. On this process's own counters it never waits, so it runs
+        here and now (a task per response.done cost a task, a step and a callback for a dict
+        update); on Redis it is a task, and spends outlive their session: they are awaited when
+        the relay shuts down."""
+        if isinstance(self.store, MemoryStore):
+            try:
+                coro.send(None)
+            except StopIteration:
+                return
+            coro.close()
+            raise RuntimeError("a spend or check on in-memory counters waited")
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -371,14 +369,8 @@ class SessionUsage:
         usage = self.ledger.record(event_type, event, model)
         if usage is not None:
             self.budgets.record(usage, self.identity)
-            if (local := self.budgets.local) is not None:  # no wait: no task either
-                now = time.time()
-                totals = local.add_now(self._keys.counters, Spend.of(usage), now)
-                self._exceeded = first_exceeded(self._keys.limits, totals, now)
-                self._checked_at = time.monotonic()
-            else:
-                self._checking = True
-                self.budgets.spawn(self._spend(Spend.of(usage)))
+            self._checking = True
+            self.budgets.spawn(self._spend(Spend.of(usage)))
         return usage
 
     def refusal(self, event: dict[str, Any]) -> InvalidEvent | None:
@@ -386,15 +378,8 @@ class SessionUsage:
         if not budgets.enabled:
             return None
         if not self._checking and time.monotonic() - self._checked_at >= budgets.recheck_s:
-            if (local := budgets.local) is not None:
-                now = time.time()
-                self._exceeded = first_exceeded(
-                    self._keys.limits, local.read_now(self._keys.checked, now), now
-                )
-                self._checked_at = time.monotonic()
-            else:
-                self._checking = True
-                budgets.spawn(self._check())
+            self._checking = True
+            budgets.spawn(self._check())
         event_id = event.get("event_id") if isinstance(event.get("event_id"), str) else None
         if self._unavailable:
             budgets.refused(None, "response")
