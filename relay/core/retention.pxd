@@ -16,7 +16,6 @@ cdef class AudioRetention:
     cdef public Py_ssize_t _per_ms
     cdef public bint vad
     cdef public Py_ssize_t prefix_ms
-    cdef public Py_ssize_t trimmed_bytes
     cdef public object _marks
     cdef public double _next_mark
     cdef public Py_ssize_t _trim_at
@@ -24,4 +23,5 @@ cdef class AudioRetention:
 
     cpdef append(self, bytes audio, object now=*)
     cpdef _trim(self, object now=*)
+    cpdef _release_before(self, Py_ssize_t position)
     cpdef Py_ssize_t keep_from(self) except? -1
