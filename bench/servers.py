@@ -107,7 +107,10 @@ async def start_relay(
     # counts per frame where py-spy and perf only sample; its overhead makes the CPU figures moot.
     profile = os.environ.get("BENCH_CPROFILE")
     prof = ["-m", "cProfile", "-o", profile] if profile else []
-    return await _launch([*pin(0), sys.executable, *prof, "-m", "relay", "serve"], port, env, cwd)
+    # BENCH_EVENT_TIMES=file: each full-path event timed in place (bench/event_times.py).
+    timed = os.environ.get("BENCH_EVENT_TIMES")
+    command = ["-m", "bench.event_times", "--serve", timed] if timed else ["-m", "relay", "serve"]
+    return await _launch([*pin(0), sys.executable, *prof, *command], port, env, cwd)
 
 
 async def start_floor(sim_port: int) -> Proc:
