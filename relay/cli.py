@@ -216,6 +216,10 @@ async def _run_relay(settings: Settings) -> None:
     pauses = GcPauses(app[METRICS])  # start-up's objects out of later collections, pauses timed
     pauses.freeze_start_up()
     pauses.install()
+    freezing = None
+    if settings.gc_freeze_every_s:  # and the sessions' long-lived objects, as they settle
+        sessions = app[RELAY_CONTEXT].registry.sessions
+        freezing = asyncio.create_task(pauses.run(settings.gc_freeze_every_s, sessions.__len__))
     if directory:  # one of several workers: caps across them, its metrics for the merged /metrics
         slots = await SlotClient.connect(directory)
         app[RELAY_CONTEXT].registry.shared = slots
@@ -232,6 +236,8 @@ async def _run_relay(settings: Settings) -> None:
     await stop.wait()
     get_logger().info("shutdown_requested", grace_s=settings.drain_grace_s)
     await drain(app, settings.drain_grace_s)
+    if freezing is not None:
+        freezing.cancel()
     await runner.cleanup()
     if directory:
         await metrics_runner.cleanup()

@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     # ... or while the process uses this share of its core (smoothed); 0: not judged. Set it
     # where another replica can take the session (the Kubernetes manifests do).
     overload_cpu_percent: float = Field(0.0, ge=0, le=100)
+    # Every this many seconds, what outlived the young collections is frozen out of later full
+    # ones (relay/observability/gc_pauses.py); 0: start-up's objects only.
+    gc_freeze_every_s: float = Field(10.0, ge=0)
 
     # --- validation and holding ------------------------------------------------------------
     validate_events: bool = True

@@ -204,9 +204,17 @@ class RelayMetrics:
             buckets=GC_PAUSE_BUCKETS,
             registry=r,
         )
+        self.gc_collected_objects_total = Counter(
+            "relay_gc_collected_objects",
+            "Objects the cyclic collector found unreachable, by generation: cycles that reference "
+            "counting could not free (the relay makes none; growth points at a leak's source).",
+            ["generation"],
+            registry=r,
+        )
         self.gc_frozen_objects = Gauge(
             "relay_gc_frozen_objects",
-            "Objects made at start-up and kept out of every later collection (gc.freeze).",
+            "Objects kept out of every collection (gc.freeze), counted at start-up and whenever "
+            "the process had no session: what stays frozen then is not any session's.",
             registry=r,
         )
         self.build_info = Info(

@@ -1,17 +1,24 @@
-"""The garbage collector's pauses: start-up's objects frozen out of them, every pause timed."""
+"""The garbage collector's pauses: start-up's objects frozen out of them, and then each period
+what outlived the young collections; every pause timed, every object collected counted."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gc
+import weakref
+from collections.abc import Iterator
 
 import aiohttp
+import pytest
 import websockets
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.observability.gc_pauses import GcPauses
 from relay.observability.metrics import RelayMetrics
+from relay.simulator.config import SimulatorConfig
+from relay.simulator.server import start_simulator
 from tests.support.relay_process import relay_process
 
 
@@ -55,3 +62,130 @@ async def test_a_serving_relay_has_frozen_its_start_up_and_reports_its_pauses() 
     # Modules, schemas and the app: tens of thousands of objects no collection walks again.
     assert samples[("relay_gc_frozen_objects", ())] > 10_000
     assert samples[("relay_gc_pause_seconds_count", (("generation", "0"),))] > 0
+
+
+class _Node:
+    """A weak-referenceable object to build cycles from."""
+
+    def __init__(self) -> None:
+        self.other: _Node | None = None
+
+
+def _cycle() -> tuple[_Node, weakref.ref[_Node]]:
+    a, b = _Node(), _Node()
+    a.other, b.other = b, a
+    return a, weakref.ref(a)
+
+
+def _frozen(obj: object) -> bool:
+    return gc.is_tracked(obj) and not any(o is obj for o in gc.get_objects())
+
+
+@pytest.fixture
+def policy() -> Iterator[tuple[GcPauses, RelayMetrics]]:
+    gc.collect()
+    metrics = RelayMetrics(CollectorRegistry())
+    pauses = GcPauses(metrics)
+    pauses.install()
+    try:
+        yield pauses, metrics
+    finally:
+        pauses.uninstall()
+        gc.unfreeze()  # this process's objects back where the collector sees them
+
+
+def test_a_step_freezes_what_lives_and_collects_young_cycles_first(
+    policy: tuple[GcPauses, RelayMetrics],
+) -> None:
+    pauses, metrics = policy
+    kept = [{"item": [n]} for n in range(100)]  # a session's state, say (tracked: not atoms only)
+    garbage, dead = _cycle()
+    del garbage  # a cycle no one holds: only the collector frees it
+    assert dead() is not None
+    before = gc.get_freeze_count()
+    pauses.step(sessions=1)
+    assert dead() is None  # collected, not frozen with the survivors
+    assert all(_frozen(entry) for entry in kept)
+    assert gc.get_freeze_count() >= before + len(kept)
+    samples = _samples(metrics.render()[0].decode())
+    collected = sum(v for (name, _), v in samples.items() if name == "relay_gc_collected_objects_total")
+    assert collected >= 2
+
+
+def test_frozen_objects_are_freed_by_reference_counting(policy: tuple[GcPauses, RelayMetrics]) -> None:
+    pauses, _ = policy
+    kept = [_Node() for _ in range(50)]
+    refs = [weakref.ref(node) for node in kept]
+    pauses.step(sessions=1)
+    count = gc.get_freeze_count()
+    del kept  # an ended session: no cycle, so no collector is needed
+    assert all(ref() is None for ref in refs)
+    assert gc.get_freeze_count() <= count - 50
+
+
+def test_with_no_session_a_frozen_cycle_is_collected_once(policy: tuple[GcPauses, RelayMetrics]) -> None:
+    pauses, metrics = policy
+    node, ref = _cycle()
+    pauses.step(sessions=1)
+    assert _frozen(node)
+    del node  # garbage now, but frozen: full collections do not see it
+    gc.collect()
+    assert ref() is not None
+    pauses.step(sessions=1)  # sessions still open: it waits
+    assert ref() is not None
+    pauses.step(sessions=0)  # no one to hold up: everything unfrozen and collected once
+    assert ref() is None
+    samples = _samples(metrics.render()[0].decode())
+    assert samples[("relay_gc_frozen_objects", ())] == gc.get_freeze_count()  # counted when idle
+    count = "relay_gc_pause_seconds_count"
+    pauses.step(sessions=0)  # still idle, nothing frozen since: no second full collection
+    assert (
+        _samples(metrics.render()[0].decode())[(count, (("generation", "2"),))]
+        == samples[(count, (("generation", "2"),))]
+    )
+
+
+async def test_a_serving_relay_freezes_its_sessions_and_lets_them_go() -> None:
+    """Sessions' objects are frozen while they run (young collections, one a period), and freed
+    when they end: after each wave of sessions the process, idle again, sweeps once, and the
+    frozen count is back where the first wave left it (which warms caches and the like, kept
+    for good), so nothing a session held was kept. The upstream is a simulator of its own: the
+    embedded one keeps closed sessions for its inspection API."""
+    audio = base64.b64encode(bytes(960)).decode()
+    append = f'{{"type":"input_audio_buffer.append","audio":"{audio}"}}'
+    runner, sim_port = await start_simulator(SimulatorConfig())
+    upstream = f"ws://127.0.0.1:{sim_port}/v1/realtime"
+    async with (
+        relay_process(RELAY_GC_FREEZE_EVERY_S="0.2", RELAY_UPSTREAM_URL=upstream) as relay,
+        aiohttp.ClientSession() as http,
+    ):
+
+        async def metrics() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            async with http.get(f"http://127.0.0.1:{relay.port}/metrics") as resp:
+                return _samples(await resp.text())
+
+        async def wave() -> None:
+            """20 sessions open for a few periods, then closed, then a few idle periods."""
+            auth = relay.auth
+            sockets = [await websockets.connect(relay.ws_url, additional_headers=auth) for _ in range(20)]
+            for ws in sockets:
+                await ws.recv()
+                for _ in range(20):
+                    await ws.send(append)
+            await asyncio.sleep(0.6)
+            for ws in sockets:
+                await ws.close()
+            await asyncio.sleep(0.8)
+
+        frozen = ("relay_gc_frozen_objects", ())
+        sweeps = ("relay_gc_pause_seconds_count", (("generation", "2"),))  # a full collection each
+        await asyncio.sleep(0.5)
+        start_up = await metrics()
+        await wave()
+        settled = await metrics()
+        await wave()
+        after = await metrics()
+    await runner.cleanup()
+    assert settled[sweeps] > start_up[sweeps]
+    assert after[sweeps] > settled[sweeps]
+    assert abs(after[frozen] - settled[frozen]) < 20 * 5  # none of the second wave's objects is left
