@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +94,23 @@ async def _arrivals(
         tasks.append(asyncio.create_task(_arrive(url, driver, refusals)))
 
 
+_TICK_S = 0.002  # the load process's own clock check
+_STALL_MS = 5.0  # a check this late is a stall of the load process itself
+
+
+async def _own_stalls(stalls: list[tuple[float, float]]) -> None:
+    """Log when this process's event loop ran a short timer late: while it was stopped, the
+    frames in flight waited too, and were stamped as the relay's delay (docs/benchmark.md,
+    fourteenth stop). ``(perf_counter, ms late)`` per stall."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + _TICK_S
+        await asyncio.sleep(_TICK_S)
+        late_ms = (loop.time() - due) * 1000
+        if late_ms >= _STALL_MS:
+            stalls.append((time.perf_counter(), late_ms))
+
+
 async def overload(
     sim_port: int,
     current: dict[str, Stamps],
@@ -129,13 +147,17 @@ async def overload(
         # it: a scrape a second cost the load side (this process) a few milliseconds each, and
         # the frames it held meanwhile were stamped as the relay's delay.
         seen = [await relay.metrics()]
+        stalls: list[tuple[float, float]] = []
         with collector_paused():
             measured = Stamps()
             current["clock"] = measured
             driver.measure_into(measured)
             admitted_at_start, refused_before = len(driver.apps), refusals.clean
             cpu = process.cpu_times()
+            window_from = time.perf_counter()
+            watching = asyncio.create_task(_own_stalls(stalls))
             await asyncio.wait([runner])
+            watching.cancel()
             cpu_after = process.cpu_times()
             seen.append(await relay.metrics())
             share = (cpu_after.user + cpu_after.system - cpu.user - cpu.system) / duration
@@ -163,6 +185,8 @@ async def overload(
         "refused_other": len(refusals.other),
         "refused_other_examples": refusals.other[:5],
         "relay_core_share": share,
+        "load_stalls_ms": [(round(at - window_from, 2), round(ms, 1)) for at, ms in stalls],
+        "p99_per_second": _p99_per_second(measured),
         "cpu_percent": cpu_percent,
         "rate": arrival_per_s,
         "stamps": measured,
@@ -226,7 +250,6 @@ def main(argv: list[str] | None = None) -> int:
 
     results = uvloop.run(overload_row(args.offered, args.rate, args.duration, args.cpu_percent))
     print("\n".join(overload_lines({"overload": results})))
-    print("relay p99 c2u / u2c (ms) per second of the window:", _p99_per_second(results["relay_stamps"]))
     print(
         "garbage collections while measured (count, seconds) by generation",
         results["relay_gc_while_measured"],

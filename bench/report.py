@@ -272,7 +272,25 @@ def overload_lines(results: dict[str, Any]) -> list[str]:
         f"{relay.pct('u2c', 99):.2f} ms, direct {direct.pct('c2u', 99):.2f} / "
         f"{direct.pct('u2c', 99):.2f} ms; "
         f"{verdict}; lost {relay.lost + direct.lost}",
+        *_where_slow(over),
     ]
+
+
+def _where_slow(over: dict[str, Any]) -> list[str]:
+    """Where in the window the slow frames were, and whether the load process itself stopped
+    then: a stop of the process that stamps the frames is counted as the relay's delay."""
+    lines = []
+    if per_second := over.get("p99_per_second"):
+        lines.append("Overload window, relay p99 c2u / u2c (ms) per second: " + ", ".join(per_second))
+    stalls = over.get("load_stalls_ms")
+    if stalls is not None:
+        worst = max(stalls, key=lambda stall: stall[1], default=None)
+        lines.append(
+            f"The load process's own stalls in that window (a 2 ms timer late by 5 ms or more): {len(stalls)}"
+            + ("" if worst is None else f", the longest {worst[1]:.0f} ms at {worst[0]:.1f} s")
+            + " (while it stalls, frames in flight are stamped late, as the relay's delay)"
+        )
+    return lines
 
 
 def _beta_and_rotation(results: dict[str, Any]) -> list[str]:

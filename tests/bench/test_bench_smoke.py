@@ -88,6 +88,9 @@ def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> N
     assert over["direct"].sessions == over["admitted"]
     assert re.search(r"Overload: [0-9]+ apps offered .* admitted, 0 refused with 503", table)
     assert saved["overload"]["relay"]["path"] == "relay"
+    assert over["p99_per_second"]  # where in the window the slow frames were
+    assert isinstance(over["load_stalls_ms"], list)
+    assert "The load process's own stalls in that window" in table
     if "skipped" in results["profile"]:
         assert f"No profile of CPU per frame: {results['profile']['skipped']}." in table
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.report import capacity_lines, sweep_table
+from bench.report import capacity_lines, overload_lines, sweep_table
 from bench.runner import PathResult
 
 
@@ -83,3 +83,30 @@ def test_a_met_cpu_target_is_said_so() -> None:
     assert "Target CPU per frame <= 1.5x nginx's: met (relay 1.40x)" in capacity_lines(
         {"paths": [nginx, relay]}
     )
+
+
+def test_the_overload_row_says_where_its_slow_frames_were_and_whose_stop_it_was() -> None:
+    relay, direct = _path("relay", 300, 0.5, 9.0), _path("direct", 300, 0.3, 1.0)
+    over = {
+        "offered": 600,
+        "rate": 10.0,
+        "cpu_percent": 40.0,
+        "admitted": 300,
+        "refused_clean": 300,
+        "refused_while_measured": 150,
+        "refused_other": 0,
+        "refused_other_examples": [],
+        "relay_core_share": 0.4,
+        "relay_cpu_share_seen": [0.39, 0.41],
+        "relay": relay,
+        "direct": direct,
+        "p99_per_second": ["0: 2.1 / 2.0", "1: 53.0 / 41.2"],
+        "load_stalls_ms": [(1.23, 53.0), (4.5, 7.2)],
+    }
+    lines = overload_lines({"overload": over})
+    assert "Overload window, relay p99 c2u / u2c (ms) per second: 0: 2.1 / 2.0, 1: 53.0 / 41.2" in lines
+    (stalls,) = [line for line in lines if "own stalls in that window" in line]
+    assert ": 2, the longest 53 ms at 1.2 s" in stalls
+    over["load_stalls_ms"] = []
+    (stalls,) = [line for line in overload_lines({"overload": over}) if "own stalls" in line]
+    assert "or more): 0 (while it stalls" in stalls
