@@ -98,4 +98,6 @@ def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> N
         assert [split.name for split in results["profile"]["splits"]] == names
         assert f"| us per frame | {' | '.join(names)} | relay - floor |" in table
         assert [split["name"] for split in saved["profile"]["splits"]] == names
-        assert all(split.us_per_frame > 0 for split in results["profile"]["splits"])
+        # CPU is read in 10 ms ticks: a smoke-sized round may show none for a proxy (nginx's
+        # took under one tick in a CI run), but never a negative or undefined figure.
+        assert all(0 <= split.us_per_frame < 1e6 for split in results["profile"]["splits"])
