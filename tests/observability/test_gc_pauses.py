@@ -164,28 +164,29 @@ async def test_a_serving_relay_freezes_its_sessions_and_lets_them_go() -> None:
             async with http.get(f"http://127.0.0.1:{relay.port}/metrics") as resp:
                 return _samples(await resp.text())
 
-        async def wave() -> None:
-            """20 sessions open for a few periods, then closed, then a few idle periods."""
+        frozen = ("relay_gc_frozen_objects", ())
+        sweeps = ("relay_gc_pause_seconds_count", (("generation", "2"),))  # a full collection each
+
+        async def wave(before: float) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            """20 sessions open for a few periods, then closed; the metrics once the process,
+            idle again, has swept (a full collection more than ``before``)."""
             auth = relay.auth
             sockets = [await websockets.connect(relay.ws_url, additional_headers=auth) for _ in range(20)]
             for ws in sockets:
                 await ws.recv()
                 for _ in range(20):
                     await ws.send(append)
-            await asyncio.sleep(0.6)
+            await asyncio.sleep(0.6)  # a few periods: the sessions' objects are frozen by now
             for ws in sockets:
                 await ws.close()
-            await asyncio.sleep(0.8)
+            async with asyncio.timeout(15):
+                while (now := await metrics())[("relay_sessions_active", ())] or now[sweeps] <= before:  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)
+            return now
 
-        frozen = ("relay_gc_frozen_objects", ())
-        sweeps = ("relay_gc_pause_seconds_count", (("generation", "2"),))  # a full collection each
         await asyncio.sleep(0.5)
         start_up = await metrics()
-        await wave()
-        settled = await metrics()
-        await wave()
-        after = await metrics()
+        settled = await wave(start_up[sweeps])
+        after = await wave(settled[sweeps])
     await runner.cleanup()
-    assert settled[sweeps] > start_up[sweeps]
-    assert after[sweeps] > settled[sweeps]
     assert abs(after[frozen] - settled[frozen]) < 20 * 5  # none of the second wave's objects is left
