@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import os
 import sys
 import time
 from collections import defaultdict
@@ -98,11 +97,7 @@ async def measure(sessions: int, duration: float, out: Path) -> float:
 
     clock = Stamps()
     runner, sim_port = await start_simulator(simulator_config({"clock": clock}))
-    os.environ["BENCH_EVENT_TIMES"] = str(out)
-    try:
-        relay = await start_relay(sim_port)
-    finally:
-        del os.environ["BENCH_EVENT_TIMES"]
+    relay = await start_relay(sim_port, event_times=str(out))
     try:
         before = sum(cpu_times(relay.proc.pid))
         url = f"ws://127.0.0.1:{relay.port}/v1/realtime?model=gpt-realtime"

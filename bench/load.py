@@ -131,9 +131,8 @@ class Stamps:
         return np.array(delays, dtype=np.float64) * 1000
 
     def lost(self) -> int:
-        missing_up = sum(1 for k in self.c2u_sent if k not in self.c2u_recv)
-        missing_down = sum(1 for k in self.u2c_sent if k not in self.u2c_recv)
-        return missing_up + missing_down
+        pairs = ((self.c2u_sent, self.c2u_recv), (self.u2c_sent, self.u2c_recv))
+        return sum(len(sent.mapping().keys() - recv.mapping().keys()) for sent, recv in pairs)
 
     def moved(self) -> int:
         """Stamps taken on the way so far (polled while frames may still be in flight: no dict)."""

@@ -76,6 +76,7 @@ async def start_relay(
     quiet_max_wait_s: float = 0.5,
     extra: dict[str, str] | None = None,
     cwd: str | None = None,
+    event_times: str | None = None,
 ) -> Proc:
     """A relay on the simulator; ``cwd``: another checkout whose code runs (``python -m``
     imports from the working directory first)."""
@@ -107,9 +108,9 @@ async def start_relay(
     # counts per frame where py-spy and perf only sample; its overhead makes the CPU figures moot.
     profile = os.environ.get("BENCH_CPROFILE")
     prof = ["-m", "cProfile", "-o", profile] if profile else []
-    # BENCH_EVENT_TIMES=file: each full-path event timed in place (bench/event_times.py).
-    timed = os.environ.get("BENCH_EVENT_TIMES")
-    command = ["-m", "bench.event_times", "--serve", timed] if timed else ["-m", "relay", "serve"]
+    # event_times (or BENCH_EVENT_TIMES=file): each full-path event timed in place (bench/event_times.py).
+    event_times = event_times or os.environ.get("BENCH_EVENT_TIMES")
+    command = ["-m", "bench.event_times", "--serve", event_times] if event_times else ["-m", "relay", "serve"]
     return await _launch([*pin(0), sys.executable, *prof, *command], port, env, cwd)
 
 

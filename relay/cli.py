@@ -218,8 +218,8 @@ async def _run_relay(settings: Settings) -> None:
     pauses.install()
     freezing = None
     if settings.gc_freeze_every_s:  # and the sessions' long-lived objects, as they settle
-        sessions = app[RELAY_CONTEXT].registry.sessions
-        freezing = asyncio.create_task(pauses.run(settings.gc_freeze_every_s, sessions.__len__))
+        registry = app[RELAY_CONTEXT].registry
+        freezing = asyncio.create_task(pauses.run(settings.gc_freeze_every_s, lambda: len(registry.sessions)))
     if directory:  # one of several workers: caps across them, its metrics for the merged /metrics
         slots = await SlotClient.connect(directory)
         app[RELAY_CONTEXT].registry.shared = slots
