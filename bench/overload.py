@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=10.0, help="apps arriving per second")
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--cpu-percent", type=float, default=40.0)  # the benchmark's (bench/runner.py)
+    parser.add_argument("--save", help="also pickle the row here (the full benchmark reads it)")
     args = parser.parse_args(argv)
     if args.offered < 1:
         parser.error("--offered must be at least 1")
@@ -249,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     from bench.runner import overload_row
 
     results = uvloop.run(overload_row(args.offered, args.rate, args.duration, args.cpu_percent))
+    if args.save:
+        import pickle
+        from pathlib import Path
+
+        Path(args.save).write_bytes(pickle.dumps(results))
     print("\n".join(overload_lines({"overload": results})))
     print(
         "garbage collections while measured (count, seconds) by generation",

@@ -411,7 +411,7 @@ def _profile_serialisable(profile: dict[str, Any] | None) -> dict[str, Any] | No
 def _overload_serialisable(over: dict[str, Any] | None, path: Any) -> dict[str, Any] | None:
     if not over:
         return None
-    return {k: path(v) if k in ("relay", "direct") else v for k, v in over.items() if k != "relay_stamps"}
+    return {k: path(v) if k in ("relay", "direct") else v for k, v in over.items()}
 
 
 def _chart(results: dict[str, Any], target: Path) -> None:
