@@ -39,12 +39,16 @@ class Row:
     system: float = 0.0
     steady: float = 0.0
     lost: int = 0
+    faults: int = 0  # minor page faults: fresh memory the kernel had to zero and map
     rounds: list[float] = field(default_factory=list)  # CPU us per frame, each round
     c2u: list[float] = field(default_factory=list)  # one-way latency of every frame, ms
     u2c: list[float] = field(default_factory=list)
 
     def times(self) -> tuple[float, float]:
         return (0.0, 0.0) if self.proc is None else cpu_times(self.proc.proc.pid)
+
+    def minor_faults(self) -> int:
+        return 0 if self.proc is None else minor_faults(self.proc.proc.pid)
 
     def us(self, seconds: float) -> float:
         return seconds / self.frames * 1e6 if self.frames else float("nan")
@@ -65,6 +69,9 @@ async def run(args: argparse.Namespace) -> list[Row]:
         rows.append(Row("relay (pure Python)", pure))
     for other in args.other:
         rows.append(Row(f"relay ({other})", await start_relay(sim_port, cwd=other)))
+    for settings in args.env:  # "NAME=VALUE NAME=VALUE": one more relay with all of them
+        extra = dict(setting.partition("=")[::2] for setting in settings.split())
+        rows.append(Row(f"relay ({settings})", await start_relay(sim_port, extra=extra)))
     relay = next(r for r in rows if r.name == "relay")
     assert relay.proc is not None
     pid = str(relay.proc.proc.pid)
@@ -83,6 +90,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
                 clock = current["clock"] = Stamps()
                 marks: list[float] = []
                 user, system = row.times()
+                faults = row.minor_faults()
                 await voice_sessions(
                     f"ws://127.0.0.1:{port}/v1/realtime?model=gpt-realtime",
                     clock,
@@ -92,6 +100,7 @@ async def run(args: argparse.Namespace) -> list[Row]:
                     steady=lambda r=row, m=marks: m.append(sum(r.times())),  # type: ignore[misc]
                 )
                 after_user, after_system = row.times()
+                row.faults += row.minor_faults() - faults
                 used_user, used_system = after_user - user, after_system - system
                 frames = len(clock.c2u_sent) + len(clock.u2c_sent)
                 row.frames += frames
@@ -118,22 +127,34 @@ def report(rows: list[Row]) -> str:
     base = nginx.us(nginx.user + nginx.system) if nginx else None
     lines = [
         "| target | frames | lost | p99 ms c2u / u2c | user us/frame | kernel us/frame | CPU us/frame "
-        "| each round | steady | vs nginx |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| each round | steady | vs nginx | page faults per 1000 frames |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         p99 = f"{_p99(row.c2u):.2f} / {_p99(row.u2c):.2f}"
         if row.proc is None:
-            lines.append(f"| {row.name} | {row.frames} | {row.lost} | {p99} | | | | | | |")
+            lines.append(f"| {row.name} | {row.frames} | {row.lost} | {p99} | | | | | | | |")
             continue
         cpu = row.us(row.user + row.system)
         ratio = f"{cpu / base:.2f}x" if base else ""
         each = " / ".join(f"{r:.1f}" for r in row.rounds)
         lines.append(
             f"| {row.name} | {row.frames} | {row.lost} | {p99} | {row.us(row.user):.1f} "
-            f"| {row.us(row.system):.1f} | {cpu:.1f} | {each} | {row.us(row.steady):.1f} | {ratio} |"
+            f"| {row.us(row.system):.1f} | {cpu:.1f} | {each} | {row.us(row.steady):.1f} | {ratio} "
+            f"| {row.faults / row.frames * 1000 if row.frames else 0:.1f} |"
         )
     return "\n".join(lines)
+
+
+def minor_faults(pid: int) -> int:
+    """Minor page faults of a process and its children so far (``/proc/<pid>/stat``, field 10)."""
+    import psutil
+
+    total = 0
+    for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        with open(f"/proc/{proc.pid}/stat", encoding="ascii") as stat:
+            total += int(stat.read().rsplit(")", 1)[1].split()[7])
+    return total
 
 
 def _p99(values: list[float]) -> float:
@@ -149,6 +170,13 @@ def main(argv: list[str] | None = None) -> int:
         "--other", action="append", default=[], help="another checkout whose relay runs beside this one"
     )
     parser.add_argument("--python-build", action="store_true", help="also this checkout's pure-Python build")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="'NAME=VALUE ...'",
+        help="also this checkout's relay with these variables set (a setting, an allocator tunable)",
+    )
     parser.add_argument("--no-nginx", action="store_true")
     parser.add_argument("--no-floor", action="store_true")
     parser.add_argument("--profile", help="py-spy raw output file for this checkout's relay")
