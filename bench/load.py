@@ -158,6 +158,23 @@ def collector_paused() -> Iterator[None]:
         gc.collect()
 
 
+_TICK_S = 0.002  # the load process's own clock check
+_STALL_MS = 5.0  # a check this late is a stall of the load process itself
+
+
+async def own_stalls(stalls: list[tuple[float, float]]) -> None:
+    """Log when this process's event loop ran a short timer late: while it was stopped, the
+    frames in flight waited too, and were stamped as the relay's delay (docs/benchmark.md,
+    fourteenth stop). ``(perf_counter, ms late)`` per stall."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + _TICK_S
+        await asyncio.sleep(_TICK_S)
+        late_ms = (loop.time() - due) * 1000
+        if late_ms >= _STALL_MS:
+            stalls.append((time.perf_counter(), late_ms))
+
+
 async def settle(clock: Stamps, quiet_s: float = 1.0, limit_s: float = 15.0) -> None:
     """Wait until no frame has moved for ``quiet_s`` (bounded): nothing is counted lost in flight."""
     loop = asyncio.get_running_loop()

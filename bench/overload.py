@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.audio import speech_like
-from bench.load import Driver, Schedule, Stamps, VoiceApp, collector_paused, open_app, settle
+from bench.load import Driver, Schedule, Stamps, VoiceApp, collector_paused, open_app, own_stalls, settle
 from bench.servers import TOKEN, metric, start_relay
 
 APPEND_S = 0.02
@@ -94,23 +94,6 @@ async def _arrivals(
         tasks.append(asyncio.create_task(_arrive(url, driver, refusals)))
 
 
-_TICK_S = 0.002  # the load process's own clock check
-_STALL_MS = 5.0  # a check this late is a stall of the load process itself
-
-
-async def _own_stalls(stalls: list[tuple[float, float]]) -> None:
-    """Log when this process's event loop ran a short timer late: while it was stopped, the
-    frames in flight waited too, and were stamped as the relay's delay (docs/benchmark.md,
-    fourteenth stop). ``(perf_counter, ms late)`` per stall."""
-    loop = asyncio.get_running_loop()
-    while True:
-        due = loop.time() + _TICK_S
-        await asyncio.sleep(_TICK_S)
-        late_ms = (loop.time() - due) * 1000
-        if late_ms >= _STALL_MS:
-            stalls.append((time.perf_counter(), late_ms))
-
-
 async def overload(
     sim_port: int,
     current: dict[str, Stamps],
@@ -155,7 +138,7 @@ async def overload(
             admitted_at_start, refused_before = len(driver.apps), refusals.clean
             cpu = process.cpu_times()
             window_from = time.perf_counter()
-            watching = asyncio.create_task(_own_stalls(stalls))
+            watching = asyncio.create_task(own_stalls(stalls))
             await asyncio.wait([runner])
             watching.cancel()
             cpu_after = process.cpu_times()

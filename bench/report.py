@@ -54,12 +54,13 @@ def sweep_table(results: dict[str, Any]) -> list[str]:
     head = " | ".join(
         f"{n} added p99 ms (c2u / u2c) | {n} CPU s / 1000 frames | {n} core share" for n in proxies
     )
+    stalls = results.get("sweep_stalls") or [None] * len(results["sweep"])
     lines = [
         "",
-        f"| sessions | direct p50 ms (c2u) | {head} | lost |",
-        "|---|---|" + "---|---|---|" * len(proxies) + "---|",
+        f"| sessions | direct p50 ms (c2u) | {head} | lost | load process stalls, direct / relay rounds |",
+        "|---|---|" + "---|---|---|" * len(proxies) + "---|---|",
     ]
-    for count, step in results["sweep"]:
+    for (count, step), stalled in zip(results["sweep"], stalls, strict=True):
         direct = step["direct"]
         cells = []
         for name in proxies:
@@ -70,7 +71,9 @@ def sweep_table(results: dict[str, Any]) -> list[str]:
                 f"{_fmt(cpu, 4)} | {_fmt(path.cores, 2)}"
             )
         lost = sum(p.lost for p in step.values())
-        lines.append(f"| {count} | {_fmt(direct.pct('c2u', 50))} | {' | '.join(cells)} | {lost} |")
+        lines.append(
+            f"| {count} | {_fmt(direct.pct('c2u', 50))} | {' | '.join(cells)} | {lost} | {_stalls(stalled)} |"
+        )
     steps = results["sweep"]
     under = [c for c, s in steps if _under_bound(s)]
     unresolved = [c for c, s in steps if not _resolved(s)]
@@ -85,6 +88,17 @@ def sweep_table(results: dict[str, Any]) -> list[str]:
     if results.get("skipped"):
         lines.append(f"Skipped for the time budget: {', '.join(map(str, results['skipped']))} sessions.")
     return lines
+
+
+def _stalls(stalled: dict[str, list[tuple[float, float]]] | None) -> str:
+    """How often the load process itself stopped (a 2 ms timer late by 5 ms or more) in the
+    direct path's rounds and the relay's, and the longest: frames in flight then were stamped
+    late, as the path's delay."""
+    if stalled is None:
+        return "n/a"
+    counts = [stalled.get(name, []) for name in ("direct", "relay")]
+    longest = max((ms for _, ms in counts[0] + counts[1]), default=0.0)
+    return f"{len(counts[0])} / {len(counts[1])}" + (f" (longest {longest:.0f} ms)" if longest else "")
 
 
 def _baseline_resolves(step: dict[str, Any]) -> bool:
@@ -385,6 +399,7 @@ def _serialisable(results: dict[str, Any]) -> dict[str, Any]:
         "sweep": [
             {"sessions": c, **{name: path(p) for name, p in step.items()}} for c, step in results["sweep"]
         ],
+        "sweep_load_stalls_ms": results.get("sweep_stalls", []),
         "skipped": results.get("skipped", []),
         "rss_per_session_bytes": results["rss_per_session"],
         "beta": path(results["beta"]) if results.get("beta") else None,

@@ -33,7 +33,7 @@ import websockets
 
 from bench.audio import speech_like
 from bench.floor import NAME as FLOOR  # bench/floor.py: this I/O design with no work per frame
-from bench.load import Schedule, Stamps, VoiceApp, collector_paused, drive, open_app, settle
+from bench.load import Schedule, Stamps, VoiceApp, collector_paused, drive, open_app, own_stalls, settle
 from bench.micro import replay_micro, validation_micro, wakeup_floor
 from bench.overload import overload
 from bench.real_conditions import open_mic_rss, rotation_under_open_mics
@@ -167,13 +167,43 @@ class Target:
     pid: int | None  # whose CPU is measured (None: the direct path has no proxy)
 
 
+class _Watch:
+    """The load process's own stalls over a round's measured window only (between the two
+    ``steady`` marks): the ramp's handshakes and the collection after the window stop this
+    process too, but no measured frame is in flight then."""
+
+    def __init__(self, into: list[tuple[float, float]] | None) -> None:
+        self.into = into
+        self.task: asyncio.Task[None] | None = None
+
+    def toggle(self) -> None:
+        if self.into is None:
+            return
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(own_stalls(self.into))
+        else:
+            self.stop()
+            self.into = None  # one window per round
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+
+
 async def compare(
-    targets: list[Target], sessions: int, duration: float, trials: int, current: dict[str, Clock]
+    targets: list[Target],
+    sessions: int,
+    duration: float,
+    trials: int,
+    current: dict[str, Clock],
+    stalls: dict[str, list[tuple[float, float]]] | None = None,
 ) -> dict[str, PathResult]:
     """The same load on every target, in interleaved rounds, each path's samples pooled.
 
     This machine's speed drifts between runs; rounds that alternate direct, nginx and relay
-    expose all three to the same drift, so their differences stay meaningful.
+    expose all three to the same drift, so their differences stay meaningful. ``stalls``: the
+    load process's own stalls in each target's rounds (``bench.load.own_stalls``).
     """
     clocks = {t.name: Clock() for t in targets}
     cpu = dict.fromkeys(clocks, 0.0)
@@ -183,14 +213,16 @@ async def compare(
             current["clock"] = clocks[target.name]
             marks: list[float] = []
             before = _cpu(target.pid)
+            watch = _Watch(stalls.setdefault(target.name, []) if stalls is not None else None)
+
+            def mark(pid: int | None = target.pid, watch: _Watch = watch) -> None:
+                marks.append(_cpu(pid))  # noqa: B023 (called within this round)
+                watch.toggle()
+
             await voice_sessions(
-                target.url,
-                clocks[target.name],
-                sessions,
-                duration,
-                tag=f"{trial}.",
-                steady=lambda: marks.append(_cpu(target.pid)),  # noqa: B023 (called within this round)
+                target.url, clocks[target.name], sessions, duration, tag=f"{trial}.", steady=mark
             )
+            watch.stop()
             cpu[target.name] += _cpu(target.pid) - before
             steady[target.name] += marks[1] - marks[0]
     results = {}
@@ -269,7 +301,7 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
     relay_py = await start_relay(sim_port, extra={"RELAY_NO_EXTENSIONS": "1"}) if args.python_build else None
     nginx = await start_nginx(sim_port, workdir)
     floor = await start_floor(sim_port) if args.floor else None
-    results: dict[str, Any] = {"paths": [], "sweep": [], "skipped": []}
+    results: dict[str, Any] = {"paths": [], "sweep": [], "sweep_stalls": [], "skipped": []}
     try:
         results["wakeup_floor"] = await asyncio.to_thread(wakeup_floor, args.floor_rounds, 0.01)
         url = "ws://127.0.0.1:{}/v1/realtime?model=gpt-realtime"
@@ -286,14 +318,16 @@ async def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             results["profile"] = await _profile(targets + both, args, current)
         deadline = time.monotonic() + args.budget
         for count in args.sweep:
-            # One step costs about (duration + ramp + settle) per path and trial.
-            step = len(targets) * args.trials * (args.sweep_duration + count * 0.005 + 3)
+            # One step costs about (duration + ramp + settle) per path and trial, and start-up.
+            step = len(targets) * args.trials * (args.sweep_duration + count * 0.005 + 3) + 5
             if time.monotonic() + step > deadline:
                 results["skipped"].append(count)
                 continue
-            results["sweep"].append(
-                (count, await compare(targets, count, args.sweep_duration, args.trials, current))
+            paths, stalls = await sweep_step_apart(
+                count, args.sweep_duration, args.trials, nginx=nginx is not None
             )
+            results["sweep"].append((count, paths))
+            results["sweep_stalls"].append(stalls)
         if args.overload_offered:
             results["overload"] = await overload_apart(args, main["relay"])
         current["clock"] = Clock()
@@ -356,35 +390,67 @@ async def _profile(
     return {"splits": splits}
 
 
-async def overload_apart(args: argparse.Namespace, relay: PathResult) -> dict[str, Any]:
-    """The overload row in a load process and simulator of its own (``python -m bench.overload``).
-
-    Run in this process, after the main comparison, the profile and the sweep, the row's ~440
-    sessions met a load side that stalled of itself (27 times, up to 25 ms, in one window of the
-    fourteenth stop's second full run) and charged those stalls to the relay; the same row in a
-    fresh process did not (docs/benchmark.md). What it measures is the relay under overload, not
-    this process's history.
-    """
-    offered = args.overload_offered
-    if offered < 0:
-        offered = round(2 * relay.sessions / relay.cores) if relay.cores else 2 * args.sessions
-    with tempfile.TemporaryDirectory(prefix="relay-overload-") as folder:
+async def _apart(module: str, *options: str) -> Any:
+    """A benchmark row in a load process and simulator of its own (``python -m <module>``), read
+    back from the pickle it saves: run in this process after the rows before it, a row of
+    hundreds of sessions met a load side that stalled of itself (the overload row: 27 stalls up
+    to 25 ms in one window of the fourteenth stop's second full run; the sweep's 400 sessions:
+    a direct-path p99.9 of 16 ms in the fifteenth stop's first) and charged the stalls to the
+    proxy measured; the same rows in fresh processes did not (docs/benchmark.md)."""
+    with tempfile.TemporaryDirectory(prefix="relay-row-") as folder:
         saved = Path(folder) / "row.pickle"
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bench.overload",
-            f"--offered={offered}",
-            f"--rate={args.overload_rate}",
-            f"--duration={args.duration}",
-            f"--cpu-percent={args.overload_cpu_percent}",
-            f"--save={saved}",
-            stdout=asyncio.subprocess.DEVNULL,
+            sys.executable, "-m", module, *options, f"--save={saved}", stdout=asyncio.subprocess.DEVNULL
         )
         await proc.wait()
         if not saved.exists():
-            raise RuntimeError(f"the overload row's process ended with {proc.returncode} and saved nothing")
-        row: dict[str, Any] = pickle.loads(saved.read_bytes())  # written by our own child
+            raise RuntimeError(f"{module} ended with {proc.returncode} and saved nothing")
+        return pickle.loads(saved.read_bytes())  # written by our own child
+
+
+async def sweep_step_apart(
+    count: int, duration: float, trials: int, *, nginx: bool
+) -> tuple[dict[str, PathResult], dict[str, list[tuple[float, float]]]]:
+    """One step of the sweep on its own simulator, relay and nginx (``python -m bench.sweep``)."""
+    options = [f"--count={count}", f"--duration={duration}", f"--trials={trials}"]
+    paths, stalls = await _apart("bench.sweep", *options, *([] if nginx else ["--no-nginx"]))
+    return paths, stalls
+
+
+async def sweep_step(
+    count: int, duration: float, trials: int, *, nginx: bool
+) -> tuple[dict[str, PathResult], dict[str, list[tuple[float, float]]]]:
+    """Direct, nginx and a fresh relay at ``count`` sessions, with the load process's own stalls."""
+    current: dict[str, Clock] = {"clock": Clock()}
+    runner, sim_port = await start_simulator(simulator_config(current))
+    gc.freeze()
+    workdir = Path(tempfile.mkdtemp(prefix="relay-sweep-"))
+    relay = await start_relay(sim_port)
+    proxy = await start_nginx(sim_port, workdir) if nginx else None
+    url = "ws://127.0.0.1:{}/v1/realtime?model=gpt-realtime"
+    targets = [Target("direct", url.format(sim_port), None)]
+    if proxy:
+        targets.append(Target("nginx", url.format(proxy.port), proxy.proc.pid))
+    targets.append(Target("relay", url.format(relay.port), relay.proc.pid))
+    stalls: dict[str, list[tuple[float, float]]] = {}
+    try:
+        paths = await compare(targets, count, duration, trials, current, stalls)
+    finally:
+        relay.stop()
+        if proxy:
+            proxy.stop()
+        await runner.cleanup()
+    return paths, stalls
+
+
+async def overload_apart(args: argparse.Namespace, relay: PathResult) -> dict[str, Any]:
+    """The overload row (``python -m bench.overload``) at twice a core's capacity."""
+    offered = args.overload_offered
+    if offered < 0:
+        offered = round(2 * relay.sessions / relay.cores) if relay.cores else 2 * args.sessions
+    options = [f"--offered={offered}", f"--rate={args.overload_rate}", f"--duration={args.duration}"]
+    options.append(f"--cpu-percent={args.overload_cpu_percent}")
+    row: dict[str, Any] = await _apart("bench.overload", *options)
     return row
 
 

@@ -59,9 +59,12 @@ def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> N
     step = results["sweep"][0][1]
     assert step.keys() == paths.keys() - {PYTHON_BUILD, FLOOR}  # both builds and the floor: main run only
     assert all(p.lost == 0 and len(p.c2u) > 100 for p in step.values())
+    (stalls,) = results["sweep_stalls"]  # the step ran in a process of its own, which watched itself
+    assert stalls.keys() == step.keys()
     table = write_report(results, tmp_path)
     assert "| relay | 2 | c2u |" in table
     assert "Largest count with relay-added p99 < 5 ms" in table
+    assert "load process stalls, direct / relay rounds |" in table
     assert re.search(r"own core .*: p50 [0-9.]+ ms, p99 [0-9.]+ ms", table)
     assert re.search(r"without sockets .*: 20 ms append [0-9.]+ us, audio delta [0-9.]+ us", table)
     assert f"| {PYTHON_BUILD} | 2 | c2u |" in table

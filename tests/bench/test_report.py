@@ -44,6 +44,19 @@ def test_over_the_bound_against_a_steady_baseline_is_a_measured_miss() -> None:
     assert not any(line.startswith("Not measurable") for line in lines)
 
 
+def test_each_sweep_step_says_how_often_the_load_process_itself_stopped() -> None:
+    step = {"direct": _path("direct", 400, 0.3, 4.0), "relay": _path("relay", 400, 0.5, 12.0)}
+    stalls = {"direct": [(1.0, 6.0)], "nginx": [(2.0, 30.0)], "relay": [(3.0, 7.2), (4.0, 16.4)]}
+
+    def row(stalled: dict[str, list[tuple[float, float]]]) -> str:
+        table = sweep_table({"sweep": [(400, step)], "sweep_stalls": [stalled]})
+        (line,) = [line for line in table if line.startswith("| 400 |")]
+        return line
+
+    assert row(stalls).endswith("| 1 / 2 (longest 16 ms) |")  # nginx's rounds are not the relay's
+    assert row({"direct": [], "relay": []}).endswith("| 0 / 0 |")
+
+
 def _cpu_path(name: str, frames: int, cpu_s: float, steady_cpu_s: float) -> PathResult:
     values = np.array([1.0] * 10, dtype=np.float64)
     path = PathResult(name, 100, values, values.copy(), 0, frames, cpu_s, cpu_s / 10)
