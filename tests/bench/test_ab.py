@@ -23,6 +23,7 @@ def test_two_checkouts_side_by_side_every_frame_matched() -> None:
         duration=2.0,
         rounds=1,
         other=[str(ROOT)],  # an A/A run: this checkout in the other slot too
+        env=["RELAY_REPLAY_MAX_ITEMS=7 PYTHONMALLOC=malloc"],  # and once more, with variables set
         python_build=False,
         no_nginx=True,
         no_floor=False,
@@ -31,7 +32,8 @@ def test_two_checkouts_side_by_side_every_frame_matched() -> None:
     )
     rows = asyncio.run(run(args))
     names = [row.name for row in rows]
-    assert names == ["direct", "floor", "relay", f"relay ({ROOT})"]
+    with_env = "relay (RELAY_REPLAY_MAX_ITEMS=7 PYTHONMALLOC=malloc)"
+    assert names == ["direct", "floor", "relay", f"relay ({ROOT})", with_env]
     for row in rows:
         assert row.lost == 0
         assert row.frames > 150  # 2 sessions x 2 s of 20 ms appends, and the answers' deltas
@@ -42,4 +44,6 @@ def test_two_checkouts_side_by_side_every_frame_matched() -> None:
         assert row.rounds[0] == pytest.approx((row.user + row.system) / row.frames * 1e6)
     table = report(rows)
     assert table.count("\n") == len(rows) + 1  # header, rule, one line per target
-    assert f"| relay ({ROOT}) | {rows[-1].frames} | 0 |" in table
+    assert f"| relay ({ROOT}) | {rows[-2].frames} | 0 |" in table
+    for row in rows[1:]:  # every proxy's process set up its memory, so each faulted some pages in
+        assert row.faults > 0
