@@ -59,31 +59,10 @@ async def run(args: argparse.Namespace) -> list[Row]:
     runner, sim_port = await start_simulator(simulator_config(current))
     workdir = Path(tempfile.mkdtemp(prefix="relay-ab-"))
     rows = [Row("direct", None)]
-    if not args.no_nginx and (nginx := await start_nginx(sim_port, workdir)):
-        rows.append(Row("nginx", nginx))
-    if not args.no_floor:
-        rows.append(Row("floor", await start_floor(sim_port)))
-    rows.append(Row("relay", await start_relay(sim_port)))
-    if args.python_build:
-        pure = await start_relay(sim_port, extra={"RELAY_NO_EXTENSIONS": "1"})
-        rows.append(Row("relay (pure Python)", pure))
-    for other in args.other:
-        rows.append(Row(f"relay ({other})", await start_relay(sim_port, cwd=other)))
-    for settings in args.env:  # "NAME=VALUE NAME=VALUE": one more relay with all of them
-        extra = dict(setting.partition("=")[::2] for setting in settings.split())
-        rows.append(Row(f"relay ({settings})", await start_relay(sim_port, extra=extra)))
-    relay = next(r for r in rows if r.name == "relay")
-    assert relay.proc is not None
-    pid = str(relay.proc.proc.pid)
     profiler = None
-    if args.profile:  # Python frames only, read without pausing the process
-        spy = str(Path(sys.executable).with_name("py-spy"))
-        command = [spy, "record", "--nonblocking", "-f", "raw", "-r", "500", "-o", args.profile, "--pid", pid]
-    elif args.perf:  # C symbols only (Python 3.11 has no perf trampoline), at little cost
-        command = ["perf", "record", "-F", "999", "--call-graph", "dwarf,16384", "-o", args.perf, "-p", pid]
-    if args.profile or args.perf:
-        profiler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    try:  # a server that started is stopped however the rest goes
+        await _start(args, rows, sim_port, workdir)
+        profiler = _profiler(args, rows)
         for trial in range(args.rounds):
             for row in rows:
                 port = row.proc.port if row.proc else sim_port
@@ -120,6 +99,38 @@ async def run(args: argparse.Namespace) -> list[Row]:
                 row.proc.stop()
         await runner.cleanup()
     return rows
+
+
+async def _start(args: argparse.Namespace, rows: list[Row], sim_port: int, workdir: Path) -> None:
+    """Each target's server, appended to ``rows`` as it starts (the caller stops them all)."""
+    if not args.no_nginx and (nginx := await start_nginx(sim_port, workdir)):
+        rows.append(Row("nginx", nginx))
+    if not args.no_floor:
+        rows.append(Row("floor", await start_floor(sim_port)))
+    rows.append(Row("relay", await start_relay(sim_port)))
+    if args.python_build:
+        pure = await start_relay(sim_port, extra={"RELAY_NO_EXTENSIONS": "1"})
+        rows.append(Row("relay (pure Python)", pure))
+    for other in args.other:
+        rows.append(Row(f"relay ({other})", await start_relay(sim_port, cwd=other)))
+    for settings in args.env:  # "NAME=VALUE NAME=VALUE": one more relay with all of them
+        extra = dict(setting.partition("=")[::2] for setting in settings.split())
+        rows.append(Row(f"relay ({settings})", await start_relay(sim_port, extra=extra)))
+
+
+def _profiler(args: argparse.Namespace, rows: list[Row]) -> subprocess.Popen[bytes] | None:
+    """py-spy or perf attached to this checkout's relay, if asked for."""
+    relay = next(r for r in rows if r.name == "relay")
+    assert relay.proc is not None
+    pid = str(relay.proc.proc.pid)
+    if args.profile:  # Python frames only, read without pausing the process
+        spy = str(Path(sys.executable).with_name("py-spy"))
+        command = [spy, "record", "--nonblocking", "-f", "raw", "-r", "500", "-o", args.profile, "--pid", pid]
+    elif args.perf:  # C symbols only (Python 3.11 has no perf trampoline), at little cost
+        command = ["perf", "record", "-F", "999", "--call-graph", "dwarf,16384", "-o", args.perf, "-p", pid]
+    else:
+        return None
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def report(rows: list[Row]) -> str:

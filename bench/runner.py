@@ -425,20 +425,20 @@ async def sweep_step(
     runner, sim_port = await start_simulator(simulator_config(current))
     gc.freeze()
     workdir = Path(tempfile.mkdtemp(prefix="relay-sweep-"))
-    relay = await start_relay(sim_port)
-    proxy = await start_nginx(sim_port, workdir) if nginx else None
     url = "ws://127.0.0.1:{}/v1/realtime?model=gpt-realtime"
-    targets = [Target("direct", url.format(sim_port), None)]
-    if proxy:
-        targets.append(Target("nginx", url.format(proxy.port), proxy.proc.pid))
-    targets.append(Target("relay", url.format(relay.port), relay.proc.pid))
     stalls: dict[str, list[tuple[float, float]]] = {}
+    servers: list[Proc] = []
     try:
+        servers.append(relay := await start_relay(sim_port))
+        targets = [Target("direct", url.format(sim_port), None)]
+        if nginx and (proxy := await start_nginx(sim_port, workdir)):
+            servers.append(proxy)
+            targets.append(Target("nginx", url.format(proxy.port), proxy.proc.pid))
+        targets.append(Target("relay", url.format(relay.port), relay.proc.pid))
         paths = await compare(targets, count, duration, trials, current, stalls)
     finally:
-        relay.stop()
-        if proxy:
-            proxy.stop()
+        for server in servers:
+            server.stop()
         await runner.cleanup()
     return paths, stalls
 
