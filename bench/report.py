@@ -296,6 +296,14 @@ def _where_slow(over: dict[str, Any]) -> list[str]:
     lines = []
     if per_second := over.get("p99_per_second"):
         lines.append("Overload window, relay p99 c2u / u2c (ms) per second: " + ", ".join(per_second))
+    steady = over.get("p99_steady_seconds")
+    if steady and steady["seconds"] < steady["of"]:
+        worst = max(steady["c2u"], steady["u2c"])
+        lines.append(
+            f"Relay p99 over the {steady['seconds']} of {steady['of']} seconds with no stall of the load "
+            f"process: c2u {steady['c2u']:.2f} / u2c {steady['u2c']:.2f} ms"
+            + (" (its own p99 under 5 ms: the added part can only be less)" if worst < BOUND_MS else "")
+        )
     stalls = over.get("load_stalls_ms")
     if stalls is not None:
         worst = max(stalls, key=lambda stall: stall[1], default=None)

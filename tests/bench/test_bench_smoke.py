@@ -93,6 +93,7 @@ def test_smoke_run_counts_every_frame_and_writes_the_report(tmp_path: Path) -> N
     assert saved["overload"]["relay"]["path"] == "relay"
     assert over["p99_per_second"]  # where in the window the slow frames were
     assert isinstance(over["load_stalls_ms"], list)
+    assert 0 < over["p99_steady_seconds"]["seconds"] <= over["p99_steady_seconds"]["of"]
     assert "The load process's own stalls in that window" in table
     if "skipped" in results["profile"]:
         assert f"No profile of CPU per frame: {results['profile']['skipped']}." in table

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from bench.load import Stamps
+from bench.overload import p99_steady_seconds
 from bench.report import capacity_lines, overload_lines, sweep_table
 from bench.runner import PathResult
 
@@ -123,3 +126,45 @@ def test_the_overload_row_says_where_its_slow_frames_were_and_whose_stop_it_was(
     over["load_stalls_ms"] = []
     (stalls,) = [line for line in overload_lines({"overload": over}) if "own stalls" in line]
     assert "or more): 0 (while it stalls" in stalls
+
+
+def test_the_overload_row_gives_the_relays_p99_over_the_seconds_the_load_side_was_steady() -> None:
+    stamps = Stamps()
+    for i in range(300):  # 3 s of frames, 100 a second; every frame of the middle second 40 ms late
+        sent = 100.0 + i / 100
+        late = 0.040 if 1 <= i // 100 < 2 else 0.001
+        stamps.c2u_sent[f"c{i}"], stamps.c2u_recv[f"c{i}"] = sent, sent + late
+        stamps.u2c_sent[f"u{i}"], stamps.u2c_recv[f"u{i}"] = sent, sent + late
+    whole = stamps.latencies("c2u")
+    assert np.percentile(whole, 99) > 39  # the whole window's p99 is the stalled second's
+    # The load process stopped for 45 ms ending 1.5 s in: the second it fell in is left out.
+    steady = p99_steady_seconds(stamps, [(101.5, 45.0)])
+    assert (steady["seconds"], steady["of"]) == (2, 3)
+    assert steady["c2u"] == pytest.approx(1.0)
+    assert steady["u2c"] == pytest.approx(1.0)
+    # A stall the relay's slow second did not coincide with leaves that second in.
+    elsewhere = p99_steady_seconds(stamps, [(102.5, 45.0)])
+    assert (elsewhere["seconds"], elsewhere["of"]) == (2, 3)
+    assert elsewhere["c2u"] > 39
+    # A stall across a second's edge loses both seconds.
+    assert p99_steady_seconds(stamps, [(102.02, 45.0)])["seconds"] == 1
+
+    relay, direct = _path("relay", 300, 0.5, 40.0), _path("direct", 300, 0.3, 1.0)
+    over = {
+        "offered": 600,
+        "rate": 10.0,
+        "cpu_percent": 40.0,
+        "admitted": 300,
+        "refused_clean": 300,
+        "refused_while_measured": 150,
+        "refused_other": 0,
+        "refused_other_examples": [],
+        "relay_core_share": 0.4,
+        "relay_cpu_share_seen": [0.4],
+        "relay": relay,
+        "direct": direct,
+        "p99_steady_seconds": steady,
+    }
+    (line,) = [line for line in overload_lines({"overload": over}) if "seconds with no stall" in line]
+    assert "over the 2 of 3 seconds" in line
+    assert "c2u 1.00 / u2c 1.00 ms (its own p99 under 5 ms" in line
