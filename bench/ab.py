@@ -26,7 +26,7 @@ import numpy as np
 
 from bench.load import Stamps
 from bench.runner import simulator_config, voice_sessions
-from bench.servers import Proc, cpu_times, start_floor, start_nginx, start_relay
+from bench.servers import Proc, cpu_times, minor_faults, start_floor, start_nginx, start_relay
 from relay.simulator.server import start_simulator
 
 
@@ -155,17 +155,6 @@ def report(rows: list[Row]) -> str:
             f"| {row.faults / row.frames * 1000 if row.frames else 0:.1f} |"
         )
     return "\n".join(lines)
-
-
-def minor_faults(pid: int) -> int:
-    """Minor page faults of a process and its children so far (``/proc/<pid>/stat``, field 10)."""
-    import psutil
-
-    total = 0
-    for proc in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
-        with open(f"/proc/{proc.pid}/stat", encoding="ascii") as stat:
-            total += int(stat.read().rsplit(")", 1)[1].split()[7])
-    return total
 
 
 def _p99(values: list[float]) -> float:

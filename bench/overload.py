@@ -192,6 +192,22 @@ def _gc_between(first: str, last: str) -> dict[str, tuple[int, float]]:
     }
 
 
+def _by_second(stamps: Stamps) -> dict[int, tuple[list[float], list[float]]]:
+    """Each frame's one-way latency (ms), c2u and u2c, by the second of the window it was sent in
+    (every second a frame was sent in has its entry)."""
+    begin = min(stamps.c2u_sent.values(), default=0.0)
+    seconds: dict[int, tuple[list[float], list[float]]] = {}
+    for i, (sent, recv) in enumerate(
+        ((stamps.c2u_sent, stamps.c2u_recv), (stamps.u2c_sent, stamps.u2c_recv))
+    ):
+        received = recv.mapping()
+        for key, at in sent.items():
+            latencies = seconds.setdefault(int(at - begin), ([], []))[i]
+            if key in received:
+                latencies.append((received[key] - at) * 1000)
+    return seconds
+
+
 def p99_steady_seconds(stamps: Stamps, stalls: list[tuple[float, float]]) -> dict[str, float]:
     """The relay's p99 over the window's whole seconds in which the load process did not stop
     (no stall of its own overlapped the second in which a frame was sent): a second the load
@@ -203,21 +219,14 @@ def p99_steady_seconds(stamps: Stamps, stalls: list[tuple[float, float]]) -> dic
     lost: set[int] = set()
     for at, ms in stalls:
         lost.update(range(int(at - ms / 1000 - begin), int(at - begin) + 1))
-    kept: tuple[list[float], list[float]] = ([], [])
-    seconds: set[int] = set()
-    for i, (sent, recv) in enumerate(
-        ((stamps.c2u_sent, stamps.c2u_recv), (stamps.u2c_sent, stamps.u2c_recv))
-    ):
-        received = recv.mapping()
-        for key, at in sent.items():
-            second = int(at - begin)
-            seconds.add(second)
-            if key in received and second not in lost:
-                kept[i].append((received[key] - at) * 1000)
+    seconds = _by_second(stamps)
+    kept = [(c2u, u2c) for second, (c2u, u2c) in seconds.items() if second not in lost]
+    c2u_kept = [ms for c2u, _ in kept for ms in c2u]
+    u2c_kept = [ms for _, u2c in kept for ms in u2c]
     return {
-        "c2u": float(np.percentile(kept[0], 99)) if kept[0] else math.nan,
-        "u2c": float(np.percentile(kept[1], 99)) if kept[1] else math.nan,
-        "seconds": len(seconds - lost),
+        "c2u": float(np.percentile(c2u_kept, 99)) if c2u_kept else math.nan,
+        "u2c": float(np.percentile(u2c_kept, 99)) if u2c_kept else math.nan,
+        "seconds": len(kept),
         "of": len(seconds),
     }
 
@@ -226,17 +235,9 @@ def _p99_per_second(stamps: Stamps) -> list[str]:
     """Where in the window the slow frames were: a burst, or all along."""
     import numpy as np
 
-    begin = min(stamps.c2u_sent.values(), default=0.0)
-    rows: dict[int, tuple[list[float], list[float]]] = {}
-    for i, (sent, recv) in enumerate(
-        ((stamps.c2u_sent, stamps.c2u_recv), (stamps.u2c_sent, stamps.u2c_recv))
-    ):
-        for key, at in sent.items():
-            if key in recv:
-                rows.setdefault(int(at - begin), ([], []))[i].append((recv[key] - at) * 1000)
     return [
         f"{second}: {np.percentile(c2u, 99) if c2u else 0:.1f} / {np.percentile(u2c, 99) if u2c else 0:.1f}"
-        for second, (c2u, u2c) in sorted(rows.items())
+        for second, (c2u, u2c) in sorted(_by_second(stamps).items())
     ]
 
 

@@ -413,8 +413,7 @@ async def sweep_step_apart(
 ) -> tuple[dict[str, PathResult], dict[str, list[tuple[float, float]]]]:
     """One step of the sweep on its own simulator, relay and nginx (``python -m bench.sweep``)."""
     options = [f"--count={count}", f"--duration={duration}", f"--trials={trials}"]
-    paths, stalls = await _apart("bench.sweep", *options, *([] if nginx else ["--no-nginx"]))
-    return paths, stalls
+    return await _apart("bench.sweep", *options, *([] if nginx else ["--no-nginx"]))  # type: ignore[no-any-return]
 
 
 async def sweep_step(
@@ -449,9 +448,7 @@ async def overload_apart(args: argparse.Namespace, relay: PathResult) -> dict[st
     if offered < 0:
         offered = round(2 * relay.sessions / relay.cores) if relay.cores else 2 * args.sessions
     options = [f"--offered={offered}", f"--rate={args.overload_rate}", f"--duration={args.duration}"]
-    options.append(f"--cpu-percent={args.overload_cpu_percent}")
-    row: dict[str, Any] = await _apart("bench.overload", *options)
-    return row
+    return await _apart("bench.overload", *options, f"--cpu-percent={args.overload_cpu_percent}")  # type: ignore[no-any-return]
 
 
 async def _overload(

@@ -101,9 +101,9 @@ def test_a_met_cpu_target_is_said_so() -> None:
     )
 
 
-def test_the_overload_row_says_where_its_slow_frames_were_and_whose_stop_it_was() -> None:
-    relay, direct = _path("relay", 300, 0.5, 9.0), _path("direct", 300, 0.3, 1.0)
-    over = {
+def _overload_row(relay: PathResult, **measured: object) -> dict[str, object]:
+    """An overload row as bench.overload returns it: 300 of 600 admitted, the rest refused cleanly."""
+    return {
         "offered": 600,
         "rate": 10.0,
         "cpu_percent": 40.0,
@@ -115,10 +115,17 @@ def test_the_overload_row_says_where_its_slow_frames_were_and_whose_stop_it_was(
         "relay_core_share": 0.4,
         "relay_cpu_share_seen": [0.39, 0.41],
         "relay": relay,
-        "direct": direct,
-        "p99_per_second": ["0: 2.1 / 2.0", "1: 53.0 / 41.2"],
-        "load_stalls_ms": [(1.23, 53.0), (4.5, 7.2)],
+        "direct": _path("direct", 300, 0.3, 1.0),
+        **measured,
     }
+
+
+def test_the_overload_row_says_where_its_slow_frames_were_and_whose_stop_it_was() -> None:
+    over = _overload_row(
+        _path("relay", 300, 0.5, 9.0),
+        p99_per_second=["0: 2.1 / 2.0", "1: 53.0 / 41.2"],
+        load_stalls_ms=[(1.23, 53.0), (4.5, 7.2)],
+    )
     lines = overload_lines({"overload": over})
     assert "Overload window, relay p99 c2u / u2c (ms) per second: 0: 2.1 / 2.0, 1: 53.0 / 41.2" in lines
     (stalls,) = [line for line in lines if "own stalls in that window" in line]
@@ -149,22 +156,7 @@ def test_the_overload_row_gives_the_relays_p99_over_the_seconds_the_load_side_wa
     # A stall across a second's edge loses both seconds.
     assert p99_steady_seconds(stamps, [(102.02, 45.0)])["seconds"] == 1
 
-    relay, direct = _path("relay", 300, 0.5, 40.0), _path("direct", 300, 0.3, 1.0)
-    over = {
-        "offered": 600,
-        "rate": 10.0,
-        "cpu_percent": 40.0,
-        "admitted": 300,
-        "refused_clean": 300,
-        "refused_while_measured": 150,
-        "refused_other": 0,
-        "refused_other_examples": [],
-        "relay_core_share": 0.4,
-        "relay_cpu_share_seen": [0.4],
-        "relay": relay,
-        "direct": direct,
-        "p99_steady_seconds": steady,
-    }
+    over = _overload_row(_path("relay", 300, 0.5, 40.0), p99_steady_seconds=steady)
     (line,) = [line for line in overload_lines({"overload": over}) if "seconds with no stall" in line]
     assert "over the 2 of 3 seconds" in line
     assert "c2u 1.00 / u2c 1.00 ms (its own p99 under 5 ms" in line
